@@ -1,0 +1,53 @@
+"""The ``curate`` command line: thin Typer commands that parse options and call the library.
+
+Heavy libraries (torch, cleanlab, albumentations) are imported inside the code paths that use them so that
+``curate --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from curate import __version__
+
+app = typer.Typer(
+    name="curate",
+    help=(
+        "Turn messy image collections into clean, balanced, leak-free, versioned training shards.\n\n"
+        "Every stage reads the current dataset version (HEAD) of a workspace and commits a new one; nothing "
+        "is deleted: excluded samples stay in the table with the stage and reason.\n\n"
+        "Quick start:  curate ingest data/sample/images && curate show && curate export"
+    ),
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"curate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Show the version."),
+) -> None:
+    """curate: curated image datasets and the classifier trained on them."""
+
+
+from curate import cli_data, cli_versions  # noqa: E402  (registers commands on ``app``)
+
+cli_data.register(app)
+cli_versions.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,166 @@
+"""``curate ingest`` and ``curate export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curate.cli_common import (
+    DEFAULT_WS,
+    DebugOpt,
+    JsonOpt,
+    VersionOpt,
+    WorkspaceOpt,
+    handle_errors,
+    human_bytes,
+    say,
+)
+
+
+def _size(text: str | None, what: str) -> int | None:
+    if text is None:
+        return None
+    from curate.export import parse_shard_size
+
+    rows, nbytes = parse_shard_size(text)
+    return nbytes if nbytes is not None else rows
+
+
+def ingest(
+    src: Annotated[str, typer.Argument(help="Folder, manifest (.csv/.parquet/.jsonl), idx file or folder, .tar/.zip.")],
+    format: Annotated[str | None, typer.Option("--format", "-f", help="auto|folder|csv|parquet|jsonl|idx|tar|zip")] = None,
+    unlabeled: Annotated[bool | None, typer.Option("--unlabeled", help="Ignore folder names / label column: no labels.")] = None,
+    path_col: Annotated[str | None, typer.Option(help="Manifest column with the path (relative to the manifest) or URL.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Manifest column with the label (optional).")] = None,
+    split_col: Annotated[str | None, typer.Option(help="Manifest column with a train/val/test origin (optional).")] = None,
+    split_name: Annotated[str | None, typer.Option(help="Record this origin split (e.g. train, test) on every row.")] = None,
+    assign_split: Annotated[bool | None, typer.Option("--assign-split", help="Also use the origin split as `split`.")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated allowed labels; others are excluded (unknown_label).")] = None,
+    class_names: Annotated[str | None, typer.Option(help="idx: comma-separated names for label ids 0..K-1.")] = None,
+    max_bytes: Annotated[str | None, typer.Option(help="Largest file accepted, e.g. 64MB.")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Largest width*height decoded (decompression-bomb guard).")] = None,
+    max_error_fraction: Annotated[float | None, typer.Option(help="Fail and commit nothing above this failed share.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Processes for decode/hash (default: cores).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Add images to the workspace as a new version (the first one, or on top of HEAD).
+
+    Every file is read, sha256-hashed and fully decoded. Corrupt, truncated, empty, non-image and too-large
+    files become rows with status=excluded and a reason; the same bytes twice are one sample.
+
+    Examples:
+
+        curate ingest photos/                      # ImageFolder: photos/<class>/<file>
+        curate ingest crawl/ --unlabeled           # flat folder, no labels
+        curate ingest list.csv --path-col file --label-col species
+        curate ingest ../shared/datasets/fashion-mnist --assign-split
+        curate ingest archive.tar.gz
+    """
+    from curate.config import find_config_file, load_section, resolve
+    from curate.executors.local import default_workers
+    from curate.pipeline import run_stage
+    from curate.stages.ingest import IngestConfig, config_dict, run_ingest
+    from curate.ui import emit_json, progress
+    from curate.workspace import Workspace
+
+    ws = Workspace(workspace)
+    cfg_file = find_config_file(ws.root)
+    cli = {
+        "source": src,
+        "format": format,
+        "unlabeled": unlabeled,
+        "path_col": path_col,
+        "label_col": label_col,
+        "split_col": split_col,
+        "split_name": split_name,
+        "assign_split": assign_split,
+        "classes": classes,
+        "class_names": class_names,
+        "max_bytes": _size(max_bytes, "max-bytes"),
+        "max_pixels": max_pixels,
+        "max_error_fraction": max_error_fraction,
+    }
+    cfg = resolve(IngestConfig, load_section(cfg_file, "ingest"), cli, origin=str(cfg_file))
+    n_workers = workers or default_workers()
+
+    def body(parent, parent_id):  # noqa: ANN001, ANN202
+        return run_ingest(
+            ws,
+            parent,
+            cfg,
+            parent_id=parent_id,
+            workers=n_workers,
+            progress=lambda total: progress("ingest", total, enabled=not json_out),
+        )
+
+    res = run_stage(ws, "ingest", config_dict(cfg), body, cacheable=False)
+    st = res["stats"]
+    if json_out:
+        emit_json(res)
+        return
+    excl = st["new_excluded_by_reason"]
+    say(
+        f"ingest {cfg.source}: {st['inputs']:,} inputs -> {st['new_samples']:,} new samples "
+        f"({st['duplicate_bytes']:,} duplicate bytes merged), {human_bytes(st['bytes_stored'])} stored, "
+        f"{st['seconds']:.1f}s ({st['inputs'] / max(st['seconds'], 1e-9):,.0f}/s)"
+    )
+    if excl:
+        say("  excluded: " + ", ".join(f"{r} {n:,}" for r, n in excl.items()))
+    for note, n in st.get("notes", {}).items():
+        say(f"  note: {note.replace('_', ' ')}: {n:,}")
+    summ = st["summary"]
+    say(
+        f"  version {res['version']} (HEAD): {summ['included']:,} included, {summ['excluded']:,} excluded, "
+        f"{len(summ['per_class'])} classes"
+    )
+
+
+def export(
+    version: VersionOpt = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: parquet,webdataset.")] = "parquet,webdataset",
+    shard_size: Annotated[str, typer.Option(help="Samples per shard (10000) or bytes per shard (256MB).")] = "10000",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default <workspace>/exports/<version>).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write the included rows of a version as training shards per split.
+
+    Writes {split}-NNNNNN.parquet and/or .tar (WebDataset), index.parquet (file, rows, bytes, sha256) and
+    dataset.json (classes, counts, lineage, normalization). A version without splits exports as `all`.
+    Exporting the same version twice gives byte-identical files.
+
+    Examples:
+
+        curate export
+        curate export --format webdataset --shard-size 256MB --out shards/
+    """
+    from curate.export import ExportConfig, export_version, parse_formats, parse_shard_size
+    from curate.ui import emit_json, progress
+    from curate.workspace import Workspace
+
+    ws = Workspace(workspace)
+    rows, nbytes = parse_shard_size(shard_size)
+    cfg = ExportConfig(formats=parse_formats(format), shard_rows=rows, shard_bytes=nbytes, out=str(out) if out else None)
+    with ws.writer():
+        vid = ws.resolve(version)
+        total = ws.info(vid)["included"]
+        with progress("export", total, enabled=not json_out) as advance:
+            res = export_version(ws, vid, cfg, advance=advance)
+    if json_out:
+        emit_json(res)
+        return
+    splits = ", ".join(f"{s} {n:,}" for s, n in res["splits"].items())
+    say(
+        f"export {vid} -> {res['out']}: {res['shards']} shards ({', '.join(res['formats'])}), {splits}; "
+        f"{human_bytes(res['bytes'])} in {res['seconds']:.1f}s ({res['mb_per_s']} MB/s)"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command(rich_help_panel="Stages")(handle_errors(ingest))
+    app.command(rich_help_panel="Stages")(handle_errors(export))

@@ -1,0 +1,325 @@
+"""Export the included rows of a version as Parquet and/or WebDataset shards, byte-for-byte reproducibly.
+
+``<out>/`` (default ``<workspace>/exports/<version>/``) gets ``{split}-{NNNNNN}.parquet`` and/or
+``{split}-{NNNNNN}.tar``, ``index.parquet`` (file, split, format, rows, bytes, sha256) and ``dataset.json``
+(classes, counts, lineage, normalization when known). Rows are ordered by ``sample_id`` inside a split: a
+content hash, so shards are well mixed across classes and the order does not depend on where the bytes are
+stored. Tar members carry a fixed integer mtime, uid/gid 0 and no user names, so re-exporting the same
+version gives identical files. Nothing here needs curate to read the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate import __version__
+from curate.errors import CurateError, UsageError
+from curate.schema import RESERVED, included
+from curate.workspace import Workspace
+
+FORMATS = ("parquet", "webdataset")
+SPLIT_ORDER = ("train", "val", "test")
+MTIME = 1_700_000_000  # fixed, integer: a float mtime would add a PAX header to every member
+_INTERNAL = {"status", "excluded_by", "reason", "error", "pack", "extra_labels"}
+_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpg"}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b)\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Settings of ``curate export``.
+
+    Attributes:
+        formats: any of ``parquet``, ``webdataset``.
+        shard_rows: at most this many samples per shard (None: no row limit).
+        shard_bytes: at most about this many image bytes per shard (None: no byte limit).
+        out: output folder; default ``<workspace>/exports/<version>``.
+        memory_bytes: image bytes held in memory at once while writing.
+    """
+
+    formats: tuple[str, ...] = FORMATS
+    shard_rows: int | None = 10_000
+    shard_bytes: int | None = None
+    out: str | None = None
+    memory_bytes: int = 512 << 20
+
+
+def parse_shard_size(text: str) -> tuple[int | None, int | None]:
+    """``"5000"`` -> (5000 rows, None); ``"256MB"``/``"1GiB"`` -> (None, bytes)."""
+    text = str(text).strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text), None
+    m = _SIZE.match(text)
+    if not m:
+        raise UsageError(f"--shard-size {text!r}: give a row count (5000) or a size (256MB, 1GiB)")
+    unit = m.group(2).lower()
+    power = "kmgt".index(unit[0]) + 1
+    base = 1024 if "i" in unit else 1000
+    return None, int(float(m.group(1)) * base**power)
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    fmts = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise UsageError(f"--format {text!r}: choose from {', '.join(FORMATS)} (comma-separated)")
+    return fmts
+
+
+def class_list(labels: list[str | None]) -> list[str]:
+    """Sorted class names; numerically when every name is an integer (so "10" follows "9")."""
+    names = {x for x in labels if x is not None}
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _split_key(s: str) -> tuple[int, str]:
+    return (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)
+
+
+def _shards(sizes: list[int], shard_rows: int | None, shard_bytes: int | None) -> list[tuple[int, int]]:
+    """Cut a sequence of item sizes into [start, stop) ranges respecting both limits (at least 1 item each)."""
+    out, start, acc = [], 0, 0
+    for i, size in enumerate(sizes):
+        rows = i - start
+        if rows and ((shard_rows and rows >= shard_rows) or (shard_bytes and acc + size > shard_bytes)):
+            out.append((start, i))
+            start, acc = i, 0
+        acc += size
+    if start < len(sizes):
+        out.append((start, len(sizes)))
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hf_features(schema: pa.Schema, classes: list[str]) -> dict[str, Any]:
+    """Hugging Face ``datasets`` feature metadata, so ``image`` loads as Image and ``label`` as ClassLabel."""
+    simple = {
+        pa.string(): "string",
+        pa.int8(): "int8",
+        pa.int32(): "int32",
+        pa.int64(): "int64",
+        pa.float32(): "float32",
+        pa.float64(): "float64",
+        pa.bool_(): "bool",
+    }
+    feats: dict[str, Any] = {}
+    for f in schema:
+        if f.name == "image":
+            feats[f.name] = {"_type": "Image"}
+        elif f.name == "label":
+            feats[f.name] = {"names": classes, "_type": "ClassLabel"}
+        elif f.type in simple:
+            feats[f.name] = {"dtype": simple[f.type], "_type": "Value"}
+        elif pa.types.is_list(f.type) and f.type.value_type in simple:
+            feats[f.name] = {"feature": {"dtype": simple[f.type.value_type], "_type": "Value"}, "_type": "Sequence"}
+        else:
+            return {}
+    return {"info": {"features": feats}}
+
+
+def _meta_columns(table: pa.Table) -> list[str]:
+    """Columns exported beside the image: reserved facts plus every column a stage added."""
+    keep = [c for c in RESERVED if c not in _INTERNAL and c not in ("label",)]
+    keep += [c for c in table.column_names if c not in RESERVED]
+    return [c for c in keep if c in table.column_names]
+
+
+def _write_parquet(
+    path: Path, rows: pa.Table, blobs: list[bytes], labels: list[int], meta_cols: list[str], classes: list[str]
+) -> None:
+    image = pa.StructArray.from_arrays(
+        [pa.array(blobs, pa.binary()), pa.array([None] * len(blobs), pa.string())], names=["bytes", "path"]
+    )
+    arrays = [rows.column("sample_id"), image, pa.array(labels, pa.int64()), rows.column("label")]
+    names = ["sample_id", "image", "label", "label_name"]
+    for c in meta_cols:
+        if c != "sample_id":
+            arrays.append(rows.column(c))
+            names.append(c)
+    table = pa.Table.from_arrays(arrays, names=names)
+    hf = _hf_features(table.schema, classes)
+    if hf:
+        table = table.replace_schema_metadata({"huggingface": json.dumps(hf)})
+    pq.write_table(table, path, compression="snappy", row_group_size=1000)
+
+
+def _write_tar(path: Path, rows: pa.Table, blobs: list[bytes], labels: list[int], meta_cols: list[str]) -> None:
+    metas = rows.select(meta_cols).to_pylist()
+    names = rows.column("label").to_pylist()
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for meta, data, lab, name in zip(metas, blobs, labels, names, strict=True):
+            key = meta["sample_id"]
+            ext = _EXT.get(meta.get("format") or "", "img")
+            meta = {**meta, "label": lab, "label_name": name}
+            members = {
+                f"{key}.cls": str(lab).encode(),
+                f"{key}.json": json.dumps(meta, sort_keys=True, default=str).encode(),
+                f"{key}.{ext}": data,
+            }
+            for member in sorted(members):
+                info = tarfile.TarInfo(member)
+                info.size, info.mtime, info.mode = len(members[member]), MTIME, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tf.addfile(info, io.BytesIO(members[member]))
+
+
+def _lineage_state(ws: Workspace, vid: str, name: str) -> Any:
+    for v in reversed(ws.lineage(vid)):
+        p = ws.state_path(v, name)
+        if p.exists():
+            return json.loads(p.read_text())
+    return None
+
+
+def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any = None) -> dict[str, Any]:
+    """Write the shards, ``index.parquet`` and ``dataset.json`` of version ``vid``.
+
+    Returns:
+        ``{"version", "out", "formats", "splits" (split -> rows), "shards", "bytes", "seconds"}``.
+
+    Raises:
+        CurateError: the version has no included rows, or ``out`` is a non-empty folder that is not an export.
+    """
+    t0 = time.perf_counter()
+    table = ws.samples(vid)
+    classes = class_list(table.column("label").to_pylist())
+    inc = included(table)
+    inc = inc.filter(pc.is_valid(inc.column("pack")))
+    if inc.num_rows == 0:
+        raise CurateError(f"version {vid} has no included samples to export")
+    out = Path(cfg.out) if cfg.out else ws.root / "exports" / vid
+    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").exists():
+        raise CurateError(f"{out}: folder is not empty and is not a curate export; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-export-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    splits = pc.fill_null(inc.column("split"), "all")
+    inc = inc.set_column(inc.schema.get_field_index("split"), "split", splits)
+    meta_cols = _meta_columns(inc)
+    index_rows: list[dict[str, Any]] = []
+    split_rows: dict[str, int] = {}
+    total_bytes = 0
+    cls_index = {c: i for i, c in enumerate(classes)}
+    try:
+        for split in sorted(pc.unique(splits).to_pylist(), key=_split_key):
+            part = inc.filter(pc.equal(splits, split)).sort_by("sample_id")
+            split_rows[split] = part.num_rows
+            sizes = pc.fill_null(part.column("nbytes"), 0).to_pylist()
+            ranges = _shards(sizes, cfg.shard_rows, cfg.shard_bytes)
+            i = 0
+            while i < len(ranges):
+                # Fetch bytes for as many shards as fit in the memory budget, reading each pack once.
+                j, held = i, 0
+                while j < len(ranges) and (j == i or held + sum(sizes[ranges[j][0] : ranges[j][1]]) <= cfg.memory_bytes):
+                    held += sum(sizes[ranges[j][0] : ranges[j][1]])
+                    j += 1
+                lo, hi = ranges[i][0], ranges[j - 1][1]
+                chunk = part.slice(lo, hi - lo)
+                got = ws.blobs.get_many(chunk.column("sample_id").to_pylist(), chunk.column("pack").to_pylist())
+                for k in range(i, j):
+                    a, b = ranges[k]
+                    rows = part.slice(a, b - a)
+                    ids = rows.column("sample_id").to_pylist()
+                    missing = [s for s in ids if s not in got]
+                    if missing:
+                        raise CurateError(
+                            f"blob {missing[0]} of version {vid} is missing from the packs",
+                            hint="the workspace is damaged; re-ingest the source",
+                        )
+                    blobs = [got[s] for s in ids]
+                    labels = [cls_index.get(x, -1) if x is not None else -1 for x in rows.column("label").to_pylist()]
+                    for fmt in cfg.formats:
+                        name = f"{split}-{k:06d}.{'parquet' if fmt == 'parquet' else 'tar'}"
+                        if fmt == "parquet":
+                            _write_parquet(tmp / name, rows, blobs, labels, meta_cols, classes)
+                        else:
+                            _write_tar(tmp / name, rows, blobs, labels, meta_cols)
+                        size = (tmp / name).stat().st_size
+                        total_bytes += size
+                        index_rows.append(
+                            {
+                                "file": name,
+                                "split": split,
+                                "format": fmt,
+                                "rows": rows.num_rows,
+                                "bytes": size,
+                                "sha256": _sha256_file(tmp / name),
+                            }
+                        )
+                    if advance:
+                        advance(rows.num_rows)
+                i = j
+        index = pa.Table.from_pylist(sorted(index_rows, key=lambda r: (r["format"], _split_key(r["split"]), r["file"])))
+        pq.write_table(index, tmp / "index.parquet", compression="snappy")
+        counts: dict[str, dict[str, int]] = {}
+        for split in split_rows:
+            sub = inc.filter(pc.equal(splits, split))
+            vc = {
+                (r["values"] if r["values"] is not None else "(unlabeled)"): r["counts"]
+                for r in pc.value_counts(sub.column("label")).to_pylist()
+            }
+            counts[split] = {k: vc[k] for k in sorted(vc, key=lambda c: (cls_index.get(c, len(classes)), c))}
+        card = {
+            "format_version": 1,
+            "created_by": f"curate {__version__}",
+            "version": vid,
+            "lineage": [
+                {"id": v, "stage": ws.info(v)["stage"], "config_sha256": ws.info(v)["config_sha256"]} for v in ws.lineage(vid)
+            ],
+            "classes": classes,
+            "splits": split_rows,
+            "counts": counts,
+            "normalization": _lineage_state(ws, vid, "normalization.json"),
+            "formats": list(cfg.formats),
+            "shard_rows": cfg.shard_rows,
+            "shard_bytes": cfg.shard_bytes,
+            "columns": ["sample_id", "image", "label", "label_name", *[c for c in meta_cols if c != "sample_id"]],
+            "webdataset": {"key": "sample_id", "image": "<format ext>", "cls": "class index (-1 unlabeled)", "json": "metadata"},
+        }
+        (tmp / "dataset.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            trash = out.parent / f".trash-{uuid.uuid4().hex[:8]}"
+            os.rename(out, trash)
+            os.rename(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    secs = time.perf_counter() - t0
+    return {
+        "version": vid,
+        "out": str(out),
+        "formats": list(cfg.formats),
+        "splits": split_rows,
+        "shards": len(index_rows),
+        "bytes": total_bytes,
+        "seconds": round(secs, 3),
+        "mb_per_s": round(total_bytes / 1e6 / secs, 1) if secs > 0 else None,
+    }

@@ -1,0 +1,126 @@
+"""Input sources for ingest: each turns a user's folder, manifest, idx pair or archive into item batches.
+
+An item batch is a ``pyarrow.Table`` with the columns of ``ITEM_SCHEMA``; exactly one of ``path``, ``url``,
+``data`` says where the bytes come from, or ``pre_reason`` says why there are none (an unsafe archive
+member). Sources only enumerate; reading, hashing and decoding happen in the per-sample function of the
+ingest stage, wherever the executor runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from curate.errors import CurateError, UsageError
+
+ITEM_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("label", pa.string()),
+        ("origin_split", pa.string()),
+        ("path", pa.string()),
+        ("url", pa.string()),
+        ("data", pa.binary()),
+        ("encode", pa.string()),  # "L:HxW" raw pixels to encode as PNG (idx files)
+        ("pre_reason", pa.string()),
+        ("pre_error", pa.string()),
+    ]
+)
+
+FORMATS = ("auto", "folder", "csv", "parquet", "jsonl", "idx", "tar", "zip")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+@dataclass
+class SourceOptions:
+    """What the user told ingest about the source (see ``curate ingest --help``)."""
+
+    unlabeled: bool = False
+    path_col: str | None = None
+    label_col: str | None = None
+    split_col: str | None = None
+    split_name: str | None = None
+    class_names: tuple[str, ...] | None = None  # idx: names for label ids 0..K-1
+    max_bytes: int = 64 << 20
+    notes: dict[str, int] = field(default_factory=dict)  # counters sources report (hidden files skipped ...)
+
+
+class Source:
+    """Base class: ``total`` (items, or None if unknown up front) and ``items()``."""
+
+    total: int | None = None
+
+    def items(self) -> Iterator[dict]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def batches(self, batch_size: int) -> Iterator[pa.Table]:
+        """Group ``items()`` into ``ITEM_SCHEMA`` tables of at most ``batch_size`` rows."""
+        buf: list[dict] = []
+        for item in self.items():
+            buf.append(item)
+            if len(buf) >= batch_size:
+                yield pa.Table.from_pylist(buf, schema=ITEM_SCHEMA)
+                buf = []
+        if buf:
+            yield pa.Table.from_pylist(buf, schema=ITEM_SCHEMA)
+
+
+def detect_format(path: Path) -> str:
+    """Guess the source format from the path (``--format auto``)."""
+    name = path.name.lower()
+    if path.is_dir():
+        from curate.sources.idx import find_idx_pairs
+
+        return "idx" if find_idx_pairs(path) else "folder"
+    if "idx3-ubyte" in name:
+        return "idx"
+    if name.endswith((".csv", ".tsv")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith(_TAR_SUFFIXES):
+        return "tar"
+    if name.endswith(".zip"):
+        return "zip"
+    raise UsageError(
+        f"{path}: cannot tell the source format from the name",
+        hint="pass --format folder|csv|parquet|jsonl|idx|tar|zip",
+    )
+
+
+def open_source(src: str, fmt: str, opts: SourceOptions) -> Source:
+    """Build the ``Source`` for ``src``.
+
+    Raises:
+        CurateError: the path does not exist or the manifest lacks the needed columns.
+        UsageError: unknown format or options that do not fit it.
+    """
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise CurateError(f"{src}: no such file or directory")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == "folder":
+        from curate.sources.files import FolderSource
+
+        if not path.is_dir():
+            raise UsageError(f"{src}: --format folder needs a directory")
+        return FolderSource(path, opts)
+    if fmt in ("csv", "parquet", "jsonl"):
+        from curate.sources.manifest import ManifestSource
+
+        return ManifestSource(path, fmt, opts)
+    if fmt == "idx":
+        from curate.sources.idx import IdxSource
+
+        return IdxSource(path, opts)
+    from curate.sources.files import ArchiveSource
+
+    return ArchiveSource(path, fmt, opts)

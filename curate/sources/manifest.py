@@ -1,0 +1,157 @@
+"""CSV / Parquet / JSONL manifests: one row per image with a path (relative to the manifest) or URL column.
+
+Columns are resolved before any work starts, so a wrong ``--path-col`` fails in milliseconds with the list of
+columns the file does have. JSONL is strictly one object per line: a JSON array, a blank line in the middle
+or a broken line fails with the line number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError
+from curate.sources import Source, SourceOptions
+
+PATH_CANDIDATES = ("path", "filepath", "file_path", "file", "filename", "image", "image_path", "url", "image_url", "uri")
+LABEL_CANDIDATES = ("label", "class", "category", "target", "class_name")
+SPLIT_CANDIDATES = ("split",)
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, path: Path, *, required: bool) -> str | None:
+    if given is not None:
+        if given not in columns:
+            raise CurateError(
+                f"{path}: no column {given!r} for the {what} (columns: {', '.join(columns) or 'none'})",
+                hint=f"pass the right --{what}-col",
+            )
+        return given
+    lower = {c.lower(): c for c in columns}
+    for cand in candidates:
+        if cand in lower:
+            return lower[cand]
+    if required:
+        raise CurateError(
+            f"{path}: no {what} column found (columns: {', '.join(columns) or 'none'}; looked for {', '.join(candidates)})",
+            hint=f"name it with --{what}-col",
+        )
+    return None
+
+
+def _clean(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)``; strict about the format, tolerant of trailing blank lines."""
+    blank_at: int | None = None
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                blank_at = blank_at or lineno
+                continue
+            if blank_at is not None:
+                raise CurateError(f"{path}:{blank_at}: blank line inside a JSONL file", hint="remove the empty line")
+            stripped = line.lstrip()
+            if lineno == 1 and stripped.startswith("["):
+                raise CurateError(
+                    f"{path}:1: the file is a JSON array; JSONL needs one JSON object per line",
+                    hint="convert it, e.g. `jq -c '.[]' file.json > file.jsonl`",
+                )
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CurateError(f"{path}:{lineno}: broken JSON line ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise CurateError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+class ManifestSource(Source):
+    """Rows of a CSV, Parquet or JSONL manifest."""
+
+    def __init__(self, path: Path, fmt: str, opts: SourceOptions) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.opts = opts
+        columns = self._columns()
+        self.path_col = _pick(columns, opts.path_col, PATH_CANDIDATES, "path", path, required=True)
+        self.label_col = None if opts.unlabeled else _pick(columns, opts.label_col, LABEL_CANDIDATES, "label", path, required=False)
+        self.split_col = _pick(columns, opts.split_col, SPLIT_CANDIDATES, "split", path, required=False)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            self.total = pq.ParquetFile(path).metadata.num_rows
+
+    def _columns(self) -> list[str]:
+        try:
+            if self.fmt == "csv":
+                import pyarrow.csv as pacsv
+
+                delim = "\t" if self.path.suffix.lower() == ".tsv" else ","
+                reader = pacsv.open_csv(self.path, parse_options=pacsv.ParseOptions(delimiter=delim))
+                return reader.schema.names
+            if self.fmt == "parquet":
+                import pyarrow.parquet as pq
+
+                return pq.ParquetFile(self.path).schema_arrow.names
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for unreadable files
+            raise CurateError(f"{self.path}: cannot read {self.fmt} manifest ({str(exc).splitlines()[0]})") from exc
+        for _, obj in _jsonl_rows(self.path):
+            return list(obj.keys())
+        raise CurateError(f"{self.path}: the manifest is empty")
+
+    def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        if self.fmt == "jsonl":
+            yield from _jsonl_rows(self.path)
+            return
+        if self.fmt == "csv":
+            import pyarrow as pa
+            import pyarrow.csv as pacsv
+
+            delim = "\t" if self.path.suffix.lower() == ".tsv" else ","
+            # Every column as text: a label "01" must stay "01", and paths are never numbers.
+            names = self._columns()
+            conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
+            reader = pacsv.open_csv(self.path, parse_options=pacsv.ParseOptions(delimiter=delim), convert_options=conv)
+            batches = iter(reader)
+        else:
+            import pyarrow.parquet as pq
+
+            batches = pq.ParquetFile(self.path).iter_batches(batch_size=8192)
+        row = 1 if self.fmt == "csv" else 0  # CSV line 1 is the header
+        try:
+            for batch in batches:
+                for rec in batch.to_pylist():
+                    row += 1
+                    yield row, rec
+        except Exception as exc:  # noqa: BLE001
+            raise CurateError(f"{self.path}: cannot read row near {row + 1} ({str(exc).splitlines()[0]})") from exc
+
+    def items(self) -> Iterator[dict]:
+        base = self.path.parent
+        where = "line" if self.fmt in ("csv", "jsonl") else "row"
+        for row, rec in self._records():
+            ref = _clean(rec.get(self.path_col))
+            label = _clean(rec.get(self.label_col)) if self.label_col else None
+            split = (_clean(rec.get(self.split_col)) if self.split_col else None) or self.opts.split_name
+            item = {"label": label, "origin_split": split}
+            if ref is None:
+                item.update(source=f"{self.path}:{where} {row}", pre_reason="missing", pre_error=f"empty {self.path_col!r}")
+            elif _URL.match(ref):
+                item.update(source=ref, url=ref)
+            else:
+                p = Path(ref).expanduser()
+                p = p if p.is_absolute() else base / p
+                item.update(source=str(p), path=str(p))
+            yield item

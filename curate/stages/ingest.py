@@ -1,0 +1,287 @@
+"""Ingest: read images from a folder, manifest, idx pair or archive into a new version.
+
+Per-sample work (``process_items``: read or fetch, sha256, full decode) runs wherever the executor puts it;
+the driver (``run_ingest``) merges exact duplicates by sha256, writes new bytes into blob packs and builds
+the table. Every input becomes a row: good images ``ok``, the rest ``excluded`` by ``ingest`` with a reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.blobs import PackWriter
+from curate.errors import CurateError, TooManyErrors
+from curate.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, inspect_image
+from curate.schema import EXCLUDED, OK, SAMPLE_SCHEMA, conform, placeholder_id, sha256_hex
+from curate.stages import StageResult
+
+STAGE = "ingest"
+
+OUT_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.string()),
+        ("origin_split", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mode", pa.string()),
+        ("format", pa.string()),
+        ("exif_orientation", pa.int8()),
+        ("nbytes", pa.int64()),
+        ("data", pa.binary()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Settings of ``curate ingest`` (defaults < curate.toml < CLI flags).
+
+    Attributes:
+        source: folder, manifest, idx file/folder or archive.
+        format: ``auto`` or one of ``curate.sources.FORMATS``.
+        unlabeled: ignore folder names / label columns; every row gets ``label = null``.
+        classes: if set, labels outside it are excluded with reason ``unknown_label``.
+        class_names: idx only: names for label ids 0..K-1 (default: the ids as text).
+        assign_split: also set ``split`` from the origin split (idx file name, ``--split-name``, split column).
+        max_error_fraction: fail (commit nothing) when more than this share of inputs is excluded.
+    """
+
+    source: str
+    format: str = "auto"
+    unlabeled: bool = False
+    path_col: str | None = None
+    label_col: str | None = None
+    split_col: str | None = None
+    split_name: str | None = None
+    classes: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+    assign_split: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_error_fraction: float = 0.05
+    timeout: float = 30.0
+    batch_size: int = 512
+
+
+def _read_path(path: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None, "missing", "no such file"
+    except IsADirectoryError:
+        return None, "not_an_image", "is a directory"
+    except PermissionError:
+        return None, "unreadable", "permission denied"
+    except OSError as exc:
+        return None, "unreadable", str(exc)[:200]
+    if len(data) > max_bytes:
+        return None, "too_large", f"more than max_bytes {max_bytes}"
+    return data, None, None
+
+
+def _encode_raw(data: bytes, spec: str) -> bytes:
+    from PIL import Image
+
+    mode, size = spec.split(":")
+    h, w = (int(x) for x in size.split("x"))
+    buf = io.BytesIO()
+    Image.frombytes(mode, (w, h), data).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def process_items(batch: pa.Table, cfg: IngestConfig) -> pa.Table:
+    """Per-sample work: get the bytes, hash them, decode them fully.
+
+    Args:
+        batch: rows of ``curate.sources.ITEM_SCHEMA``.
+        cfg: the ingest config (size caps, allowed classes, fetch timeout).
+
+    Returns:
+        A table of ``OUT_SCHEMA``, one row per input row in the same order; ``data`` is null for excluded rows.
+    """
+    allowed = set(cfg.classes) if cfg.classes else None
+    rows: dict[str, list[Any]] = {name: [] for name in OUT_SCHEMA.names}
+    for item in batch.to_pylist():
+        data, reason, error = None, item["pre_reason"], item["pre_error"]
+        if reason is None:
+            if item["path"] is not None:
+                data, reason, error = _read_path(item["path"], cfg.max_bytes)
+            elif item["url"] is not None:
+                from curate.fetch import fetch_url
+
+                got = fetch_url(item["url"], timeout=cfg.timeout, max_bytes=cfg.max_bytes)
+                data, reason, error = got.data, got.reason, got.error
+            elif item["encode"] is not None:
+                data = _encode_raw(item["data"], item["encode"])
+            else:
+                data = item["data"] if item["data"] is not None else b""
+        check = inspect_image(data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes) if reason is None else None
+        if check is not None:
+            reason, error = check.reason, check.error
+        label = item["label"]
+        if reason is None and allowed is not None and label is not None and label not in allowed:
+            reason, error = "unknown_label", f"label {label!r} is not in --classes"
+        rows["sample_id"].append(sha256_hex(data) if data is not None else placeholder_id(item["source"]))
+        rows["source"].append(item["source"])
+        rows["label"].append(label)
+        rows["origin_split"].append(item["origin_split"])
+        rows["status"].append(OK if reason is None else EXCLUDED)
+        rows["reason"].append(reason)
+        rows["error"].append(error)
+        for key in ("width", "height", "mode", "format", "exif_orientation"):
+            rows[key].append(getattr(check, key) if check is not None else None)
+        rows["nbytes"].append(len(data) if data is not None else None)
+        rows["data"].append(data if reason is None else None)
+    return pa.table(rows, schema=OUT_SCHEMA)
+
+
+def run_ingest(
+    ws: Any, parent: pa.Table | None, cfg: IngestConfig, *, parent_id: str | None, workers: int = 1, progress: Any = None
+) -> StageResult:
+    """Ingest ``cfg.source`` on top of ``parent`` (None for an empty workspace).
+
+    Bytes already in the parent or seen earlier in this run are not stored again: the existing row gets the
+    new place in ``extra_sources`` (and its label in ``extra_labels``).
+
+    Args:
+        progress: optional ``progress(total) -> context manager yielding advance(n)`` for a progress bar.
+
+    Raises:
+        CurateError: the source cannot be opened, is empty, or (``TooManyErrors``) too many inputs failed.
+    """
+    from curate.executors import map_batches
+    from curate.sources import SourceOptions, open_source
+
+    t0 = time.perf_counter()
+    opts = SourceOptions(
+        unlabeled=cfg.unlabeled,
+        path_col=cfg.path_col,
+        label_col=cfg.label_col,
+        split_col=cfg.split_col,
+        split_name=cfg.split_name,
+        class_names=cfg.class_names,
+        max_bytes=cfg.max_bytes,
+    )
+    source = open_source(cfg.source, cfg.format, opts)
+    parent = conform(parent) if parent is not None else SAMPLE_SCHEMA.empty_table()
+    acc = _Accumulator(
+        set(parent.column("sample_id").to_pylist()), ws.pack_writer(hashlib.sha256(f"{parent_id}|{cfg}".encode()).hexdigest()[:12])
+    )
+    bar = progress(source.total) if progress else contextlib.nullcontext(None)
+    try:
+        with bar as advance:
+            for out in map_batches(process_items, source.batches(cfg.batch_size), cfg, workers=workers):
+                acc.add(out)
+                if advance:
+                    advance(out.num_rows)
+        if acc.n_in == 0:
+            raise CurateError(f"{cfg.source}: no files found", hint="check the path, or --format / --unlabeled")
+        failed = sum(acc.reasons.values())
+        if failed > cfg.max_error_fraction * acc.n_in:
+            detail = ", ".join(f"{r}={n}" for r, n in acc.reasons.most_common())
+            raise TooManyErrors(
+                f"{cfg.source}: {failed} of {acc.n_in} inputs failed ({detail}), more than --max-error-fraction "
+                f"{cfg.max_error_fraction}; nothing was committed",
+                hint="`--max-error-fraction 1` ingests anyway and keeps every failure as an excluded row",
+            )
+        acc.packs.close()
+    except BaseException:
+        acc.packs.discard()
+        raise
+    new_parts, extra, packs, reasons = acc.parts, acc.extra, acc.packs, acc.reasons
+    n_in, n_dup, n_bytes = acc.n_in, acc.n_dup, acc.n_bytes
+    new = pa.concat_tables(new_parts) if new_parts else OUT_SCHEMA.empty_table().drop_columns(["data"])
+    new = new.append_column("excluded_by", pc.if_else(pc.equal(new.column("status"), OK), pa.scalar(None, pa.string()), STAGE))
+    new = new.append_column("label_source", pc.if_else(pc.is_null(new.column("label")), pa.scalar(None, pa.string()), "given"))
+    if cfg.assign_split:
+        new = new.append_column("split", new.column("origin_split"))
+    table = pa.concat_tables([parent, conform(new)], promote_options="default")
+    if extra:
+        table = _record_extra_sources(table, extra)
+    stats = {
+        "source": cfg.source,
+        "inputs": n_in,
+        "new_samples": new.num_rows,
+        "duplicate_bytes": n_dup,
+        "new_excluded_by_reason": dict(sorted(reasons.items())),
+        "bytes_stored": n_bytes,
+        "packs_written": len(packs.written),
+        "notes": opts.notes,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return StageResult(table=table, stats=stats)
+
+
+class _Accumulator:
+    """Driver-side merge of processed batches: exact duplicates by sha256, new bytes into packs."""
+
+    def __init__(self, known: set[str], packs: PackWriter) -> None:
+        self.known = known
+        self.packs = packs
+        self.extra: dict[str, list[tuple[str, str | None]]] = {}
+        self.parts: list[pa.Table] = []
+        self.reasons: Counter[str] = Counter()
+        self.n_in = self.n_dup = self.n_bytes = 0
+
+    def add(self, out: pa.Table) -> None:
+        self.n_in += out.num_rows
+        keep: list[bool] = []
+        pack_col: list[str | None] = []
+        cols = (out.column(c).to_pylist() for c in ("sample_id", "source", "label", "status", "reason", "data"))
+        for sid, src, label, status, reason, data in zip(*cols, strict=True):
+            if status != OK:
+                self.reasons[reason] += 1
+            if sid in self.known:
+                self.n_dup += 1
+                self.extra.setdefault(sid, []).append((src, label))
+                keep.append(False)
+                pack_col.append(None)
+                continue
+            self.known.add(sid)
+            keep.append(True)
+            if data is not None:
+                self.n_bytes += len(data)
+                pack_col.append(self.packs.add(sid, data))
+            else:
+                pack_col.append(None)
+        out = out.drop_columns(["data"]).append_column("pack", pa.array(pack_col, pa.string()))
+        self.parts.append(out.filter(pa.array(keep, pa.bool_())))
+
+
+def _record_extra_sources(table: pa.Table, extra: dict[str, list[tuple[str, str | None]]]) -> pa.Table:
+    """Append further places of the same bytes to ``extra_sources`` / ``extra_labels`` of their row."""
+    ids = table.column("sample_id").to_pylist()
+    sources = table.column("source").to_pylist()
+    srcs = table.column("extra_sources").to_pylist()
+    labs = table.column("extra_labels").to_pylist()
+    for i, sid in enumerate(ids):
+        more = extra.get(sid)
+        if more:
+            # Re-ingesting the same place adds nothing: a source is recorded once per sample.
+            have = {sources[i], *(srcs[i] or [])}
+            fresh = [(s, lab) for s, lab in more if s not in have and not have.add(s)]
+            srcs[i] = (srcs[i] or []) + [s for s, _ in fresh]
+            labs[i] = (labs[i] or []) + [lab for _, lab in fresh]
+    table = table.set_column(table.schema.get_field_index("extra_sources"), "extra_sources", pa.array(srcs, pa.list_(pa.string())))
+    return table.set_column(table.schema.get_field_index("extra_labels"), "extra_labels", pa.array(labs, pa.list_(pa.string())))
+
+
+def config_dict(cfg: IngestConfig) -> dict[str, Any]:
+    """The resolved config as JSON-able dict (stored in version.json)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
