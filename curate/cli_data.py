@@ -22,9 +22,13 @@ from curate.cli_common import (
 def _size(text: str | None, what: str) -> int | None:
     if text is None:
         return None
+    from curate.errors import CurateError
     from curate.export import parse_shard_size
 
-    rows, nbytes = parse_shard_size(text)
+    try:
+        rows, nbytes = parse_shard_size(text)
+    except CurateError as exc:
+        raise CurateError(f"--{what} {text!r}: give a number of bytes or a size (64MB, 1GiB)", exit_code=exc.exit_code) from None
     return nbytes if nbytes is not None else rows
 
 

@@ -78,9 +78,15 @@ def show(
     ws = _ws(workspace)
     vid = ws.resolve(version)
     info = ws.info(vid)
-    summ = summarize(ws.samples(vid))
+    table = ws.samples(vid)
+    summ = summarize(table)
+    leaks = None
+    if "dup_group" in table.column_names and table.column("split").null_count < table.num_rows:
+        from curate.stages.split import leakage
+
+        leaks = leakage(table)
     if json_out:
-        emit_json({"version": info, "summary": summ})
+        emit_json({"version": info, "summary": summ, "leakage": leaks})
         return
     say(f"[bold]{vid}[/]  stage={info['stage']}  parent={info.get('parent') or '-'}  created={info['created']}")
     say(f"rows {summ['rows']:,}: included {summ['included']:,}, excluded {summ['excluded']:,}")
@@ -95,6 +101,8 @@ def show(
         row = [summ["per_split_class"][s].get(c, 0) for s in splits]
         t.add_row(c, *(f"{n:,}" for n in row), f"{sum(row):,}")
     out_console.print(t)
+    if leaks is not None:
+        say(f"leakage: {leaks['groups_crossing']} of {leaks['groups_checked']} duplicate groups cross splits")
     if summ["excluded_by_reason"]:
         t = Table(title="excluded (stage:reason)", box=None, header_style="bold")
         t.add_column("stage:reason")

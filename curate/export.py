@@ -66,6 +66,7 @@ def parse_shard_size(text: str) -> tuple[int | None, int | None]:
         return int(text), None
     m = _SIZE.match(text)
     if not m:
+        # A value the user typed that is not a size: a user error (exit 1), like an unknown version.
         raise UsageError(f"--shard-size {text!r}: give a row count (5000) or a size (256MB, 1GiB)")
     unit = m.group(2).lower()
     power = "kmgt".index(unit[0]) + 1
@@ -207,12 +208,16 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
     """
     t0 = time.perf_counter()
     table = ws.samples(vid)
-    classes = class_list(table.column("label").to_pylist())
     inc = included(table)
     inc = inc.filter(pc.is_valid(inc.column("pack")))
+    # Classes of the exported rows only: a label whose rows were all excluded (e.g. rejected by --classes)
+    # must not become an output class that no sample has.
+    classes = class_list(inc.column("label").to_pylist())
     if inc.num_rows == 0:
         raise CurateError(f"version {vid} has no included samples to export")
     out = Path(cfg.out) if cfg.out else ws.root / "exports" / vid
+    if out.exists() and not out.is_dir():
+        raise CurateError(f"{out}: exists and is not a folder", hint="give --out a folder (new, empty or a previous export)")
     if out.exists() and any(out.iterdir()) and not (out / "dataset.json").exists():
         raise CurateError(f"{out}: folder is not empty and is not a curate export; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)

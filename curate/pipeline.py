@@ -1,7 +1,8 @@
 """Run one stage against a workspace: lock, read the parent, call the stage, commit, move HEAD.
 
-A stage whose parent version and resolved settings already produced a version is not run again: HEAD moves
-to that version and the result says ``cached`` (ingest opts out, since its input lives outside the
+A stage whose parent version and resolved settings already produced a version is not run again (nor one whose
+HEAD already is that stage's output with the same settings): HEAD moves to that version and the result says
+``cached`` (ingest opts out, since its input lives outside the
 workspace and may have changed).
 """
 
@@ -39,6 +40,11 @@ def run_stage(ws: Workspace, stage: str, config: dict[str, Any], fn: StageFn, *,
         sha = config_sha256(config)
         if cacheable:
             cached = ws.find_cached(parent=parent_id, stage=stage, config_sha=sha)
+            if cached is None and parent_id is not None:
+                # HEAD itself came from this stage with these settings: running it again would change nothing.
+                head = ws.info(parent_id)
+                if head["stage"] == stage and head["config_sha256"] == sha:
+                    cached = parent_id
             if cached is not None:
                 ws.set_head(cached)
                 return {"version": cached, "parent": parent_id, "stage": stage, "cached": True, "stats": ws.stats(cached)}

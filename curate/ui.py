@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 
 err_console = Console(stderr=True)
-out_console = Console()
+# Piped output (logs, CI, `| less`) gets wide lines instead of 80-column tables with truncated ids.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
 
 Advance = Callable[[int], None]
 

@@ -291,6 +291,17 @@ class Workspace:
                     removed_dirs.append(p.name)
                     if not dry_run:
                         shutil.rmtree(p, ignore_errors=True)
+        # Leftovers of interrupted exports and HEAD updates.
+        for folder, prefixes in ((self.root / "exports", (".tmp-export-", ".trash-")), (self.root, (".HEAD.",))):
+            if folder.exists():
+                for p in folder.iterdir():
+                    if p.name.startswith(prefixes):
+                        freed += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+                        removed_dirs.append(str(p.relative_to(self.root)))
+                        if not dry_run and p.is_dir():
+                            shutil.rmtree(p, ignore_errors=True)
+                        elif not dry_run:
+                            p.unlink(missing_ok=True)
         referenced: set[str] = set()
         for vid in self.version_ids():
             packs = pq.read_table(self.path(vid) / "samples", columns=["pack"]).column("pack")
@@ -307,6 +318,16 @@ class Workspace:
         return {"removed_dirs": sorted(removed_dirs), "removed_packs": sorted(removed_packs), "freed_bytes": freed}
 
     def pack_writer(self, token: str) -> PackWriter:
-        """A ``PackWriter`` for new blobs of this workspace (needs the writer lock)."""
+        """A ``PackWriter`` for new blobs of this workspace (needs the writer lock).
+
+        Pack names must be unique: the same stage on the same parent with the same settings (after a checkout, or
+        a rerun of an ingest whose files changed) must never replace a pack an existing version references, since
+        packs are immutable. A counter suffix is added only when the plain token is taken, so a fresh workspace
+        gets the same names every time (deterministic runs, comparable workspaces).
+        """
         self._require_lock()
-        return PackWriter(self.blobs.root, token)
+        name, n = token, 0
+        while any(self.blobs.root.glob(f"pack-{name}-*.parquet")):
+            n += 1
+            name = f"{token}.{n}"
+        return PackWriter(self.blobs.root, name)

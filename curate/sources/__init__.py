@@ -8,6 +8,7 @@ ingest stage, wherever the executor runs it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ ITEM_SCHEMA = pa.schema(
         ("encode", pa.string()),  # "L:HxW" raw pixels to encode as PNG (idx files)
         ("pre_reason", pa.string()),
         ("pre_error", pa.string()),
+        ("extra", pa.string()),  # JSON object of a manifest's other columns, kept as text columns
     ]
 )
 
@@ -102,7 +104,9 @@ def open_source(src: str, fmt: str, opts: SourceOptions) -> Source:
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    path = Path(src).expanduser()
+    # Absolute and normalised: a row's source must still mean something after a `cd`, and `imgs`, `./imgs/`
+    # and `/home/me/imgs` are the same place (re-ingesting them must not record every file a second time).
+    path = Path(os.path.abspath(Path(src).expanduser()))
     if not path.exists():
         raise CurateError(f"{src}: no such file or directory")
     if fmt == "auto":

@@ -79,6 +79,24 @@ def _unsafe(name: str) -> str | None:
     return None
 
 
+def _read_capped(fh: zipfile.ZipExtFile, cap: int, chunk: int = 1 << 20) -> bytes:
+    """At most ``cap + 1`` bytes of a zip member, in chunks.
+
+    One ``fh.read(cap + 1)`` would let zlib inflate up to ``cap`` bytes in a single call even when the header
+    promises a few hundred (zipfile trims to the header size only afterwards): a zip bomb then costs ``cap``
+    of memory per member. Reading in 1 MB steps bounds that to the chunk size.
+    """
+    parts: list[bytes] = []
+    got = 0
+    while got <= cap:
+        data = fh.read(min(chunk, cap + 1 - got))
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
 class ArchiveSource(Source):
     """Members of a tar (any compression) or zip archive, labels from the folder under a wrapper folder."""
 
@@ -102,7 +120,8 @@ class ArchiveSource(Source):
     def _common_prefix(names: list[str]) -> int:
         # ``sample.tar`` usually wraps ``sample/<class>/<file>``: drop one shared top folder when every member
         # sits at least two folders deep, so the class is the first folder under it.
-        parts = [PurePosixPath(n).parts for n in names if not _unsafe(n)]
+        # Hidden entries (__MACOSX/, .DS_Store) are skipped as members, so they must not decide the wrapper either.
+        parts = [p for n in names if not _unsafe(n) and not _hidden(p := PurePosixPath(n).parts)]
         if parts and all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1:
             return 1
         return 0
@@ -124,9 +143,9 @@ class ArchiveSource(Source):
         if self.fmt == "tar":
             with tarfile.open(self.path, "r:*") as tf:
                 for m in tf:
-                    if m.isdir() or _hidden(PurePosixPath(m.name).parts):
+                    why = _unsafe(m.name)  # before the hidden check: a '..' part also starts with '.'
+                    if m.isdir() or (why is None and _hidden(PurePosixPath(m.name).parts)):
                         continue
-                    why = _unsafe(m.name)
                     if why is None and (m.issym() or m.islnk()):
                         why = f"link to {m.linkname!r}"
                     elif why is None and not m.isfile():
@@ -141,9 +160,9 @@ class ArchiveSource(Source):
             return
         with zipfile.ZipFile(self.path) as zf:
             for info in zf.infolist():
-                if info.is_dir() or _hidden(PurePosixPath(info.filename).parts):
+                why = _unsafe(info.filename)  # before the hidden check: a '..' part also starts with '.'
+                if info.is_dir() or (why is None and _hidden(PurePosixPath(info.filename).parts)):
                     continue
-                why = _unsafe(info.filename)
                 if why is None and stat.S_ISLNK(info.external_attr >> 16):
                     why = "symbolic link"
                 if why:
@@ -154,7 +173,7 @@ class ArchiveSource(Source):
                     continue
                 try:
                     with zf.open(info) as fh:
-                        data = fh.read(cap + 1)  # the header's size can lie (zip bomb): read at most cap+1
+                        data = _read_capped(fh, cap)  # the header's size can lie (zip bomb): read at most cap+1
                 except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
                     yield self._item(info.filename, reason="corrupt", error=f"cannot read member: {exc}")
                     continue

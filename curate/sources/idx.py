@@ -23,9 +23,12 @@ def find_idx_pairs(folder: Path) -> list[tuple[Path, Path | None]]:
     pairs = []
     for img in sorted(folder.glob("*idx3-ubyte*")):
         if img.name.endswith((".gz", "ubyte")):
-            lab_name = img.name.replace("images-idx3", "labels-idx1").replace("idx3", "idx1")
-            lab = folder / lab_name
-            pairs.append((img, lab if lab.exists() else None))
+            # ``train-images-idx3-ubyte`` and the dotted ``train-images.idx3-ubyte`` (Kaggle copies) both
+            # pair with the same name spelled ``labels``/``idx1``; the labels may or may not be gzipped.
+            lab_name = img.name.replace("images", "labels", 1).replace("idx3", "idx1")
+            base = lab_name.removesuffix(".gz")
+            lab = next((c for c in (folder / lab_name, folder / base, folder / f"{base}.gz") if c.exists()), None)
+            pairs.append((img, lab))
     return pairs
 
 
@@ -95,7 +98,7 @@ class IdxSource(Source):
                 labels = read_idx(lab_path)
                 if labels.shape != (images.shape[0],):
                     raise CurateError(f"{lab_path}: {labels.shape[0]} labels for {images.shape[0]} images in {img_path.name}")
-                if names is not None and int(labels.max()) >= len(names):
+                if names is not None and labels.size and int(labels.max()) >= len(names):
                     raise CurateError(f"{lab_path}: label id {int(labels.max())} but only {len(names)} --class-names")
             split = self.opts.split_name or _origin(img_path.name)
             h, w = images.shape[1:]

@@ -55,7 +55,7 @@ def _clean(value: Any) -> str | None:
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)``; strict about the format, tolerant of trailing blank lines."""
     blank_at: int | None = None
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # -sig: tolerate the BOM some Windows tools write
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 blank_at = blank_at or lineno
@@ -140,12 +140,16 @@ class ManifestSource(Source):
 
     def items(self) -> Iterator[dict]:
         base = self.path.parent
+        used = {self.path_col, self.label_col, self.split_col}
         where = "line" if self.fmt in ("csv", "jsonl") else "row"
         for row, rec in self._records():
             ref = _clean(rec.get(self.path_col))
             label = _clean(rec.get(self.label_col)) if self.label_col else None
             split = (_clean(rec.get(self.split_col)) if self.split_col else None) or self.opts.split_name
             item = {"label": label, "origin_split": split}
+            other = {k: _clean(v) for k, v in rec.items() if k not in used}
+            if other:
+                item["extra"] = json.dumps(other)
             if ref is None:
                 item.update(source=f"{self.path}:{where} {row}", pre_reason="missing", pre_error=f"empty {self.path_col!r}")
             elif _URL.match(ref):

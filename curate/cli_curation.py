@@ -1,0 +1,122 @@
+"""``curate split`` and ``curate normalize``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, say
+
+
+def split(
+    ratios: Annotated[str | None, typer.Option(help="train:val:test (70:20:10), train:val (80:20) or train=8,val=1,test=1.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the assignment order (same seed, same splits).")] = None,
+    group_col: Annotated[str | None, typer.Option(help="Column whose equal values must share a split (e.g. patient_id).")] = None,
+    keep_existing: Annotated[bool | None, typer.Option("--keep-existing", help="Keep the source's own split (origin_split, "
+                                                       "e.g. MNIST test) and carve val out of its train rows.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only report duplicate groups that cross splits; commit nothing.")] = False,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Assign train/val/test: stratified by label, duplicate groups whole, stable when data is added later.
+
+    Rows that already have a split keep it; new rows fill each class up to the ratios. Every duplicate group
+    (from `curate dedupe`) and every value of `--group-col` lands in one split, so nothing leaks.
+
+    Examples:
+
+        curate split                         # 70:20:10
+        curate split --ratios 80:10:10 --seed 1 --group-col patient_id
+        curate split --keep-existing         # MNIST: official test stays test; val carved out of train
+        curate split --check                 # leakage report only
+    """
+    from curate.config import find_config_file, load_section, resolve
+    from curate.pipeline import run_stage
+    from curate.stages.split import SplitConfig, leakage, parse_ratios, run_split
+    from curate.ui import emit_json
+    from curate.workspace import Workspace
+
+    ws = Workspace(workspace)
+    if check:
+        vid = ws.resolve(None)
+        res = {"version": vid, **leakage(ws.samples(vid), group_col)}
+        if json_out:
+            emit_json(res)
+        else:
+            say(f"leakage check {vid}: {res['groups_crossing']} of {res['groups_checked']} duplicate/user groups cross splits "
+                f"({res['rows_in_crossing_groups']} rows)")
+        if res["groups_crossing"]:
+            raise typer.Exit(1)
+        return
+    cfg_file = find_config_file(ws.root)
+    cli = {"ratios": parse_ratios(ratios) if ratios else None, "seed": seed, "group_col": group_col, "keep_existing": keep_existing}
+    file_values = load_section(cfg_file, "split")
+    if isinstance(file_values.get("ratios"), str):
+        file_values = {**file_values, "ratios": parse_ratios(file_values["ratios"])}
+    cfg = resolve(SplitConfig, file_values, cli, origin=str(cfg_file))
+    config = {"ratios": [list(r) for r in cfg.ratios], "seed": cfg.seed, "group_col": cfg.group_col,
+              "keep_existing": cfg.keep_existing}
+    res = run_stage(ws, "split", config, lambda parent, _pid: run_split(_need(parent), cfg))
+    if json_out:
+        emit_json(res)
+        return
+    st = res["stats"]
+    per_split = st["summary"]["per_split"]
+    cached = " (cached: same parent and settings)" if res["cached"] else ""
+    say(f"split -> {res['version']}{cached}: " + ", ".join(f"{k} {v:,}" for k, v in per_split.items()))
+    if not res["cached"]:
+        lk = st["leakage"]
+        say(f"  newly assigned {st['newly_assigned']:,}; groups crossing splits: {lk['groups_crossing']} of {lk['groups_checked']}")
+
+
+def normalize(
+    split_name: Annotated[str, typer.Option("--split", help="Split whose included rows define the statistics.")] = "train",
+    channels: Annotated[int, typer.Option(help="1 or 3; 0 decides from the data.")] = 0,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Processes for decoding (default: cores).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Per-channel mean/std (and a pixel histogram) from the included train rows only.
+
+    Stored in the version state; every later export's dataset.json and every checkpoint carries it.
+
+    Example:  curate normalize
+    """
+    from curate.errors import UsageError
+    from curate.executors.local import default_workers
+    from curate.pipeline import run_stage
+    from curate.stages.normalize import NormalizeConfig, run_normalize
+    from curate.ui import emit_json, progress
+    from curate.workspace import Workspace
+
+    if channels not in (0, 1, 3):
+        raise UsageError(f"--channels {channels}: use 1, 3 or 0 (auto)")
+    ws = Workspace(workspace)
+    cfg = NormalizeConfig(split=split_name, channels=channels)
+    n = workers or default_workers()
+    res = run_stage(ws, "normalize", {"split": cfg.split, "channels": cfg.channels},
+                    lambda parent, _pid: run_normalize(ws, _need(parent), cfg, workers=n,
+                                                       progress=lambda total: progress("normalize", total, enabled=not json_out)))
+    if json_out:
+        emit_json(res)
+        return
+    norm = res["stats"]["normalization"]
+    fmt = ", ".join
+    say(f"normalize -> {res['version']}: {norm['images']:,} {norm['split']} images, {norm['channels']} channel(s); "
+        f"mean [{fmt(f'{m:.4f}' for m in norm['mean'])}] std [{fmt(f'{s:.4f}' for s in norm['std'])}]")
+
+
+def _need(parent):  # noqa: ANN001, ANN202
+    from curate.errors import CurateError
+
+    if parent is None:
+        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
+    return parent
+
+
+def register(app: typer.Typer) -> None:
+    app.command(rich_help_panel="Stages")(handle_errors(split))
+    app.command(rich_help_panel="Stages")(handle_errors(normalize))
