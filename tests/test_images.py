@@ -153,3 +153,19 @@ def test_exif_orientation_3_keeps_size(jpeg_bytes):
 def test_no_exif_is_orientation_1(jpeg_bytes):
     check = inspect_image(jpeg_bytes(3, (40, 20)))
     assert (check.width, check.height, check.exif_orientation, check.format) == (40, 20, 1, "JPEG")
+
+
+def test_png_chunk_checksums_are_verified() -> None:
+    """A flipped CRC is corrupt, a PNG without its IEND chunk is truncated (what Pillow's verify() reports)."""
+    from curate.images import inspect_image, png_integrity
+    from tests.conftest import png_bytes
+
+    good = png_bytes(seed=3, size=(20, 20))
+    assert png_integrity(good) is None and inspect_image(good).reason is None
+    idat = good.index(b"IDAT")
+    length = int.from_bytes(good[idat - 4 : idat], "big")
+    crc_at = idat + 4 + length
+    bad_crc = good[:crc_at] + bytes([good[crc_at] ^ 0xFF]) + good[crc_at + 1 :]
+    check = inspect_image(bad_crc)
+    assert check.reason == "corrupt" and "IDAT" in check.error
+    assert inspect_image(good[:-12]).reason == "truncated"
