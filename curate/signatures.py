@@ -1,0 +1,192 @@
+"""Per-image duplicate signatures: an exact pixel hash plus a small grayscale thumbnail.
+
+What one signature holds (``SIGNATURE_SCHEMA``, one row per sample, cached per ``sample_id`` in a version's
+``state/signatures.parquet``):
+
+- ``pixel_hash``: 16-byte BLAKE2b of the decoded pixels (after the EXIF orientation, in a canonical mode: an RGB
+  image whose channels are equal counts as ``L``, an opaque RGBA image as RGB). A PNG and a lossless re-encode of
+  it, or the same picture saved as palette PNG and as RGB, hash the same: these are *exact* duplicates.
+- ``thumb``: the grayscale image as uint8, kept at its native resolution when a side is at most ``THUMB`` (32)
+  pixels and resized (bicubic, antialiased) to ``THUMB`` on that side otherwise; at most 1 KB. Keeping small
+  images at their own pixel grid is what makes a 1-2 px shift or a crop of a 28x28 image an *integer*
+  translation that ``curate.dupverify`` can match exactly, instead of a resampled, blurred one.
+- ``thumb_h``/``thumb_w`` (its shape), ``width``/``height`` (the decoded size), ``sharpness`` (variance of the
+  Laplacian of the gray image at <= 256 px, for ``--keep sharpest``).
+
+Why not a 64-bit pHash: a binarised DCT throws away exactly what separates a shifted copy from a different
+garment with the same silhouette (measured in BENCHMARKS.md "Dedupe"); the thumbnail keeps it at 1 KB per image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+THUMB = 32
+SIG_VERSION = "thumb32-v1"
+CACHE_NAME = "signatures.parquet"
+SHARP_SIDE = 256
+
+SIGNATURE_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("pixel_hash", pa.binary(16)),
+        ("thumb", pa.binary()),
+        ("thumb_h", pa.int16()),
+        ("thumb_w", pa.int16()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("sharpness", pa.float32()),
+        ("error", pa.string()),
+    ],
+    metadata={b"sig_version": SIG_VERSION.encode()},
+)
+
+
+def canonical_pixels(im: Any) -> tuple[str, np.ndarray]:
+    """The pixels of a decoded PIL image in a canonical mode: ``L``, ``RGB`` or ``RGBA``.
+
+    Gray content stored as RGB becomes ``L``; an RGBA image whose alpha is 255 everywhere becomes ``RGB``.
+    """
+    if im.mode not in ("L", "RGB", "RGBA"):
+        im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+    arr = np.asarray(im)
+    mode = im.mode
+    if mode == "RGBA" and bool((arr[..., 3] == 255).all()):
+        arr, mode = arr[..., :3], "RGB"
+    if mode == "RGB" and bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()):
+        arr, mode = arr[..., 0], "L"
+    return mode, np.ascontiguousarray(arr)
+
+
+def pixel_hash(mode: str, arr: np.ndarray) -> bytes:
+    """16-byte BLAKE2b of mode, shape and pixel bytes: equal iff the decoded images are equal."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{mode}:{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.digest()
+
+
+def gray_of(mode: str, arr: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R 601, like PIL's ``convert('L')``) as float32 in 0..255; alpha is ignored."""
+    if mode == "L":
+        return arr.astype(np.float32)
+    rgb = arr[..., :3].astype(np.float32)
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def thumbnail(gray: np.ndarray) -> np.ndarray:
+    """uint8 thumbnail: native pixels where a side is <= ``THUMB``, bicubic (antialiased) down to ``THUMB`` otherwise."""
+    from PIL import Image
+
+    h, w = gray.shape
+    th, tw = min(h, THUMB), min(w, THUMB)
+    g8 = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    if (th, tw) == (h, w):
+        return g8
+    im = Image.fromarray(g8, mode="L")
+    factor = min(h // (4 * th), w // (4 * tw))
+    if factor >= 2:  # a cheap box reduction first keeps huge photos fast; the last step stays bicubic
+        im = im.reduce(factor)
+    return np.asarray(im.resize((tw, th), Image.BICUBIC))
+
+
+def sharpness(gray: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of the gray image (0..1 scale) at <= ``SHARP_SIDE`` px per side."""
+    from PIL import Image
+
+    h, w = gray.shape
+    if max(h, w) > SHARP_SIDE:
+        s = SHARP_SIDE / max(h, w)
+        im = Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8), mode="L")
+        gray = np.asarray(im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR), np.float32)
+    g = gray / 255.0
+    if min(g.shape) < 3:
+        return 0.0
+    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def signature_of(data: bytes) -> dict[str, Any]:
+    """Decode ``data`` (EXIF orientation applied) and return one ``SIGNATURE_SCHEMA`` row (without sample_id)."""
+    from curate.images import decode_rgb_or_l
+
+    im = decode_rgb_or_l(data)
+    mode, arr = canonical_pixels(im)
+    gray = gray_of(mode, arr)
+    th = thumbnail(gray)
+    return {
+        "pixel_hash": pixel_hash(mode, arr),
+        "thumb": th.tobytes(),
+        "thumb_h": th.shape[0],
+        "thumb_w": th.shape[1],
+        "width": arr.shape[1],
+        "height": arr.shape[0],
+        "sharpness": sharpness(gray),
+        "error": None,
+    }
+
+
+def compute_signatures(batch: pa.Table) -> pa.Table:
+    """Signatures for a batch of ``sample_id``/``data`` rows (same order); undecodable rows get ``error``."""
+    rows: dict[str, list[Any]] = {name: [] for name in SIGNATURE_SCHEMA.names}
+    for sid, data in zip(batch.column("sample_id").to_pylist(), batch.column("data").to_pylist(), strict=True):
+        try:
+            row = signature_of(data)
+        except Exception as exc:  # noqa: BLE001 - hostile bytes: the row is reported, never crashes the stage
+            row = {name: None for name in SIGNATURE_SCHEMA.names}
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        row["sample_id"] = sid
+        for name in SIGNATURE_SCHEMA.names:
+            rows[name].append(row[name])
+    return pa.table(rows, schema=SIGNATURE_SCHEMA)
+
+
+def thumbs_array(sigs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Thumbnails as a zero-padded ``(N, THUMB, THUMB)`` uint8 array plus their ``(N, 2)`` shapes (h, w)."""
+    n = sigs.num_rows
+    out = np.zeros((n, THUMB, THUMB), np.uint8)
+    hs = sigs.column("thumb_h").to_numpy(zero_copy_only=False).astype(np.int64)
+    ws = sigs.column("thumb_w").to_numpy(zero_copy_only=False).astype(np.int64)
+    for i, (raw, h, w) in enumerate(zip(sigs.column("thumb").to_pylist(), hs, ws, strict=True)):
+        out[i, :h, :w] = np.frombuffer(raw, np.uint8).reshape(h, w)
+    return out, np.stack([hs, ws], 1)
+
+
+def cache_bytes(sigs: pa.Table) -> bytes:
+    """Serialise signatures (rows without error) for ``state/signatures.parquet``."""
+    sigs = sigs.filter(pc.is_null(sigs.column("error"))).cast(SIGNATURE_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(sigs, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def read_cached(ws: Any, vid: str, ids: Iterable[str]) -> pa.Table:
+    """Cached signatures for ``ids`` found in the ``state/`` of ``vid`` or its ancestors (newest first).
+
+    Caches written by another signature version are ignored, so changing the algorithm never mixes signatures.
+    """
+    want = set(ids)
+    parts: list[pa.Table] = []
+    for v in reversed(ws.lineage(vid)):
+        if not want:
+            break
+        path = ws.state_path(v, CACHE_NAME)
+        if not path.exists():
+            continue
+        meta = pq.read_schema(path).metadata or {}
+        if meta.get(b"sig_version") != SIG_VERSION.encode():
+            continue
+        t = pq.read_table(path)
+        t = t.filter(pc.is_in(t.column("sample_id"), pa.array(sorted(want), pa.string())))
+        if t.num_rows:
+            parts.append(t.cast(SIGNATURE_SCHEMA))
+            want -= set(t.column("sample_id").to_pylist())
+    return pa.concat_tables(parts) if parts else SIGNATURE_SCHEMA.empty_table()
