@@ -18,6 +18,7 @@ setup: $(BIN)/curate
 demo: setup
 	rm -rf $(DEMO_WS)
 	$(BIN)/curate ingest data/sample/images -w $(DEMO_WS)
+	$(BIN)/curate dedupe -w $(DEMO_WS)
 	$(BIN)/curate split -w $(DEMO_WS)
 	$(BIN)/curate normalize -w $(DEMO_WS)
 	$(BIN)/curate show -w $(DEMO_WS)
