@@ -1,0 +1,215 @@
+"""``curate train``, ``curate evaluate`` and ``curate predict`` (torch is imported inside the commands only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, VersionOpt, WorkspaceOpt, handle_errors, say
+
+
+def _fmt_metrics(split: str, m: dict) -> str:
+    top = ", ".join(f"top-{k} err {v:.4f}" for k, v in m.get("topk_error", {}).items() if k != "1")
+    auc = f", AUC {m['roc_auc_ovr_macro']:.4f}" if m.get("roc_auc_ovr_macro") is not None else ""
+    return f"  {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}{auc}{', ' + top if top else ''}"
+
+
+def train(
+    version: VersionOpt = None,
+    arch: Annotated[str, typer.Option(help="small-cnn | resnet-mini | resnet-mini-wide | linear")] = "small-cnn",
+    epochs: Annotated[int, typer.Option(help="Epochs (the onecycle/cosine schedule spans all of them).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 128,
+    lr: Annotated[float, typer.Option(help="Learning rate (the peak for onecycle).")] = 3e-3,
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = "adamw",
+    weight_decay: Annotated[float | None, typer.Option(help="Not on biases/BatchNorm; default 0.05 adamw, 5e-4 sgd.")] = None,
+    schedule: Annotated[str, typer.Option(help="onecycle | cosine | step | constant")] = "onecycle",
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the training loss (0 = off).")] = 0.0,
+    augment: Annotated[str, typer.Option(help="Train-only augmentation: none | flip | shift | flip-shift | standard.")] = "none",
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better val accuracy (0 = off).")] = 5,
+    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")] = "auto",
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA and on CPUs with native bf16.")] = True,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")] = 0,
+    loader: Annotated[str, typer.Option(help="auto | memory (decode shards once) | stream (decode on the fly).")] = "auto",
+    shard_format: Annotated[str, typer.Option("--format", help="Shards to read: parquet | webdataset.")] = "parquet",
+    image_size: Annotated[int | None, typer.Option(help="Resize to this square side (default: the data's size).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Wall-clock budget: no epoch starts that would end after it.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default models/VERSION-ARCH).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of init, batch order and augmentation (CPU runs are deterministic).")] = 0,
+    sanity: Annotated[bool, typer.Option("--sanity", help="Only overfit one small batch; fail if the loss does not fall.")] = False,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a classifier on a version's export shards (exported first if needed) and score it on val/test.
+
+    Uses the version's train-only normalization; writes model_last.pt / model_best.pt with meta_*.json
+    (config, classes, normalization, dataset version, metrics) each epoch, then metrics.json, curves.png and
+    confusion_SPLIT.png into the run folder. Ctrl-C or a kill loses at most the current epoch: --resume.
+
+    Examples:
+
+        curate train --sanity
+        curate train --arch small-cnn --epochs 12 --augment flip --label-smoothing 0.1
+        curate train --out models/fm --resume
+    """
+    from curate.learn.train import TrainConfig
+    from curate.learn.train import train as run_train
+    from curate.ui import emit_json, progress
+    from curate.workspace import Workspace
+
+    cfg = TrainConfig(
+        version=version,
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        patience=patience,
+        seed=seed,
+        device=device,
+        amp=amp,
+        workers=workers,
+        loader=loader,
+        format=shard_format,
+        image_size=image_size,
+        max_minutes=max_minutes,
+        out=str(out) if out else None,
+        resume=resume,
+    )
+    ws = Workspace(workspace)
+    log = (lambda s: None) if json_out else say
+    try:
+        res = run_train(ws, cfg, log=log, sanity=sanity, progress=lambda d, n: progress(d, n, enabled=not json_out))
+    except KeyboardInterrupt:
+        from curate.ui import err_console
+
+        err_console.print("interrupted: model_last.pt holds the last finished epoch; continue with --resume (same --out)")
+        raise typer.Exit(130) from None
+    if json_out:
+        emit_json(res)
+        return
+    if sanity:
+        say("sanity check passed: the loss fell below a quarter of its start on one batch")
+        return
+    say(
+        f"trained {res['arch']} on {res['version']} ({res['device']}): {res['epochs_run']} epochs in {res['train_seconds']:.0f}s, "
+        f"stopped by {res['stopped']}; best epoch {res['best_epoch']} -> {res['run']}"
+    )
+    for split, m in res["metrics"].items():
+        say(_fmt_metrics(split, m))
+
+
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `curate train` (or a model_*.pt file).")],
+    version: VersionOpt = None,
+    split: Annotated[str, typer.Option("--split", help="Split to score: train | val | test.")] = "test",
+    which: Annotated[str, typer.Option(help="Checkpoint: best | last.")] = "best",
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score a trained run on a split of a dataset version (default: the version it was trained on).
+
+    Writes eval_SPLIT.json (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, ROC AUC,
+    top-k error, the worst-classified samples) and eval_confusion_SPLIT.png into the run folder.
+
+    Example:  curate evaluate models/000004-normalize-small-cnn --split test
+    """
+    from curate.learn.data import eval_loader, load_split
+    from curate.learn.metrics import write_report
+    from curate.learn.predict import load_run
+    from curate.learn.shards import open_export
+    from curate.learn.train import evaluate as run_eval
+    from curate.ui import emit_json, progress
+    from curate.workspace import Workspace
+
+    loaded = load_run(run, which)
+    ws = Workspace(workspace)
+    info = open_export(ws, version or loaded.meta["dataset_version"])
+    if split not in info.card["splits"]:
+        from curate.errors import CurateError
+
+        raise CurateError(f"version {info.card['version']} has no {split!r} split", hint=f"splits: {', '.join(info.card['splits'])}")
+    if info.classes != loaded.classes:
+        from curate.errors import CurateError
+
+        raise CurateError(f"the classes of {info.card['version']} differ from those {run} was trained on")
+    with progress(f"decode {split}", info.card["splits"][split], enabled=not json_out) as advance:
+        data = load_split(info.files(split, "parquet"), "parquet", int(loaded.meta["channels"]), loaded.size, advance=advance)
+    data = data.labeled()
+    ev = run_eval(loaded.model, eval_loader(data, loaded.meta["normalization"]), loaded.device)
+    out_dir = run if run.is_dir() else run.parent
+    extra = {"run": str(run), "checkpoint": str(loaded.path), "dataset_version": info.card["version"], "split": split}
+    report = write_report(out_dir, {split: ev}, loaded.classes, None, name=f"eval_{split}.json", extra=extra)
+    m = report[split]
+    if json_out:
+        emit_json(
+            {
+                "run": str(run),
+                "version": info.card["version"],
+                "split": split,
+                **{k: m[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error", "per_class", "worst")},
+            }
+        )
+        return
+    say(f"evaluate {run} on {info.card['version']} {split} ({m['n']:,} images) -> {out_dir / f'eval_{split}.json'}")
+    say(_fmt_metrics(split, m))
+    for row in m["worst"][:5]:
+        say(f"    worst: {row['sample_id'][:12]}  true {row['true']}  predicted {row['predicted']} ({row['confidence']:.3f})")
+
+
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `curate train`.")],
+    src: Annotated[str, typer.Argument(help="Folder, manifest (.csv/.parquet/.jsonl), idx file/folder or archive.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Predictions table: .csv or .parquet.")] = Path("predictions.csv"),
+    which: Annotated[str, typer.Option(help="Checkpoint: best | last.")] = "best",
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Predict every image of SRC: a table of source, predicted class, confidence and one p_CLASS column per class.
+
+    Example:  curate predict models/fm new_images/ --out preds.parquet
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from curate.learn.predict import load_run, predict_source
+    from curate.ui import emit_json, progress
+
+    loaded = load_run(run, which)
+    table = predict_source(loaded, src, progress=lambda n: progress("predict", n, enabled=not json_out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        pq.write_table(table, out)
+    else:
+        pacsv.write_csv(table, out)
+    counts: dict[str, int] = {}
+    for p in table.column("predicted").to_pylist() if table.num_rows else []:
+        if p is not None:
+            counts[p] = counts.get(p, 0) + 1
+    res = {
+        "run": str(run),
+        "source": src,
+        "out": str(out),
+        "rows": table.num_rows,
+        "predicted": counts,
+        "errors": sum(1 for e in table.column("error").to_pylist() if e) if "error" in table.column_names else 0,
+    }
+    if json_out:
+        emit_json(res)
+        return
+    say(f"predict {src}: {res['rows']:,} images -> {out} ({res['errors']} undecodable)")
+    say("  predicted: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(rich_help_panel="Learning")(handle_errors(train))
+    app.command(rich_help_panel="Learning")(handle_errors(evaluate))
+    app.command(rich_help_panel="Learning")(handle_errors(predict))

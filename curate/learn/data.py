@@ -1,0 +1,398 @@
+"""From curate's export shards to torch batches.
+
+Two loaders, one batch format (``x`` float ``(B, C, H, W)`` normalized with the version's train-only
+mean/std, ``y`` int64 ``(B,)`` class indices (-1 unlabeled), ``ids``: the B sample ids):
+
+- **memory** (the default when the decoded split fits ``cache_bytes``): each split's shards are read and
+  decoded once into a uint8 array ``(N, H, W, C)``; batches are fancy-indexed from it. Decoding a 28x28 PNG
+  costs about as much as a training step of a small CNN on it, so decoding every epoch would halve the speed
+  on a 2-core machine; decoding once makes the shard loader as fast as in-memory tensors (bench/bench_train.py).
+- **stream**: an ``IterableDataset`` that reads Parquet row groups or WebDataset tar members shard by shard
+  (shards spread over DataLoader workers), shuffles within a buffer and decodes on the fly: for data larger
+  than memory.
+
+Randomness is a pure function of ``(seed, epoch, batch)``: the epoch's order comes from a generator seeded
+with ``seed + epoch`` and each batch's augmentation from its own seed, so a resumed run sees the same batches
+as an uninterrupted one, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from curate.errors import CurateError
+from curate.learn.shards import decode, image_geometry, iter_records, open_export
+
+AUGMENT_POLICIES = ("none", "flip", "shift", "flip-shift", "standard")
+DEFAULT_CACHE_BYTES = 4 << 30
+
+
+def augmenter(policy: str, size: tuple[int, int]) -> Any:
+    """The albumentations pipeline of a policy (None for ``none``), applied to uint8 ``(H, W, C)`` train images.
+
+    ``flip``: horizontal flip; ``shift``: translate up to 1/14 of the side (2 px at 28) with zero padding;
+    ``flip-shift``: both; ``standard``: flip, shift/scale/rotate and brightness/contrast jitter.
+
+    Raises:
+        CurateError: unknown policy (exit code 2).
+    """
+    if policy not in AUGMENT_POLICIES:
+        raise CurateError(f"unknown --augment {policy!r}; choose from {', '.join(AUGMENT_POLICIES)}", exit_code=2)
+    if policy == "none":
+        return None
+    import albumentations as A
+    import cv2
+
+    pad = max(1, round(min(size) / 14))
+    shift = [
+        A.PadIfNeeded(size[0] + 2 * pad, size[1] + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
+        A.RandomCrop(size[0], size[1]),
+    ]
+    ops: list[Any] = {
+        "flip": [A.HorizontalFlip()],
+        "shift": shift,
+        "flip-shift": [A.HorizontalFlip(), *shift],
+        "standard": [
+            A.HorizontalFlip(),
+            A.Affine(translate_percent=(-0.07, 0.07), scale=(0.9, 1.1), rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=0.7),
+            A.RandomBrightnessContrast(0.15, 0.15, p=0.5),
+        ],
+    }[policy]
+    return A.Compose(ops, seed=0)
+
+
+# ------------------------------------------------------------------------------------------- in memory
+@dataclass
+class DecodedSplit:
+    """A decoded split: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int64 ``(N,)``, ``sample_ids`` (N strings)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    sample_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def labeled(self) -> DecodedSplit:
+        """The rows with a class (label >= 0)."""
+        keep = self.labels >= 0
+        if keep.all():
+            return self
+        return DecodedSplit(self.images[keep], self.labels[keep], [s for s, k in zip(self.sample_ids, keep, strict=True) if k])
+
+
+def load_split(
+    files: list[Path], fmt: str, channels: int, size: tuple[int, int], *, advance: Callable[[int], None] | None = None
+) -> DecodedSplit:
+    """Read and decode every row of the given shards into memory (see ``DecodedSplit``)."""
+    images, labels, ids = [], [], []
+    for row in iter_records(files, fmt):
+        images.append(decode(row["data"], channels, size))
+        labels.append(row["label"])
+        ids.append(row["sample_id"])
+        if advance and len(ids) % 1000 == 0:
+            advance(1000)
+    if advance:
+        advance(len(ids) % 1000)
+    arr = np.stack(images) if images else np.zeros((0, size[0], size[1], channels), np.uint8)
+    return DecodedSplit(arr, np.asarray(labels, np.int64), ids)
+
+
+class Normalizer:
+    """uint8 ``(B, H, W, C)`` -> float ``(B, C, H, W)`` as ``(x / 255 - mean) / std`` per channel."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        self.scale = torch.tensor([1.0 / (255.0 * max(s, 1e-6)) for s in std]).view(1, -1, 1, 1)
+        self.shift = torch.tensor([-m / max(s, 1e-6) for m, s in zip(mean, std, strict=True)]).view(1, -1, 1, 1)
+
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
+        return (x * self.scale + self.shift).contiguous()
+
+
+def _augment(aug: Any, images: np.ndarray, seed: int) -> np.ndarray:
+    aug.set_random_seed(seed)
+    out = np.empty_like(images)
+    for k in range(len(images)):
+        im = aug(image=images[k])["image"]
+        out[k] = im if im.ndim == 3 else im[:, :, None]
+    return out
+
+
+class EpochBatches(Sampler):
+    """Yields ``(batch_seed, row_indices)`` per batch; the order is a function of ``seed`` and the epoch only."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last, self.epoch = n, batch_size, shuffle, seed, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        for b in range(len(self)):
+            yield (self.seed * 1_000_003 + self.epoch * 10_007 + b) % (2**31), order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class MemoryBatches(Dataset):
+    """Map-style dataset over a ``DecodedSplit`` whose items are whole batches ``(x, y, ids)`` (see module doc)."""
+
+    def __init__(self, split: DecodedSplit, norm: Normalizer, aug: Any = None) -> None:
+        self.split, self.norm, self.aug = split, norm, aug
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        seed, idx = item
+        index = np.asarray(idx)
+        images = self.split.images[index]
+        if self.aug is not None:
+            images = _augment(self.aug, images, seed)
+        return self.norm(images), torch.from_numpy(self.split.labels[index]), [self.split.sample_ids[k] for k in idx]
+
+
+# ------------------------------------------------------------------------------------------- streaming
+class StreamBatches(IterableDataset):
+    """Batches ``(x, y, ids)`` decoded on the fly from shards.
+
+    Shards are dealt to DataLoader workers round-robin; rows are shuffled within ``buffer`` rows.
+    """
+
+    def __init__(
+        self,
+        files: list[Path],
+        fmt: str,
+        channels: int,
+        size: tuple[int, int],
+        norm: Normalizer,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        aug: Any = None,
+        seed: int = 0,
+        buffer: int = 8192,
+    ) -> None:
+        self.files, self.fmt, self.channels, self.size, self.norm = files, fmt, channels, size, norm
+        self.batch_size, self.shuffle, self.aug, self.seed, self.buffer, self.epoch = batch_size, shuffle, aug, seed, buffer, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        wi = get_worker_info()
+        wid, nw = (wi.id, wi.num_workers) if wi else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, wid])
+        files = list(self.files)
+        if self.shuffle:
+            rng.shuffle(files)
+        mine = files[wid::nw]
+        buf: list[tuple[np.ndarray, int, str]] = []
+        batch: list[tuple[np.ndarray, int, str]] = []
+
+        def emit(rows: list[tuple[np.ndarray, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+            images = np.stack([r[0] for r in rows])
+            if self.aug is not None:
+                images = _augment(self.aug, images, int(rng.integers(2**31)))
+            return self.norm(images), torch.tensor([r[1] for r in rows], dtype=torch.int64), [r[2] for r in rows]
+
+        for row in iter_records(mine, self.fmt):
+            if row["label"] < 0:
+                continue
+            buf.append((decode(row["data"], self.channels, self.size), row["label"], row["sample_id"]))
+            if len(buf) < (self.buffer if self.shuffle else 1):
+                continue
+            pick = int(rng.integers(len(buf))) if self.shuffle else 0
+            buf[pick], buf[-1] = buf[-1], buf[pick]
+            batch.append(buf.pop())
+            if len(batch) == self.batch_size:
+                yield emit(batch)
+                batch = []
+        if self.shuffle:
+            rng.shuffle(buf)  # type: ignore[arg-type]
+        for row in buf:
+            batch.append(row)
+            if len(batch) == self.batch_size:
+                yield emit(batch)
+                batch = []
+        if batch:
+            yield emit(batch)
+
+
+def make_loader(dataset: Dataset, *, sampler: EpochBatches | None, workers: int, pin: bool) -> DataLoader:
+    """A DataLoader over a batch-producing dataset (batch_size=None: the dataset/sampler already batch).
+
+    Workers persist across epochs only with a sampler (the epoch lives in the main process); a streaming
+    dataset is re-sent to fresh workers each epoch so they see its new epoch number.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0 and sampler is not None,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def eval_loader(split: DecodedSplit, normalization: dict[str, Any], batch_size: int = 512) -> DataLoader:
+    """Batches ``(x, y, ids)`` of a decoded split in order, normalized with ``normalization`` (mean/std)."""
+    norm = Normalizer(normalization["mean"], normalization["std"])
+    return make_loader(MemoryBatches(split, norm), sampler=EpochBatches(len(split), batch_size, shuffle=False), workers=0, pin=False)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell a loader's sampler or streaming dataset which epoch it is serving (the order depends on it)."""
+    for obj in (loader.sampler, loader.dataset):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+def fit_normalization(images: np.ndarray) -> dict[str, Any]:
+    """Per-channel mean/std on the 0..1 scale of uint8 ``(N, H, W, C)`` train images (same math as ``curate normalize``)."""
+    flat = images.reshape(-1, images.shape[-1]).astype(np.int64)
+    n = flat.shape[0]
+    mean = flat.sum(0) / n
+    var = (flat * flat).sum(0) / n - mean**2
+    return {"mean": (mean / 255).tolist(), "std": (np.sqrt(np.maximum(var, 0)) / 255).tolist(), "channels": images.shape[-1]}
+
+
+# ------------------------------------------------------------------------------------------- assembly
+@dataclass
+class TrainingData:
+    """Loaders for the splits present (``train`` always; ``val``/``test`` when the version has them) plus the
+    facts a checkpoint must carry to reproduce the input: classes, channels, size ``(H, W)``, normalization."""
+
+    classes: list[str]
+    channels: int
+    size: tuple[int, int]
+    normalization: dict[str, Any]
+    version: str | None
+    loaders: dict[str, DataLoader]
+    rows: dict[str, int]
+    mode: str = "memory"
+
+
+def memory_data(
+    splits: dict[str, DecodedSplit],
+    classes: list[str],
+    normalization: dict[str, Any] | None,
+    *,
+    batch_size: int,
+    augment: str = "none",
+    seed: int = 0,
+    workers: int = 0,
+    pin: bool = False,
+    version: str | None = None,
+) -> TrainingData:
+    """``TrainingData`` over decoded splits (the train split is shuffled, augmented and drops a ragged last batch).
+
+    ``normalization`` None: fit on the train split (train rows only, like ``curate normalize``).
+    """
+    train = splits["train"]
+    norm_stats = normalization or {**fit_normalization(train.images), "source": "computed from the train shards by curate train"}
+    norm = Normalizer(norm_stats["mean"], norm_stats["std"])
+    size = (train.images.shape[1], train.images.shape[2])
+    aug = augmenter(augment, size)
+    loaders = {}
+    for name, split in splits.items():
+        is_train = name == "train"
+        sampler = EpochBatches(len(split), batch_size, shuffle=is_train, seed=seed, drop_last=is_train and len(split) > batch_size)
+        ds = MemoryBatches(split, norm, aug if is_train else None)
+        loaders[name] = make_loader(ds, sampler=sampler, workers=workers if is_train else 0, pin=pin)
+    return TrainingData(classes, train.images.shape[3], size, norm_stats, version, loaders, {k: len(v) for k, v in splits.items()})
+
+
+def workspace_data(
+    ws: Any,
+    version: str | None,
+    *,
+    fmt: str = "parquet",
+    loader: str = "auto",
+    image_size: int | None = None,
+    batch_size: int = 128,
+    augment: str = "none",
+    seed: int = 0,
+    workers: int = 0,
+    pin: bool = False,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    progress: Callable[..., Any] | None = None,
+) -> TrainingData:
+    """``TrainingData`` from the export of a workspace version (exported first when missing).
+
+    Args:
+        loader: ``memory`` (decode once), ``stream`` (decode on the fly) or ``auto`` (memory when the decoded
+            splits fit ``cache_bytes``).
+        progress: ``progress(description, total)`` context manager yielding ``advance(n)`` (decoding).
+
+    Raises:
+        CurateError: no train split, no labeled classes, or streaming without stored normalization.
+    """
+    import contextlib
+
+    info = open_export(ws, version, fmt)
+    rows = {s: n for s, n in info.card["splits"].items() if s in ("train", "val", "test")}
+    if not rows.get("train"):
+        raise CurateError(f"version {info.card['version']} has no train split", hint="run `curate split` and `curate normalize` first")
+    if not info.classes:
+        raise CurateError(f"version {info.card['version']} has no labeled samples to train on")
+    channels, size = image_geometry(info, "train", fmt, image_size)
+    norm = info.card.get("normalization")
+    if norm and int(norm.get("channels", channels)) != channels:
+        norm = None
+    need = sum(rows.values()) * size[0] * size[1] * channels
+    mode = loader if loader != "auto" else ("memory" if need <= cache_bytes else "stream")
+    if mode == "memory":
+        splits = {}
+        for name in rows:
+            with progress(f"decode {name}", rows[name]) if progress else contextlib.nullcontext(None) as advance:
+                split = load_split(info.files(name, fmt), fmt, channels, size, advance=advance)
+            splits[name] = split.labeled()
+        data = memory_data(
+            splits,
+            info.classes,
+            norm,
+            batch_size=batch_size,
+            augment=augment,
+            seed=seed,
+            workers=workers,
+            pin=pin,
+            version=info.card["version"],
+        )
+        return data
+    if mode != "stream":
+        raise CurateError(f"unknown --loader {loader!r}; choose auto, memory or stream", exit_code=2)
+    if not norm:
+        raise CurateError("streaming needs the normalization stored in the version", hint="run `curate normalize` first")
+    normalizer = Normalizer(norm["mean"], norm["std"])
+    aug = augmenter(augment, size)
+    loaders = {}
+    for name in rows:
+        ds = StreamBatches(
+            info.files(name, fmt),
+            fmt,
+            channels,
+            size,
+            normalizer,
+            batch_size,
+            shuffle=name == "train",
+            aug=aug if name == "train" else None,
+            seed=seed,
+        )
+        loaders[name] = make_loader(ds, sampler=None, workers=workers, pin=pin)
+    return TrainingData(info.classes, channels, size, norm, info.card["version"], loaders, rows, mode="stream")

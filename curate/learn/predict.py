@@ -1,0 +1,189 @@
+"""Use a trained run: load it, predict probabilities for images, and k-fold out-of-sample probabilities.
+
+``predict_table`` is the API other stages reuse (``clean`` for label errors, ``pseudolabel`` for confident
+predictions): a pyarrow table with ``sample_id`` and the image bytes in, a table with the predicted class,
+its probability and the full probability vector out. ``oof_probs`` trains one model per fold on in-memory
+images and predicts the held-out fold, so every sample gets probabilities from a model that never saw it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from curate.errors import CurateError
+from curate.learn.data import Normalizer
+from curate.learn.nets import build
+from curate.learn.runtime import load_checkpoint, pick_device
+from curate.learn.shards import read_bytes
+from curate.learn.train import TrainConfig
+
+
+@dataclass
+class LoadedRun:
+    """A model in eval mode plus its ``meta`` (classes, channels, size, normalization, config, dataset version)."""
+
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    device: torch.device
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (int(self.meta["size"][0]), int(self.meta["size"][1]))
+
+
+def load_run(run: str | Path, which: str = "best", device: str = "auto") -> LoadedRun:
+    """Load ``<run>/model_<which>.pt`` (falls back to ``model_last.pt``) with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CurateError: no checkpoint in ``run``, or not a curate checkpoint.
+    """
+    run = Path(run)
+    path = run / f"model_{which}.pt" if run.is_dir() else run
+    if run.is_dir() and not path.exists():
+        path = run / "model_last.pt"
+    ckpt = load_checkpoint(path)
+    meta = json.loads(ckpt["meta_json"])
+    dev = pick_device(device)
+    model = build(meta["arch"], int(meta["channels"]), len(meta["classes"]), (int(meta["size"][0]), int(meta["size"][1])))
+    model.load_state_dict(ckpt["model"])
+    model.to(dev).eval()
+    return LoadedRun(model, meta, dev, path)
+
+
+@torch.no_grad()
+def predict_images(run: LoadedRun, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """uint8 ``(N, H, W, C)`` images at the run's size -> float32 ``(N, K)`` probabilities."""
+    norm = Normalizer(run.meta["normalization"]["mean"], run.meta["normalization"]["std"])
+    out = []
+    for i in range(0, len(images), batch_size):
+        logits = run.model(norm(images[i : i + batch_size]).to(run.device))
+        out.append(torch.softmax(logits.float(), 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(run.classes)), np.float32)
+
+
+def predict_bytes(run: LoadedRun, images: list[bytes], batch_size: int = 512) -> np.ndarray:
+    """Original image bytes -> float32 ``(N, K)`` probabilities (decoded, resized and normalized like training)."""
+    probs = []
+    for i in range(0, len(images), batch_size):
+        arr = read_bytes(images[i : i + batch_size], int(run.meta["channels"]), run.size)
+        probs.append(predict_images(run, arr, batch_size))
+    return np.concatenate(probs) if probs else np.zeros((0, len(run.classes)), np.float32)
+
+
+def predict_table(run: LoadedRun, table: pa.Table, *, bytes_column: str | None = None, batch_size: int = 512) -> pa.Table:
+    """Predict every row of ``table`` (``sample_id`` plus image bytes in ``data``, or an export's ``image`` struct).
+
+    Returns:
+        Columns ``sample_id``, ``predicted`` (class name), ``confidence`` (its probability), ``probs``
+        (list<float32> of length K, in ``run.classes`` order).
+    """
+    col = bytes_column or ("data" if "data" in table.column_names else "image")
+    if col not in table.column_names:
+        raise CurateError(f"the table has no image bytes column ({col!r})")
+    values = table.column(col).to_pylist()
+    blobs = [v["bytes"] if isinstance(v, dict) else v for v in values]
+    probs = predict_bytes(run, blobs, batch_size)
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
+    ids = table.column("sample_id") if "sample_id" in table.column_names else pa.array([None] * table.num_rows, pa.string())
+    return pa.table(
+        {
+            "sample_id": ids,
+            "predicted": [run.classes[k] for k in pred],
+            "confidence": pa.array(probs[np.arange(len(pred)), pred] if len(pred) else [], pa.float32()),
+            "probs": pa.array(list(probs), pa.list_(pa.float32())),
+        }
+    )
+
+
+def predict_source(run: LoadedRun, src: str, *, batch_size: int = 512, progress: Any = None) -> pa.Table:
+    """Predict a folder, manifest (csv/parquet/jsonl), idx file or archive (anything ``curate ingest`` reads).
+
+    Returns:
+        Columns ``source``, ``label`` (given, when the source has one), ``predicted``, ``confidence`` and one
+        ``p_<class>`` column per class. Files that cannot be decoded get an ``error`` and null probabilities.
+    """
+    import contextlib
+
+    from curate.sources import SourceOptions, open_source
+
+    source = open_source(src, "auto", SourceOptions())
+    rows: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], np.ndarray]] = []
+    classes, ch, size = run.classes, int(run.meta["channels"]), run.size
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs = predict_images(run, np.stack([a for _, a in pending]), batch_size)
+        for (row, _), p in zip(pending, probs, strict=True):
+            k = int(p.argmax())
+            probs_cols = {f"p_{c}": float(v) for c, v in zip(classes, p, strict=True)}
+            rows.append({**row, "predicted": classes[k], "confidence": float(p[k]), **probs_cols})
+        pending.clear()
+
+    with progress(source.total) if progress else contextlib.nullcontext(None) as advance:
+        for item in source.items():
+            row = {"source": item["source"], "label": item.get("label")}
+            try:
+                if item.get("encode"):  # raw idx pixels "L:HxW"
+                    h, w = (int(v) for v in item["encode"].split(":")[1].split("x"))
+                    from PIL import Image
+
+                    im = Image.frombytes("L", (w, h), item["data"]).convert("L" if ch == 1 else "RGB").resize((size[1], size[0]))
+                    arr = np.asarray(im, np.uint8)
+                    pending.append((row, arr[:, :, None] if arr.ndim == 2 else arr))
+                else:
+                    data = item.get("data") or Path(item["path"]).read_bytes()
+                    pending.append((row, read_bytes([data], ch, size)[0]))
+            except (CurateError, OSError, TypeError) as exc:
+                rows.append({**row, "error": str(exc)[:200]})
+            if len(pending) >= batch_size:
+                flush()
+            if advance:
+                advance(1)
+        flush()
+    return pa.Table.from_pylist(rows)
+
+
+def oof_probs(
+    images: np.ndarray, labels: np.ndarray, classes: list[str], cfg: TrainConfig | None = None, *, folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """k-fold out-of-sample probabilities: every row is predicted by a model trained on the other folds.
+
+    Args:
+        images: uint8 ``(N, H, W, C)``.
+        labels: int ``(N,)`` class indices into ``classes``.
+        cfg: training settings (epochs, arch, lr ...); checkpoints are not written, no val split is used.
+        folds: k (stratified by label, deterministic for ``seed``).
+
+    Returns:
+        float32 ``(N, K)`` probabilities.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from curate.learn.data import DecodedSplit, memory_data
+    from curate.learn.train import fit
+
+    cfg = replace(cfg or TrainConfig(epochs=5), patience=0, out=None, resume=False, seed=seed)
+    labels = np.asarray(labels, np.int64)
+    out = np.zeros((len(labels), len(classes)), np.float32)
+    ids = [str(i) for i in range(len(labels))]
+    for train_idx, hold_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels):
+        part = DecodedSplit(images[train_idx], labels[train_idx], [ids[i] for i in train_idx])
+        data = memory_data({"train": part}, classes, None, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed)
+        res = fit(cfg, data)
+        run = LoadedRun(res["model"].eval(), {**res["meta"], "normalization": data.normalization}, pick_device(cfg.device), Path("."))
+        out[hold_idx] = predict_images(run, images[hold_idx])
+    return out

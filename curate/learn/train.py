@@ -1,0 +1,452 @@
+"""The trainer: one config, one loop you can read top to bottom (ARCHITECTURE.md section 7).
+
+``train(ws, cfg)`` reads the export of a version, then ``fit`` runs: for each epoch, train on shuffled (and
+optionally augmented) batches, evaluate on val, write ``model_last.pt`` + ``meta_last.json`` (and
+``model_best.pt`` + ``meta_best.json`` when val improved), stop early when val stops improving. At the end the
+best weights are scored on val and test (``metrics.json``, ``curves.png``, ``confusion_<split>.png``).
+
+Checkpoints hold only tensors and plain containers, so ``torch.load(path, weights_only=True)`` loads them.
+``model_last.pt`` also holds the optimizer, schedule, grad-scaler and RNG state: a run killed at any point
+and restarted with ``resume=True`` redoes the interrupted epoch and continues with exactly the losses an
+uninterrupted run would have had (on CPU with a fixed seed; the batch order depends only on seed and epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from curate.errors import CurateError
+from curate.learn.data import TrainingData, set_epoch
+from curate.learn.nets import build, count_params
+from curate.learn.runtime import (
+    CKPT_FORMAT,
+    NanLoss,
+    amp_dtype,
+    load_checkpoint,
+    make_optimizer,
+    make_schedule,
+    pick_device,
+    save_checkpoint,
+    write_json,
+)
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+RUNTIME = ("device", "workers", "max_minutes", "resume", "out")  # settings a resumed run may change
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (stored in every checkpoint and ``meta_*.json``)."""
+
+    version: str | None = None  # dataset version (default HEAD)
+    arch: str = "small-cnn"  # small-cnn | resnet-mini | resnet-mini-wide | linear
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3  # peak lr for onecycle
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, nesterov)
+    weight_decay: float | None = None  # default 0.05 for adamw, 5e-4 for sgd
+    schedule: str = "onecycle"  # onecycle | cosine | step (x0.1 at 1/2 and 3/4) | constant
+    label_smoothing: float = 0.0
+    augment: str = "none"  # none | flip | shift | flip-shift | standard (albumentations, train only)
+    patience: int = 5  # early stopping: epochs without a better val score; 0 = never stop early
+    seed: int = 0
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
+    amp: bool = True  # mixed precision: CUDA (bf16, else fp16 + loss scaling); CPUs with native bf16 (AVX512-BF16/AMX)
+    channels_last: bool = True  # channels-last memory format on CUDA (ignored elsewhere)
+    workers: int = 0  # DataLoader worker processes
+    loader: str = "auto"  # auto | memory | stream
+    format: str = "parquet"  # shard format read: parquet | webdataset
+    image_size: int | None = None  # resize to a square side (default: the data's own size)
+    max_minutes: float | None = None  # do not start an epoch that would end after this wall-clock budget
+    out: str | None = None  # run folder (default models/<version>-<arch>)
+    resume: bool = False
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Reject impossible settings before any work starts (exit code 2)."""
+    from curate.learn.data import AUGMENT_POLICIES
+    from curate.learn.nets import ARCHS
+
+    bad = [
+        (cfg.arch in ARCHS, f"--arch {cfg.arch!r}: choose from {', '.join(ARCHS)}"),
+        (cfg.optimizer in OPTIMIZERS, f"--optimizer {cfg.optimizer!r}: choose from {', '.join(OPTIMIZERS)}"),
+        (cfg.schedule in SCHEDULES, f"--schedule {cfg.schedule!r}: choose from {', '.join(SCHEDULES)}"),
+        (cfg.augment in AUGMENT_POLICIES, f"--augment {cfg.augment!r}: choose from {', '.join(AUGMENT_POLICIES)}"),
+        (cfg.device in ("auto", "cpu", "cuda", "mps"), f"--device {cfg.device!r}: choose auto, cpu, cuda or mps"),
+        (cfg.epochs >= 1 and cfg.batch_size >= 1, "--epochs and --batch-size must be at least 1"),
+        (cfg.lr >= 0 and 0 <= cfg.label_smoothing < 1, "--lr must be >= 0 and --label-smoothing in [0, 1)"),
+    ]
+    for ok, message in bad:
+        if not ok:
+            raise CurateError(message, exit_code=2)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, amp: torch.dtype | None = None) -> dict[str, Any]:
+    """Run ``model`` over a loader in eval mode (under autocast to ``amp`` when given, else fp32).
+
+    Returns:
+        ``{"ids": N sample ids, "y": int64 (N,), "probs": float32 (N, K), "loss": mean NLL, "acc": accuracy}``.
+    """
+    model.eval()
+    ids: list[str] = []
+    ys, probs = [], []
+    for x, y, batch_ids in loader:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x.to(device, non_blocking=True))
+        probs.append(torch.softmax(logits.float(), 1).cpu())
+        ys.append(y)
+        ids += batch_ids
+    p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)
+    y = torch.cat(ys).numpy() if ys else np.zeros(0, np.int64)
+    nll = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else float("nan")
+    return {"ids": ids, "y": y, "probs": p, "loss": nll, "acc": float((p.argmax(1) == y).mean()) if len(y) else float("nan")}
+
+
+def fit(
+    cfg: TrainConfig,
+    data: TrainingData,
+    run_dir: Path | None = None,
+    *,
+    log: Callable[[str], None] = lambda s: None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Train a fresh (or resumed) model on ``data``; checkpoints go to ``run_dir`` unless it is None.
+
+    ``progress(description, total)`` is a context manager yielding ``advance(n)`` (a bar per epoch).
+
+    Returns:
+        ``{"model", "history", "best", "meta", "stopped", "device", "seconds"}``; ``model`` holds the best
+        weights (the last ones when there is no val split).
+
+    Raises:
+        NanLoss: the loss became NaN/inf (the last good epoch stays in ``model_last.pt``).
+    """
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
+    amp = amp_dtype(cfg.amp, device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    model = build(cfg.arch, data.channels, len(data.classes), data.size).to(device)
+    if cuda and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, val_loader = data.loaders["train"], data.loaders.get("val")
+    # streamed epochs end with a ragged batch per worker: an upper bound keeps the schedule from running out
+    steps_per_epoch = len(train_loader) if data.mode == "memory" else math.ceil(data.rows["train"] / cfg.batch_size) + cfg.workers + 1
+    opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
+    sched = make_schedule(opt, cfg.schedule, cfg.lr, cfg.epochs * steps_per_epoch)
+    # bf16 needs no loss scaling; fp16 (older GPUs) does. The scaler is a no-op when disabled.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    meta = {
+        "format": CKPT_FORMAT,
+        "config": asdict(cfg),
+        "arch": cfg.arch,
+        "classes": data.classes,
+        "channels": data.channels,
+        "size": list(data.size),
+        "normalization": {k: data.normalization[k] for k in ("mean", "std", "channels")},
+        "dataset_version": data.version,
+        "rows": data.rows,
+        "params": count_params(model),
+    }
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    best_state: dict[str, torch.Tensor] | None = None
+    start, bad_epochs, elapsed = 0, 0, 0.0
+    last_path = run_dir / "model_last.pt" if run_dir else None
+    if cfg.resume and last_path is not None and last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if cuda and ckpt.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng_cuda"])
+        history, best, bad_epochs, elapsed = ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["elapsed"]
+        start = len(history)
+        log(f"resumed {run_dir} after epoch {start} of {cfg.epochs}, with the run's saved settings")
+    t0 = time.perf_counter() - elapsed
+    check_every = 1 if device.type == "cpu" else 25  # a NaN check syncs the GPU: not every step there
+    stopped = "epochs"
+    for epoch in range(start, cfg.epochs):
+        if cfg.max_minutes and history and (time.perf_counter() - t0) + history[-1]["seconds"] > cfg.max_minutes * 60:
+            stopped = "time budget"
+            break
+        # --- one epoch of training
+        te = time.perf_counter()
+        model.train()
+        set_epoch(train_loader, epoch)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        bar = progress(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch) if progress else contextlib.nullcontext(lambda n=1: None)
+        with bar as advance:
+            for step, (x, y, _ids) in enumerate(train_loader):
+                if len(y) < 2:  # a streamed epoch's ragged last batch of one: BatchNorm cannot train on it
+                    continue
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if cuda and cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+                if step % check_every == 0 and not torch.isfinite(loss_sum):
+                    saved = f"{last_path} holds the last good epoch" if last_path and last_path.exists() else "nothing was saved"
+                    raise NanLoss(
+                        f"the training loss became {float(loss.detach()):.4g} at epoch {epoch + 1}, step {step + 1} "
+                        f"(lr {opt.param_groups[0]['lr']:.3g}); training stopped",
+                        hint=f"lower --lr (or use --schedule onecycle), and check the images and labels; {saved}",
+                    )
+                advance(1)
+        if not torch.isfinite(loss_sum):
+            raise NanLoss(f"the training loss became NaN/inf in epoch {epoch + 1}; training stopped", hint="lower --lr")
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(loss_sum) / max(seen, 1),
+            "train_acc": float(correct) / max(seen, 1),
+            "lr": opt.param_groups[0]["lr"],
+        }
+        # --- evaluate on val, keep the best
+        improved = val_loader is None
+        if val_loader is not None:
+            from curate.learn.metrics import classification_metrics
+
+            ev = evaluate(model, val_loader, device, amp)
+            f1 = classification_metrics(ev["y"], ev["probs"], data.classes)["macro_f1"]
+            row.update(val_loss=ev["loss"], val_acc=ev["acc"], val_macro_f1=f1)
+            improved = not best or (ev["acc"], -ev["loss"]) > (best["val_acc"], -best["val_loss"])
+        row["seconds"] = round(time.perf_counter() - te, 3)
+        history.append(row)
+        if improved:
+            best, bad_epochs = dict(row), 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        log(_epoch_line(row, cfg.epochs, improved and val_loader is not None))
+        # --- checkpoint: weights, meta; last also the full training state for --resume
+        if run_dir is not None:
+            epoch_meta = {**meta, "epoch": epoch + 1, "metrics": row, "best": best, "history": history}
+            if improved:
+                save_checkpoint(
+                    run_dir / "model_best.pt",
+                    {"format": CKPT_FORMAT, "model": model.state_dict(), "meta_json": json.dumps(epoch_meta)},
+                )
+                write_json(run_dir / "meta_best.json", epoch_meta)
+            save_checkpoint(
+                last_path,
+                {
+                    "format": CKPT_FORMAT,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),  # type: ignore[arg-type]
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
+                    "history": history,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "elapsed": time.perf_counter() - t0,
+                    "meta_json": json.dumps(epoch_meta),
+                },
+            )
+            write_json(run_dir / "meta_last.json", epoch_meta)
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stopped = f"early stopping (no better val accuracy for {cfg.patience} epochs)"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    elif run_dir is not None and (run_dir / "model_best.pt").exists():  # resumed after the last improvement
+        model.load_state_dict(load_checkpoint(run_dir / "model_best.pt")["model"])
+    return {
+        "model": model,
+        "history": history,
+        "best": best,
+        "meta": meta,
+        "stopped": stopped,
+        "device": str(device),
+        "amp": str(amp).replace("torch.", "") if amp else "off",
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _epoch_line(row: dict[str, Any], epochs: int, star: bool) -> str:
+    val = f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}" if "val_loss" in row else ""
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}{val}"
+        f"  {row['seconds']:.1f}s{'  *' if star else ''}"
+    )
+
+
+def config_from_meta(saved: dict[str, Any], given: TrainConfig) -> TrainConfig:
+    """The saved config of a run, with only the runtime settings (device, workers, budget) taken from ``given``."""
+    names = {f.name for f in fields(TrainConfig)}
+    merged = {k: v for k, v in saved.items() if k in names}
+    merged.update({k: getattr(given, k) for k in RUNTIME})
+    return TrainConfig(**merged)
+
+
+def sanity_check(
+    cfg: TrainConfig,
+    data: TrainingData,
+    *,
+    steps: int = 60,
+    rows: int = 32,
+    shuffle_labels: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Overfit one small train batch: the loss must fall below a quarter of its start within ``steps`` steps.
+
+    The first debugging step of any training setup: if a net cannot memorize 32 images, the labels, the
+    learning rate or the input pipeline is broken. ``shuffle_labels`` permutes the labels at every step (a
+    negative control: nothing can be learned).
+
+    Raises:
+        CurateError: the loss did not fall enough (or became NaN).
+    """
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    x, y, _ = next(iter(data.loaders["train"]))
+    x, y = x[:rows].to(device), y[:rows].to(device)
+    model = build(cfg.arch, data.channels, len(data.classes), data.size).to(device)
+    opt = make_optimizer(model, cfg.optimizer, cfg.lr, 0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        target = y[torch.randperm(len(y), generator=g).to(device)] if shuffle_labels else y
+        loss = F.cross_entropy(model(x), target)
+        if not torch.isfinite(loss):
+            raise NanLoss(f"sanity check: the loss became {float(loss):.4g} after {len(losses)} steps", hint="lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    first, last = losses[0], float(np.mean(losses[-5:]))
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(x).argmax(1) == y).float().mean())
+    res = {"passed": last < 0.25 * first, "rows": len(y), "steps": steps, "loss_first": first, "loss_last": last, "batch_acc": acc}
+    log(f"sanity: loss on one batch of {len(y)}: {first:.4f} -> {last:.4f} in {steps} steps (batch accuracy {acc:.2f})")
+    if not res["passed"]:
+        raise CurateError(
+            f"sanity check FAILED: the loss on one batch of {len(y)} went from {first:.4f} to {last:.4f} in {steps} "
+            "steps (it must fall below a quarter)",
+            hint="check that labels match images, the --lr (not 0, not huge) and the normalization",
+        )
+    return res
+
+
+def default_run_dir(cfg: TrainConfig, version: str) -> Path:
+    return Path(cfg.out) if cfg.out else Path("models") / f"{version}-{cfg.arch}"
+
+
+def train(
+    ws: Any,
+    cfg: TrainConfig,
+    *,
+    log: Callable[[str], None] = lambda s: None,
+    progress: Any = None,
+    sanity: bool = False,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """``curate train``: read (or make) the export of ``cfg.version``, fit, and score the best model on val/test.
+
+    With ``sanity=True`` only the one-batch overfitting check runs (nothing is written).
+
+    Returns:
+        A JSON-able summary: run folder, device, epochs run, why it stopped, best epoch, val/test metrics.
+
+    Raises:
+        CurateError: bad settings, a run folder that already holds a run (without ``resume``), NaN loss.
+    """
+    check_config(cfg)
+    vid = ws.resolve(cfg.version)
+    run_dir = default_run_dir(cfg, vid)
+    if not sanity:
+        if (run_dir / "model_last.pt").exists() and not cfg.resume:
+            raise CurateError(f"{run_dir} already holds a training run", hint="pass --resume to continue it, or --out for a new run")
+        if cfg.resume and (run_dir / "model_last.pt").exists():
+            saved = json.loads(load_checkpoint(run_dir / "model_last.pt")["meta_json"])
+            cfg = config_from_meta(saved["config"], cfg)
+            vid = saved["dataset_version"]
+        elif cfg.resume:
+            log(f"--resume: no checkpoint in {run_dir} yet; starting a new run there")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    from curate.learn.data import workspace_data
+
+    data = workspace_data(
+        ws,
+        vid,
+        fmt=cfg.format,
+        loader=cfg.loader,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        augment="none" if sanity else cfg.augment,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        pin=device.type == "cuda",
+        progress=progress,
+    )
+    if sanity:
+        return {"sanity": sanity_check(cfg, data, log=log), "version": vid, "arch": cfg.arch}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(
+        f"train {cfg.arch} on {vid}: {data.rows.get('train', 0):,} train / {data.rows.get('val', 0):,} val images "
+        f"{data.channels}x{data.size[0]}x{data.size[1]}, {len(data.classes)} classes, {data.mode} loader, device {device}, "
+        f"autocast {str(amp_dtype(cfg, device)).replace('torch.', '')}"
+    )
+    res = fit(cfg, data, run_dir, log=log, on_epoch_end=on_epoch_end, progress=progress)
+    from curate.learn.metrics import write_report
+
+    # Final scores in fp32, so that `curate evaluate` and `curate predict` reproduce them exactly.
+    splits = {name: evaluate(res["model"], data.loaders[name], device) for name in ("val", "test") if name in data.loaders}
+    info = {
+        "config": asdict(cfg),
+        "dataset_version": vid,
+        "device": res["device"],
+        "amp": res["amp"],
+        "stopped": res["stopped"],
+        "best": res["best"],
+        "train_seconds": res["seconds"],
+        "params": res["meta"]["params"],
+    }
+    report = write_report(run_dir, splits, data.classes, res["history"], extra=info)
+    keys = ("accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error")
+    return {
+        "run": str(run_dir),
+        "version": vid,
+        "arch": cfg.arch,
+        "device": res["device"],
+        "amp": res["amp"],
+        "epochs_run": len(res["history"]),
+        "stopped": res["stopped"],
+        "best_epoch": res["best"].get("epoch"),
+        "train_seconds": res["seconds"],
+        "metrics": {k: {m: v[m] for m in keys} for k, v in report.items()},
+    }
