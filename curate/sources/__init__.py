@@ -8,6 +8,7 @@ ingest stage, wherever the executor runs it.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,13 +51,14 @@ class SourceOptions:
     notes: dict[str, int] = field(default_factory=dict)  # counters sources report (hidden files skipped ...)
 
 
-class Source:
+class Source(abc.ABC):
     """Base class: ``total`` (items, or None if unknown up front) and ``items()``."""
 
     total: int | None = None
 
-    def items(self) -> Iterator[dict]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def items(self) -> Iterator[dict]:
+        """Yield one dict per input with keys of ``ITEM_SCHEMA`` (missing keys are null)."""
 
     def batches(self, batch_size: int) -> Iterator[pa.Table]:
         """Group ``items()`` into ``ITEM_SCHEMA`` tables of at most ``batch_size`` rows."""
