@@ -294,7 +294,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
             "created_by": f"curate {__version__}",
             "version": vid,
             "lineage": [
-                {"id": v, "stage": ws.info(v)["stage"], "config_sha256": ws.info(v)["config_sha256"]} for v in ws.lineage(vid)
+                {"id": i["id"], "stage": i["stage"], "config_sha256": i["config_sha256"]} for i in map(ws.info, ws.lineage(vid))
             ],
             "classes": classes,
             "splits": split_rows,

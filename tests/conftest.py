@@ -214,3 +214,12 @@ def workspace(tmp_path: Path):  # noqa: ANN201 - returns curate.workspace.Worksp
 def ingest_fixture() -> Callable[..., dict[str, Any]]:
     """``ingest(ws, source, workers=1, **IngestConfig kwargs) -> run_stage result``."""
     return ingest
+
+
+@pytest.fixture
+def in_empty_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from an empty ``tmp_path`` with no ``CURATE_WORKSPACE``/``CURATE_CONFIG``: no stray ./curate.toml or ./data."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CURATE_WORKSPACE", raising=False)
+    monkeypatch.delenv("CURATE_CONFIG", raising=False)
+    return tmp_path

@@ -32,11 +32,8 @@ def invoke_json(*args: object, env: dict[str, str] | None = None) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """Run from an empty folder with no curate settings in the environment."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CURATE_WORKSPACE", raising=False)
-    monkeypatch.delenv("CURATE_CONFIG", raising=False)
+def _in_tmp(in_empty_tmp):
+    """Every test here runs from an empty folder with no curate settings in the environment."""
 
 
 @pytest.fixture

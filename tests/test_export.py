@@ -32,11 +32,8 @@ def cli_json(*args: object) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    """Run from an empty folder: no stray ./curate.toml or ./data is picked up or created."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CURATE_WORKSPACE", raising=False)
-    monkeypatch.delenv("CURATE_CONFIG", raising=False)
+def _in_tmp(in_empty_tmp):
+    """Every test here runs from an empty folder with no curate settings in the environment."""
 
 
 @pytest.fixture
