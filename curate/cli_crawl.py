@@ -1,0 +1,195 @@
+"""``curate crawl``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
+
+import typer
+
+from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, human_bytes, say
+
+Update = Callable[[int, "int | None", int, int], None]
+
+
+@contextlib.contextmanager
+def crawl_progress(total: int | None, *, enabled: bool = True) -> Iterator[Update]:
+    """A rich bar on stderr: URLs done / known, URLs per second, failures and bytes received (no-op off a terminal)."""
+    from curate.ui import err_console
+
+    if not enabled or not err_console.is_terminal:
+        yield lambda done, total, errors, nbytes: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cols = [
+        TextColumn("[bold]crawl"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>8,.0f} URLs/s"),
+        TextColumn("[red]{task.fields[errors]:,} failed[/]"),
+        TextColumn("{task.fields[received]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*cols, console=err_console, transient=True) as bar:
+        task = bar.add_task("crawl", total=total, rate=0.0, errors=0, received="0 B")
+        t0, start = time.perf_counter(), None
+
+        def update(done: int, known: int | None, errors: int, nbytes: int) -> None:
+            nonlocal start
+            start = done if start is None else start  # resumed URLs do not count towards the rate
+            rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, completed=done, total=known, rate=rate, errors=errors, received=human_bytes(nbytes))
+
+        yield update
+
+
+def _size(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from curate.errors import CurateError
+    from curate.export import parse_shard_size
+
+    try:
+        rows, nbytes = parse_shard_size(text)
+    except CurateError:
+        raise CurateError(f"--max-bytes {text!r}: give a number of bytes or a size (64MB, 1GiB)", exit_code=2) from None
+    return nbytes if nbytes is not None else rows
+
+
+def crawl(
+    urls: Annotated[str | None, typer.Argument(help="URL list: .txt (one per line), .csv/.parquet/.jsonl with a url column.")] = None,
+    seed: Annotated[list[str] | None, typer.Option("--seed", help="Page to start from: URL or LABEL=URL (repeatable).")] = None,
+    depth: Annotated[
+        int | None, typer.Option(help="Link hops followed from a seed (0: the seed page's images only). Default 1.")
+    ] = None,
+    same_host: Annotated[bool | None, typer.Option("--same-host", help="Follow page links only on the seed's host.")] = None,
+    include: Annotated[str | None, typer.Option(help="Only URLs matching this regex (found links and images).")] = None,
+    exclude: Annotated[str | None, typer.Option(help="Skip URLs matching this regex.")] = None,
+    label_from: Annotated[str | None, typer.Option(help="Label images by dir:K (URL folder), regex:PATTERN or seed.")] = None,
+    url_col: Annotated[str | None, typer.Option(help="URL column of a CSV/Parquet/JSONL list (default: url, image_url ...).")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Label column of the list (default: label, class ...).")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Fetches at once, in all. Default 32.")] = None,
+    per_host: Annotated[int | None, typer.Option(help="Fetches at once per host. Default 4.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Total seconds per attempt (connect, headers, body). Default 60.")] = None,
+    connect_timeout: Annotated[float | None, typer.Option(help="Seconds to connect. Default 10.")] = None,
+    read_timeout: Annotated[float | None, typer.Option(help="Seconds without a byte before giving up. Default 20.")] = None,
+    retries: Annotated[
+        int | None, typer.Option(help="Retries for timeouts, resets, 429 and 5xx (backoff + jitter). Default 3.")
+    ] = None,
+    max_retry_wait: Annotated[
+        float | None, typer.Option(help="Longest Retry-After honoured; longer ends the URL. Default 120.")
+    ] = None,
+    max_redirects: Annotated[int | None, typer.Option(help="Redirect hops per URL. Default 5.")] = None,
+    max_bytes: Annotated[
+        str | None, typer.Option(help="Largest response (also after gzip decoding), e.g. 20MB. Default 64MiB.")
+    ] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Largest width*height decoded (decompression-bomb guard).")] = None,
+    max_pages: Annotated[int | None, typer.Option(help="Most HTML pages queued per crawl. Default 10000.")] = None,
+    user_agent: Annotated[str | None, typer.Option(help="User-Agent sent; its first word is matched against robots.txt.")] = None,
+    ignore_robots: Annotated[
+        bool | None, typer.Option("--ignore-robots", help="Do not read robots.txt (only for your own sites).")
+    ] = None,
+    allow_noai: Annotated[bool | None, typer.Option("--allow-noai", help="Keep images marked X-Robots-Tag noai/noimageai.")] = None,
+    allow_private: Annotated[
+        bool | None, typer.Option("--allow-private", help="Allow loopback/private/link-local addresses (never cloud metadata).")
+    ] = None,
+    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Host or IP exempt from the address checks.")] = None,
+    retry_failed: Annotated[
+        bool | None, typer.Option("--retry-failed", help="Fetch again only the URLs that failed (timeouts, resets, HTTP errors).")
+    ] = None,
+    max_error_fraction: Annotated[float | None, typer.Option(help="Commit nothing above this failed share. Default 0.5.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Processes for a URL list (default: one per core).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Download images from a URL list or by following links from seed pages into a new version.
+
+    Politeness and safety: robots.txt and X-Robots-Tag noai are obeyed, per-host concurrency is limited,
+    429/503 Retry-After pauses the host, every redirect hop is checked, only http(s) to public addresses is
+    fetched (loopback, private, link-local and metadata addresses are refused), bodies are capped (gzip
+    bombs too) and every image is fully decoded like ingest does. Every URL ends with a status; failed image
+    URLs stay as excluded rows with the reason. A killed or failed crawl resumes when run again with the same
+    inputs: finished URLs are never fetched twice (journal in WORKSPACE/crawls/).
+
+    Examples:
+
+        curate crawl urls.txt                                  # one URL per line
+        curate crawl list.csv --url-col image --label-col species
+        curate crawl --seed https://example.org/gallery/ --depth 2 --same-host --label-from dir:1
+        curate crawl --seed cats=https://example.org/cats/ --seed dogs=https://example.org/dogs/ --label-from seed
+        curate crawl urls.txt --retry-failed                   # only what failed last time
+    """
+    from curate.config import find_config_file, load_section, resolve
+    from curate.stages.crawl import CrawlConfig
+    from curate.stages.crawl import crawl as run
+    from curate.ui import emit_json
+    from curate.workspace import Workspace
+
+    ws = Workspace(workspace)
+    cfg_file = find_config_file(ws.root)
+    cli: dict[str, Any] = {
+        "urls": urls,
+        "seeds": tuple(seed) if seed else None,
+        "depth": depth,
+        "same_host": same_host,
+        "include": include,
+        "exclude": exclude,
+        "label_from": label_from,
+        "url_col": url_col,
+        "label_col": label_col,
+        "concurrency": concurrency,
+        "per_host": per_host,
+        "timeout": timeout,
+        "connect_timeout": connect_timeout,
+        "read_timeout": read_timeout,
+        "retries": retries,
+        "max_retry_wait": max_retry_wait,
+        "max_redirects": max_redirects,
+        "max_bytes": _size(max_bytes),
+        "max_pixels": max_pixels,
+        "max_pages": max_pages,
+        "user_agent": user_agent,
+        "ignore_robots": ignore_robots,
+        "allow_noai": allow_noai,
+        "allow_private": allow_private,
+        "allow_hosts": tuple(allow_host) if allow_host else None,
+        "retry_failed": retry_failed,
+        "max_error_fraction": max_error_fraction,
+        "workers": workers,
+    }
+    cfg = resolve(CrawlConfig, load_section(cfg_file, "crawl"), cli, origin=str(cfg_file))
+    res = run(ws, cfg, progress=lambda total: crawl_progress(total, enabled=not json_out))
+    if json_out:
+        emit_json(res)
+        return
+    _summary(res)
+
+
+def _summary(res: dict[str, Any]) -> None:
+    from curate.crawl import NOT_FAILURES
+
+    st = res["stats"]
+    resumed = f", {st['resumed_urls']:,} from an earlier run" if st["resumed_urls"] else ""
+    say(
+        f"crawl ({st['mode']}): {st['urls']:,} URLs{resumed} -> {st['downloaded']:,} downloaded, {st['duplicates']:,} duplicates, "
+        f"{st['pages']:,} pages, {st['failed']:,} failed; {human_bytes(st['bytes_received'])} received, "
+        f"{st['crawl_seconds']:.1f}s ({st['urls_per_second']:,.0f} URLs/s)"
+    )
+    failed = {s: n for s, n in st["by_status"].items() if s not in NOT_FAILURES}
+    if failed:
+        say("  failed: " + ", ".join(f"{s} {n:,}" for s, n in sorted(failed.items(), key=lambda kv: -kv[1])))
+    policy = {s: st["by_status"][s] for s in ("robots", "noai") if st["by_status"].get(s)}
+    if policy:
+        say("  not fetched by the site's wish: " + ", ".join(f"{s} {n:,}" for s, n in policy.items()))
+    if st["replaced_failed_rows"]:
+        say(f"  {st['replaced_failed_rows']:,} rows of earlier failures replaced by this run's outcome")
+    summ = st["summary"]
+    say(f"  version {res['version']} (HEAD): {summ['included']:,} included, {summ['excluded']:,} excluded; journal {st['journal']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(rich_help_panel="Stages")(handle_errors(crawl))
