@@ -38,11 +38,12 @@ def _root(
     """curate: curated image datasets and the classifier trained on them."""
 
 
-from curate import cli_crawl, cli_curation, cli_data, cli_dedupe, cli_learn, cli_versions  # noqa: E402  (registers commands on ``app``)
+from curate import cli_balance, cli_crawl, cli_curation, cli_data, cli_dedupe, cli_learn, cli_versions  # noqa: E402  (registers commands on ``app``)
 
 cli_data.register(app)
 cli_crawl.register(app)
 cli_curation.register(app)
+cli_balance.register(app)
 cli_dedupe.register(app)
 cli_versions.register(app)
 cli_learn.register(app)

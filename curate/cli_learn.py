@@ -26,7 +26,9 @@ def train(
     weight_decay: Annotated[float | None, typer.Option(help="Not on biases/BatchNorm; default 0.05 adamw, 5e-4 sgd.")] = None,
     schedule: Annotated[str, typer.Option(help="onecycle | cosine | step | constant")] = "onecycle",
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the training loss (0 = off).")] = 0.0,
-    augment: Annotated[str, typer.Option(help="Train-only augmentation: none | flip | shift | flip-shift | standard.")] = "none",
+    augment: Annotated[
+        str, typer.Option(help="Train-only augmentation: none | flip | shift | flip-shift | standard | light | medium | heavy.")
+    ] = "none",
     patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better val accuracy (0 = off).")] = 5,
     device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")] = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA and on CPUs with native bf16.")] = True,

@@ -108,6 +108,26 @@ def _shards(sizes: list[int], shard_rows: int | None, shard_bytes: int | None) -
     return out
 
 
+def _expand_repeats(part: pa.Table, split: str) -> pa.Table:
+    """Rows as written to shards, with ``_blob`` = the sample id of their bytes.
+
+    A train row with ``repeat`` = r > 1 (``curate balance --strategy oversample``) is written r times: the first copy
+    under its ``sample_id``, the others as ``<sample_id>_r1`` ... ``_r<r-1>`` (shard keys must be unique). Other splits
+    are never repeated.
+    """
+    part = part.append_column("_blob", part.column("sample_id"))
+    if split != "train" or "repeat" not in part.column_names:
+        return part
+    reps = [max(1, r or 1) for r in part.column("repeat").to_pylist()]
+    if max(reps, default=1) == 1:
+        return part
+    idx = [i for i, r in enumerate(reps) for _ in range(r)]
+    ids = part.column("sample_id").to_pylist()
+    keys = [sid if k == 0 else f"{sid}_r{k}" for sid, r in zip(ids, reps, strict=True) for k in range(r)]
+    out = part.take(pa.array(idx, pa.int64()))
+    return out.set_column(out.schema.get_field_index("sample_id"), "sample_id", pa.array(keys, pa.string())).sort_by("sample_id")
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -232,7 +252,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
     cls_index = {c: i for i, c in enumerate(classes)}
     try:
         for split in sorted(pc.unique(splits).to_pylist(), key=_split_key):
-            part = inc.filter(pc.equal(splits, split)).sort_by("sample_id")
+            part = _expand_repeats(inc.filter(pc.equal(splits, split)).sort_by("sample_id"), split)
             split_rows[split] = part.num_rows
             sizes = pc.fill_null(part.column("nbytes"), 0).to_pylist()
             ranges = _shards(sizes, cfg.shard_rows, cfg.shard_bytes)
@@ -245,11 +265,11 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
                     j += 1
                 lo, hi = ranges[i][0], ranges[j - 1][1]
                 chunk = part.slice(lo, hi - lo)
-                got = ws.blobs.get_many(chunk.column("sample_id").to_pylist(), chunk.column("pack").to_pylist())
+                got = ws.blobs.get_many(chunk.column("_blob").to_pylist(), chunk.column("pack").to_pylist())
                 for k in range(i, j):
                     a, b = ranges[k]
                     rows = part.slice(a, b - a)
-                    ids = rows.column("sample_id").to_pylist()
+                    ids = rows.column("_blob").to_pylist()
                     missing = [s for s in ids if s not in got]
                     if missing:
                         raise CurateError(
@@ -283,7 +303,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
         pq.write_table(index, tmp / "index.parquet", compression="snappy")
         counts: dict[str, dict[str, int]] = {}
         for split in split_rows:
-            sub = inc.filter(pc.equal(splits, split))
+            sub = _expand_repeats(inc.filter(pc.equal(splits, split)), split)
             vc = {
                 (r["values"] if r["values"] is not None else "(unlabeled)"): r["counts"]
                 for r in pc.value_counts(sub.column("label")).to_pylist()

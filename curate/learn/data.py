@@ -27,55 +27,41 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from curate.augment_policies import POLICIES as AUGMENT_POLICIES
 from curate.errors import CurateError
 from curate.learn.shards import decode, image_geometry, iter_records, open_export
 
-AUGMENT_POLICIES = ("none", "flip", "shift", "flip-shift", "standard")
 DEFAULT_CACHE_BYTES = 4 << 30
 
 
 def augmenter(policy: str, size: tuple[int, int]) -> Any:
     """The albumentations pipeline of a policy (None for ``none``), applied to uint8 ``(H, W, C)`` train images.
 
-    ``flip``: horizontal flip; ``shift``: translate up to 1/14 of the side (2 px at 28) with zero padding;
-    ``flip-shift``: both; ``standard``: flip, shift/scale/rotate and brightness/contrast jitter.
+    The policies are those of ``curate augment`` (one definition: ``curate.augment_policies``): ``flip``; ``shift``
+    (translate up to 1/14 of the side, 2 px at 28, zero padding); ``flip-shift``; ``standard`` (flip, shift/scale/
+    rotate, brightness/contrast); ``light``, ``medium``, ``heavy``.
 
     Raises:
         CurateError: unknown policy (exit code 2).
     """
     if policy not in AUGMENT_POLICIES:
         raise CurateError(f"unknown --augment {policy!r}; choose from {', '.join(AUGMENT_POLICIES)}", exit_code=2)
-    if policy == "none":
-        return None
-    import albumentations as A
-    import cv2
+    from curate.augment_policies import build_policy
 
-    pad = max(1, round(min(size) / 14))
-    shift = [
-        A.PadIfNeeded(size[0] + 2 * pad, size[1] + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
-        A.RandomCrop(size[0], size[1]),
-    ]
-    ops: list[Any] = {
-        "flip": [A.HorizontalFlip()],
-        "shift": shift,
-        "flip-shift": [A.HorizontalFlip(), *shift],
-        "standard": [
-            A.HorizontalFlip(),
-            A.Affine(translate_percent=(-0.07, 0.07), scale=(0.9, 1.1), rotate=(-10, 10), border_mode=cv2.BORDER_CONSTANT, p=0.7),
-            A.RandomBrightnessContrast(0.15, 0.15, p=0.5),
-        ],
-    }[policy]
-    return A.Compose(ops, seed=0)
+    return build_policy(policy, size)
 
 
 # ------------------------------------------------------------------------------------------- in memory
 @dataclass
 class DecodedSplit:
-    """A decoded split: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int64 ``(N,)``, ``sample_ids`` (N strings)."""
+    """A decoded split: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int64 ``(N,)``, ``sample_ids`` (N strings), and
+    ``weights`` float64 ``(N,)`` from the ``sample_weight`` column (``curate balance --strategy weights``; null = 1.0),
+    None when the shards have no such column or every weight is equal."""
 
     images: np.ndarray
     labels: np.ndarray
     sample_ids: list[str]
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,24 +71,27 @@ class DecodedSplit:
         keep = self.labels >= 0
         if keep.all():
             return self
-        return DecodedSplit(self.images[keep], self.labels[keep], [s for s, k in zip(self.sample_ids, keep, strict=True) if k])
+        ids = [s for s, k in zip(self.sample_ids, keep, strict=True) if k]
+        return DecodedSplit(self.images[keep], self.labels[keep], ids, None if self.weights is None else self.weights[keep])
 
 
 def load_split(
     files: list[Path], fmt: str, channels: int, size: tuple[int, int], *, advance: Callable[[int], None] | None = None
 ) -> DecodedSplit:
     """Read and decode every row of the given shards into memory (see ``DecodedSplit``)."""
-    images, labels, ids = [], [], []
-    for row in iter_records(files, fmt):
+    images, labels, ids, weights = [], [], [], []
+    for row in iter_records(files, fmt, ("sample_weight",)):
         images.append(decode(row["data"], channels, size))
         labels.append(row["label"])
         ids.append(row["sample_id"])
+        weights.append(1.0 if row.get("sample_weight") is None else float(row["sample_weight"]))
         if advance and len(ids) % 1000 == 0:
             advance(1000)
     if advance:
         advance(len(ids) % 1000)
     arr = np.stack(images) if images else np.zeros((0, size[0], size[1], channels), np.uint8)
-    return DecodedSplit(arr, np.asarray(labels, np.int64), ids)
+    w = np.asarray(weights, np.float64)
+    return DecodedSplit(arr, np.asarray(labels, np.int64), ids, w if len(w) and np.ptp(w) > 0 else None)
 
 
 class Normalizer:
@@ -127,10 +116,18 @@ def _augment(aug: Any, images: np.ndarray, seed: int) -> np.ndarray:
 
 
 class EpochBatches(Sampler):
-    """Yields ``(batch_seed, row_indices)`` per batch; the order is a function of ``seed`` and the epoch only."""
+    """Yields ``(batch_seed, row_indices)`` per batch; the order is a function of ``seed`` and the epoch only.
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+    With ``weights`` (float ``(n,)``, from ``sample_weight``) a shuffled epoch is ``n`` draws with replacement, row i
+    with probability ``weights[i] / weights.sum()`` (what torch's WeightedRandomSampler does), from a numpy generator
+    seeded with ``(seed, epoch)``: still a function of seed and epoch only, so ``--resume`` sees the same batches.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False, weights: np.ndarray | None = None
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last, self.epoch = n, batch_size, shuffle, seed, drop_last, 0
+        self.p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -139,7 +136,9 @@ class EpochBatches(Sampler):
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[int, list[int]]]:
-        if self.shuffle:
+        if self.shuffle and self.p is not None:
+            order = np.random.default_rng([self.seed, self.epoch]).choice(self.n, size=self.n, replace=True, p=self.p).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
@@ -286,6 +285,7 @@ class TrainingData:
     loaders: dict[str, DataLoader]
     rows: dict[str, int]
     mode: str = "memory"
+    sampler: str = "shuffle"  # shuffle | weighted (sample_weight draws with replacement)
 
 
 def memory_data(
@@ -312,10 +312,19 @@ def memory_data(
     loaders = {}
     for name, split in splits.items():
         is_train = name == "train"
-        sampler = EpochBatches(len(split), batch_size, shuffle=is_train, seed=seed, drop_last=is_train and len(split) > batch_size)
+        sampler = EpochBatches(
+            len(split),
+            batch_size,
+            shuffle=is_train,
+            seed=seed,
+            drop_last=is_train and len(split) > batch_size,
+            weights=split.weights if is_train else None,
+        )
         ds = MemoryBatches(split, norm, aug if is_train else None)
         loaders[name] = make_loader(ds, sampler=sampler, workers=workers if is_train else 0, pin=pin)
-    return TrainingData(classes, train.images.shape[3], size, norm_stats, version, loaders, {k: len(v) for k, v in splits.items()})
+    rows = {k: len(v) for k, v in splits.items()}
+    weighted = "weighted" if train.weights is not None else "shuffle"
+    return TrainingData(classes, train.images.shape[3], size, norm_stats, version, loaders, rows, sampler=weighted)
 
 
 def workspace_data(
@@ -379,6 +388,12 @@ def workspace_data(
         raise CurateError(f"unknown --loader {loader!r}; choose auto, memory or stream", exit_code=2)
     if not norm:
         raise CurateError("streaming needs the normalization stored in the version", hint="run `curate normalize` first")
+    if "sample_weight" in info.card.get("columns", []):
+        raise CurateError(
+            "this version has sample weights (curate balance --strategy weights): they need --loader memory",
+            hint="the weighted sampler draws from the decoded split in memory",
+            exit_code=2,
+        )
     normalizer = Normalizer(norm["mean"], norm["std"])
     aug = augmenter(augment, size)
     loaders = {}

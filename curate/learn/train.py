@@ -59,7 +59,7 @@ class TrainConfig:
     weight_decay: float | None = None  # default 0.05 for adamw, 5e-4 for sgd
     schedule: str = "onecycle"  # onecycle | cosine | step (x0.1 at 1/2 and 3/4) | constant
     label_smoothing: float = 0.0
-    augment: str = "none"  # none | flip | shift | flip-shift | standard (albumentations, train only)
+    augment: str = "none"  # none | flip | shift | flip-shift | standard | light | medium | heavy (curate.augment_policies)
     patience: int = 5  # early stopping: epochs without a better val score; 0 = never stop early
     seed: int = 0
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
@@ -161,6 +161,7 @@ def fit(
         "normalization": {k: data.normalization[k] for k in ("mean", "std", "channels")},
         "dataset_version": data.version,
         "rows": data.rows,
+        "sampler": data.sampler,  # weighted: batches drawn by sample_weight (curate balance --strategy weights)
         "params": count_params(model),
     }
     history: list[dict[str, Any]] = []
@@ -418,7 +419,8 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     log(
         f"train {cfg.arch} on {vid}: {data.rows.get('train', 0):,} train / {data.rows.get('val', 0):,} val images "
-        f"{data.channels}x{data.size[0]}x{data.size[1]}, {len(data.classes)} classes, {data.mode} loader, device {device}, "
+        f"{data.channels}x{data.size[0]}x{data.size[1]}, {len(data.classes)} classes, {data.mode} loader"
+        f"{' (weighted by sample_weight)' if data.sampler == 'weighted' else ''}, device {device}, "
         f"autocast {str(amp_dtype(cfg, device)).replace('torch.', '')}"
     )
     res = fit(cfg, data, run_dir, log=log, on_epoch_end=on_epoch_end, progress=progress)

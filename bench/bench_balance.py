@@ -1,0 +1,302 @@
+"""Balance and augment on an imbalanced Fashion-MNIST: test macro-F1 per strategy, and augmentation throughput.
+
+1. ``prepare`` (once, reused): ``curate ingest`` of the official idx files (origin split from the file names); the
+   train images of classes 0-4 are cut to 10% (600 of 6,000 each, the first by sha256(sample_id): a fixed, content-
+   based choice) with a bench-only stage that excludes the rest (reason ``bench_imbalance``, so nothing is deleted);
+   ``curate split --keep-existing --ratios 90:10`` (the official 10k test set stays test, val comes out of train, so
+   val is imbalanced like train); ``curate normalize``. That version is BASE: train 540 x 5 + 5,400 x 5 = 29,700.
+2. ``train``: for each strategy, ``curate checkout BASE``, ``curate balance --strategy S`` (none for plain), then
+   ``curate train --version V --arch small-cnn --epochs E --patience 0 --seed 0``: the same net, epochs, seed and
+   settings everywhere. Test macro-F1 and accuracy of the best-val checkpoint come from the run's metrics.json, plus
+   the mean recall of the cut classes 0-4.
+3. ``throughput``: images/s of ``curate augment --policy medium --copies 1`` on BASE (every train image once; the
+   command as a subprocess, with ``-j 1`` and ``-j 2``; a new seed per repeat so the stage cache never answers)
+   beside albumentations in a bare loop over the same images in this process: (a) decode + the same Compose +
+   PNG encode, what any offline augmentation has to do, (a') the same with a fresh generator pair per image (the
+   price of per-copy seeds), and (b) the Compose alone on pre-decoded arrays. curate's
+   figure is the stage's own images/s (read packs, decode, augment, encode, sha256, write packs) and the wall time
+   of the whole command (interpreter start, imports, committing the version). Medians of ``--repeats`` rounds,
+   in rotating order.
+
+Run (from the repository root)::
+
+    nice -n 15 .venv/bin/python bench/bench_balance.py --epochs 3 --repeats 3
+
+Workspaces live in ``bench/.out/balance/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from _common import CURATE, FASHION, OUT, machine, median, print_table
+
+ROOT = OUT / "balance"
+WS = ROOT / "ws"
+CUT = ("0", "1", "2", "3", "4")
+STRATEGIES = ("plain", "undersample", "oversample", "augment", "weights")
+
+
+def sh(args: list[str]) -> dict[str, Any]:
+    """Run a curate command (``--json`` appended), echo it, return its parsed output and wall seconds."""
+    print("$ " + " ".join(["curate", *args[1:]]), flush=True)
+    t0 = time.perf_counter()
+    out = subprocess.run([*args, "--json"], check=True, capture_output=True, text=True).stdout
+    return {"wall": time.perf_counter() - t0, **(json.loads(out) if out.strip() else {})}
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def prepare() -> str:
+    """Build BASE once; returns its version id."""
+    done = ROOT / "BASE"
+    if done.exists():
+        return done.read_text().strip()
+    import pyarrow as pa
+
+    from curate.pipeline import run_stage
+    from curate.schema import exclude
+    from curate.stages import StageResult
+    from curate.workspace import Workspace
+
+    ROOT.mkdir(parents=True, exist_ok=True)
+    w = ["-w", str(WS)]
+    sh([CURATE, "ingest", str(FASHION), *w])
+    ws = Workspace(WS)
+
+    def cut(parent: pa.Table, _pid: str | None) -> StageResult:
+        rows = parent.select(["sample_id", "label", "origin_split"]).to_pylist()
+        drop: set[str] = set()
+        for c in CUT:
+            ids = sorted(
+                (r["sample_id"] for r in rows if r["label"] == c and r["origin_split"] == "train"),
+                key=lambda s: hashlib.sha256(s.encode()).digest(),
+            )
+            drop.update(ids[len(ids) // 10 :])  # keep 10%
+        mask = [r["sample_id"] in drop for r in rows]
+        return StageResult(table=exclude(parent, mask, stage="imbalance", reason="bench_imbalance"), stats={"cut": len(drop)})
+
+    print("$ (library) exclude 90% of the train images of classes 0-4, reason bench_imbalance", flush=True)
+    run_stage(ws, "imbalance", {"classes": list(CUT), "keep": 0.1}, cut)
+    sh([CURATE, "split", "--keep-existing", "--ratios", "90:10", *w])
+    base = sh([CURATE, "normalize", *w])["version"]
+    done.write_text(base + "\n")
+    return base
+
+
+def train_all(base: str, epochs: int, only: list[str]) -> list[dict[str, Any]]:
+    w = ["-w", str(WS)]
+    rows = []
+    for strategy in only:
+        sh([CURATE, "checkout", base, *w])
+        bal: dict[str, Any] = {}
+        if strategy != "plain":
+            bal = sh([CURATE, "balance", "--strategy", strategy, "--policy", "medium", "--seed", "0", *w])
+        vid = bal.get("version", base)
+        run = ROOT / "runs" / f"{strategy}-e{epochs}-{time.strftime('%H%M%S')}"
+        load0 = load()
+        res = sh(
+            [
+                CURATE,
+                "train",
+                "--version",
+                vid,
+                "--arch",
+                "small-cnn",
+                "--epochs",
+                str(epochs),
+                "--patience",
+                "0",
+                "--seed",
+                "0",
+                "--out",
+                str(run),
+                *w,
+            ]
+        )
+        metrics = json.loads((run / "metrics.json").read_text())
+        test = metrics["splits"]["test"]
+        meta = json.loads((run / "meta_last.json").read_text())
+        rows.append(
+            {
+                "strategy": strategy,
+                "version": vid,
+                "train_rows": meta["rows"]["train"],
+                "sampler": meta.get("sampler", "shuffle"),
+                "balance_s": round(bal.get("wall", 0.0), 1),
+                "train_s": round(res["train_seconds"], 1),
+                "test_macro_f1": round(test["macro_f1"], 4),
+                "test_acc": round(test["accuracy"], 4),
+                "recall_cut_classes": round(sum(test["per_class"][c]["recall"] for c in CUT) / len(CUT), 4),
+                "recall_other_classes": round(sum(v["recall"] for k, v in test["per_class"].items() if k not in CUT) / 5, 4),
+                "best_epoch": res["best_epoch"],
+                "load": f"{load0}-{load()}",
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    sh([CURATE, "checkout", base, *w])
+    return rows
+
+
+def throughput(base: str, repeats: int) -> dict[str, Any]:
+    import numpy as np
+    from PIL import Image
+
+    from curate.augment_policies import build_policy
+    from curate.stages.augment import parents_of
+    from curate.workspace import Workspace
+
+    ws = Workspace(WS)
+    parents = parents_of(ws.samples(base))
+    blobs = list(ws.blobs.get_many(parents.column("sample_id").to_pylist(), parents.column("pack").to_pylist()).values())
+    n = len(blobs)
+    aug = build_policy("medium")
+    aug.set_random_seed(0)
+    arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("L")) for b in blobs]
+
+    def bare_full() -> float:
+        t0 = time.perf_counter()
+        for data in blobs:
+            out = aug(image=np.asarray(Image.open(io.BytesIO(data)).convert("L")))["image"]
+            buf = io.BytesIO()
+            Image.fromarray(out).save(buf, format="PNG")
+        return n / (time.perf_counter() - t0)
+
+    def bare_reseed() -> float:
+        """The bare loop plus what curate's determinism needs: a fresh generator pair per image (seeded by its index)."""
+        import random
+
+        t0 = time.perf_counter()
+        for i, data in enumerate(blobs):
+            aug.set_random_state(np.random.default_rng(i), random.Random(i))
+            out = aug(image=np.asarray(Image.open(io.BytesIO(data)).convert("L")))["image"]
+            buf = io.BytesIO()
+            Image.fromarray(out).save(buf, format="PNG")
+        return n / (time.perf_counter() - t0)
+
+    def bare_aug() -> float:
+        t0 = time.perf_counter()
+        for im in arrays:
+            aug(image=im)
+        return n / (time.perf_counter() - t0)
+
+    # A seed never used before in this workspace: the same parent and settings would be answered from the stage cache.
+    seed = iter(range(int(time.time()) * 100, int(time.time()) * 100 + 100))
+
+    def curate(workers: int) -> tuple[float, float]:
+        sh([CURATE, "checkout", base, "-w", str(WS)])
+        res = sh(
+            [CURATE, "augment", "--policy", "medium", "--copies", "1", "--seed", str(next(seed)), "-j", str(workers), "-w", str(WS)]
+        )
+        if res["cached"]:
+            raise RuntimeError("curate augment answered from its cache; the measurement is void")
+        st = res["stats"]
+        return st["images_per_s"], st["images_made"] / res["wall"]
+
+    keys = ("bare_full", "bare_reseed", "bare_aug", "j1_stage", "j1_wall", "j2_stage", "j2_wall")
+    got: dict[str, list[float]] = {k: [] for k in keys}
+    loads = [load()]
+    for r in range(repeats):
+        order = ["bare", "j1", "j2"]
+        for what in order[r % 3 :] + order[: r % 3]:
+            if what == "bare":
+                got["bare_full"].append(bare_full())
+                got["bare_reseed"].append(bare_reseed())
+                got["bare_aug"].append(bare_aug())
+            else:
+                stage, wall = curate(int(what[1]))
+                got[f"{what}_stage"].append(stage)
+                got[f"{what}_wall"].append(wall)
+            loads.append(load())
+    sh([CURATE, "checkout", base, "-w", str(WS)])
+    return {
+        "images": n,
+        "runs": {k: [round(v) for v in vs] for k, vs in got.items()},
+        "median": {k: round(median(vs)) for k, vs in got.items()},
+        "load": loads,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the throughput comparison")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of " + ",".join(STRATEGIES))
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
+    args = ap.parse_args()
+    print(f"# {machine()}; load average {load()} at start", flush=True)
+    t0 = time.perf_counter()
+    base = prepare()
+    result: dict[str, Any] = {"base": base}
+    if not args.skip_throughput:
+        result["throughput"] = tp = throughput(base, args.repeats)
+        m = tp["median"]
+        print(f"\nAugmentation throughput, {tp['images']:,} Fashion-MNIST train images, policy medium (images/s, medians):")
+        print_table(
+            ["what", "images/s", "runs", "vs bare loop (decode+augment+encode)"],
+            [
+                [
+                    "albumentations bare loop: decode + augment + PNG encode, 1 process",
+                    m["bare_full"],
+                    tp["runs"]["bare_full"],
+                    "1.00",
+                ],
+                [
+                    "the same + a fresh generator pair per image (per-copy seeds)",
+                    m["bare_reseed"],
+                    tp["runs"]["bare_reseed"],
+                    f"{m['bare_reseed'] / m['bare_full']:.2f}",
+                ],
+                ["albumentations bare loop: augment only (pre-decoded arrays)", m["bare_aug"], tp["runs"]["bare_aug"], "-"],
+                *[
+                    [
+                        f"curate augment -j {j}, {kind}",
+                        m[f"j{j}_{kind}"],
+                        tp["runs"][f"j{j}_{kind}"],
+                        f"{m[f'j{j}_{kind}'] / m['bare_full']:.2f}",
+                    ]
+                    for j in (1, 2)
+                    for kind in ("stage", "wall")
+                ],
+            ],
+        )
+        print(f"load averages: {' '.join(tp['load'])}")
+    if not args.skip_train:
+        result["train"] = rows = train_all(base, args.epochs, args.strategies.split(","))
+        print(
+            f"\nImbalanced Fashion-MNIST (classes 0-4 keep 10% of train), small-cnn, {args.epochs} epochs, seed 0, official test set:"
+        )
+        print_table(
+            ["strategy", "train rows", "test macro-F1", "test acc", "recall 0-4", "recall 5-9", "train s", "load"],
+            [
+                [
+                    r["strategy"],
+                    f"{r['train_rows']:,}",
+                    r["test_macro_f1"],
+                    r["test_acc"],
+                    r["recall_cut_classes"],
+                    r["recall_other_classes"],
+                    r["train_s"],
+                    r["load"],
+                ]
+                for r in rows
+            ],
+        )
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    (ROOT / f"result-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\ntotal {result['seconds']:.0f}s; load average {load()} at end", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

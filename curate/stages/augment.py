@@ -1,0 +1,300 @@
+"""Augment: offline augmentation of train rows into new samples, each reproducible from its recorded recipe.
+
+Parents are the included rows of the ``train`` split that are not themselves augmented (``label_source !=
+"augment"``), so an augmented copy of a val or test image can never enter train and copies are never stacked.
+``copies`` gives every parent that many copies; ``to_balance`` gives each class's parents (round robin, in a
+seeded hash order) as many copies as the class lacks to reach the target (``curate.stages.balance`` counts).
+
+A new row is a new blob (``sample_id`` = sha256 of its encoded bytes, stored in a new pack) with ``parent_id``,
+``recipe`` (JSON; encoding, recipe and ``reproduce``: ``curate.augment_policies``), ``label`` (the parent's),
+``label_source = "augment"``, ``split = "train"``, ``source = "augment:<parent_id>:<copy>"`` and the decoded facts.
+A copy left unchanged (every transform skipped) is redrawn in the worker (``UNCHANGED_STRIDE``); one whose bytes
+still equal an existing sample is dropped and replaced by the parent's next copy index in another pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.augment_policies import augment_array, copy_seed, decode, encode_array, encoding_for, reproduce  # noqa: F401 - re-export
+from curate.errors import CurateError, UsageError
+from curate.schema import OK, conform
+from curate.stages import StageResult
+
+STAGE, MAX_ROUNDS = "augment", 6  # MAX_ROUNDS: passes that redraw copies equal to an existing sample
+UNCHANGED_STRIDE, UNCHANGED_TRIES = 1 << 32, 8  # unchanged copy k is redrawn as k + m * stride: never a planned index
+OUT_SCHEMA = pa.schema(
+    [("parent_id", pa.string()), ("copy", pa.int64()), ("sample_id", pa.string()), ("data", pa.binary()), ("width", pa.int32())]
+    + [("height", pa.int32()), ("mode", pa.string()), ("format", pa.string()), ("nbytes", pa.int64()), ("recipe", pa.string())]
+)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Settings of ``curate augment`` (defaults < curate.toml ``[augment]`` < CLI flags).
+
+    Attributes:
+        policy: a named policy (``curate.augment_policies.POLICIES`` but ``none``) or a policy file.
+        copies: new samples per train parent (None: 1 unless ``to_balance``).
+        to_balance: instead, add copies until every class reaches ``target``.
+        target: ``N``, ``median``, ``max`` or ``min`` for ``to_balance`` (None: ``max``).
+        seed: the global seed every per-copy seed derives from.
+        batch_size: parents per per-sample batch.
+    """
+
+    policy: str = "medium"
+    copies: int | None = None
+    to_balance: bool = False
+    target: str | None = None
+    seed: int = 0
+    batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every per-sample batch needs (picklable): the policy spec, its serialised form for files, the seed."""
+
+    policy: str
+    policy_json: str | None
+    seed: int
+
+
+def check_config(cfg: AugmentConfig) -> str:
+    """Validate before any work starts; returns the policy's sha256 (for the stage config). Raises UsageError."""
+    from curate.augment_policies import check_policy
+    from curate.stages.balance import parse_target
+
+    if cfg.policy == "none":
+        raise UsageError("--policy none makes no new samples; choose light, medium, heavy, another named policy or a file")
+    if cfg.copies is not None and cfg.to_balance:
+        raise UsageError("give --copies N or --to-balance, not both")
+    if cfg.copies is not None and cfg.copies < 1:
+        raise UsageError(f"--copies {cfg.copies}: must be at least 1")
+    if cfg.target is not None and not cfg.to_balance:
+        raise UsageError("--target only applies with --to-balance")
+    parse_target(cfg.target)
+    return check_policy(cfg.policy)
+
+
+_CACHE: dict[tuple[str, tuple[int, int] | None], tuple[Any, str]] = {}
+
+
+def _transform(job: Job, size: tuple[int, int]) -> tuple[Any, str]:
+    """(Compose, its serialised JSON) for a parent of ``size`` (H, W): built once per worker, policy and size."""
+    from curate.augment_policies import build_policy, from_json, to_json
+
+    sized = job.policy in ("shift", "flip-shift")
+    key = (job.policy_json or job.policy, size if sized else None)
+    if key not in _CACHE:
+        compose = from_json(job.policy_json) if job.policy_json else build_policy(job.policy, size)
+        _CACHE[key] = (compose, to_json(compose))
+    return _CACHE[key]
+
+
+def augment_batch(batch: pa.Table, job: Job) -> pa.Table:
+    """Per-sample work: every parent in ``batch`` (``sample_id``, ``data``, ``copies``: list of copy indices) -> its copies.
+
+    Returns:
+        ``OUT_SCHEMA`` rows, one per requested copy, in input order.
+    """
+    import numpy as np
+
+    rows: list[tuple[Any, ...]] = []  # one tuple per copy, in OUT_SCHEMA order
+    cols = (batch.column(c).to_pylist() for c in ("sample_id", "data", "copies"))
+    for pid, data, copies in zip(*cols, strict=True):
+        image, mode, fmt = decode(data)
+        compose, tjson = _transform(job, image.shape[:2])
+        encode = encoding_for(fmt)
+        for planned in copies:
+            for m in range(UNCHANGED_TRIES):
+                k = planned + m * UNCHANGED_STRIDE
+                seed = copy_seed(job.seed, pid, k)
+                pixels = augment_array(compose, seed, image)
+                if not np.array_equal(pixels, image):
+                    break
+            out, (h, w) = encode_array(pixels, encode), pixels.shape[:2]
+            head = {"copy": k, "encode": encode, "mode": mode, "parent_id": pid, "policy": job.policy, "rng": "shared", "seed": seed}
+            # The transform JSON is spliced in verbatim: serialised once per worker, not once per copy.
+            recipe = json.dumps(head, sort_keys=True, separators=(",", ":"))[:-1] + ',"transform":' + tjson + "}"
+            rows.append((pid, k, hashlib.sha256(out).hexdigest(), out, w, h, mode, encode["format"], len(out), recipe))
+    if not rows:
+        return OUT_SCHEMA.empty_table()
+    columns = zip(*rows, strict=True)
+    return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, OUT_SCHEMA, strict=True)], schema=OUT_SCHEMA)
+
+
+def parents_of(table: pa.Table) -> pa.Table:
+    """Rows that may be augmented: included train rows with bytes that are not augmented copies themselves."""
+    table = conform(table)
+    mask = pc.and_(pc.equal(table.column("status"), OK), pc.equal(pc.fill_null(table.column("split"), ""), "train"))
+    fresh = pc.and_(pc.is_valid(table.column("pack")), pc.not_equal(pc.fill_null(table.column("label_source"), ""), "augment"))
+    return table.filter(pc.and_(mask, fresh))
+
+
+def plan(table: pa.Table, parents: pa.Table, cfg: AugmentConfig) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    """Copy indices per parent id, and what the plan is (per class counts and target for ``to_balance``)."""
+    from curate.stages.balance import class_counts, order_key, parse_target, resolve_target
+
+    ids = parents.column("sample_id").to_pylist()
+    if not cfg.to_balance:
+        n = cfg.copies or 1
+        return {pid: list(range(n)) for pid in ids}, {"copies": n}
+    counts = class_counts(table)
+    if not counts:
+        raise CurateError("no included, labeled train rows to balance", hint="run `curate split` first")
+    target = resolve_target(counts, parse_target(cfg.target) or "max")
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for pid, label in zip(ids, parents.column("label").to_pylist(), strict=True):
+        if label is not None:
+            by_class[label].append(pid)
+    jobs: dict[str, list[int]] = defaultdict(list)
+    need: dict[str, int] = {}
+    for label, n in counts.items():
+        members = sorted(by_class.get(label, []), key=lambda p: order_key(cfg.seed, p))
+        need[label] = max(0, target - n)
+        if need[label] and not members:
+            raise CurateError(f"class {label!r} needs {need[label]} new samples but has no train rows to augment")
+        for i in range(need[label]):
+            jobs[members[i % len(members)]].append(i // len(members))
+    return dict(jobs), {"target_count": target, "needed_per_class": need}
+
+
+def run_augment(
+    ws: Any, parent: pa.Table, parent_id: str | None, cfg: AugmentConfig, *, workers: int = 1, progress: Any = None
+) -> StageResult:
+    """Add augmented copies of train rows as new samples (new blobs in a new pack); every parent row is kept as it was.
+
+    Raises:
+        CurateError: no train rows to augment, or a policy that keeps reproducing existing images.
+    """
+    from curate.augment_policies import is_policy_file, load_policy_file, to_json
+    from curate.executors import map_batches
+
+    t0 = time.perf_counter()
+    sha = check_config(cfg)
+    table = conform(parent)
+    parents = parents_of(table)
+    if parents.num_rows == 0:
+        raise CurateError("no included train rows to augment", hint="run `curate split` first; only train rows are augmented")
+    jobs, about = plan(table, parents, cfg)
+    job = Job(cfg.policy, to_json(load_policy_file(cfg.policy)) if is_policy_file(cfg.policy) else None, cfg.seed)
+    # Build the transform (and import albumentations/OpenCV) before the pool forks: workers inherit it, not rebuild it.
+    _transform(job, (int(parents.column("height")[0].as_py() or 1), int(parents.column("width")[0].as_py() or 1)))
+    known = set(table.column("sample_id").to_pylist())
+    label_of = dict(zip(parents.column("sample_id").to_pylist(), parents.column("label").to_pylist(), strict=True))
+    packs = ws.pack_writer(hashlib.sha256(f"{parent_id}|augment|{cfg}|{sha}".encode()).hexdigest()[:12])
+    accepted, pack_names = [], []
+    next_copy = {pid: max(ks) + 1 for pid, ks in jobs.items() if ks}
+    pending, rejected, produced = dict(jobs), 0, 0
+    try:
+        with progress(sum(len(v) for v in jobs.values())) if progress else contextlib.nullcontext(None) as advance:
+            for _ in range(MAX_ROUNDS):
+                if not pending:
+                    break
+                todo = parents.filter(pc.is_in(parents.column("sample_id"), pa.array(sorted(pending), pa.string())))
+                batches = (
+                    b.append_column("copies", pa.array([pending[s] for s in b.column("sample_id").to_pylist()], pa.list_(pa.int64())))
+                    for b in ws.blobs.iter_packs(todo, batch_rows=cfg.batch_size)
+                )
+                retry: dict[str, int] = defaultdict(int)
+                for out in map_batches(augment_batch, batches, job, workers=workers):
+                    keep = []
+                    for pid, sid, data in zip(*(out.column(c).to_pylist() for c in ("parent_id", "sample_id", "data")), strict=True):
+                        fresh = sid not in known
+                        keep.append(fresh)
+                        if fresh:
+                            known.add(sid)
+                            pack_names.append(packs.add(sid, data))
+                        else:  # identical to an existing sample: replace it with the parent's next copy index
+                            retry[pid] += 1
+                    produced += out.num_rows
+                    rejected += keep.count(False)
+                    accepted.append(out.filter(pa.array(keep, pa.bool_())).drop_columns(["data"]))
+                    if advance:
+                        advance(sum(keep))
+                pending = {pid: list(range(next_copy[pid], next_copy[pid] + n)) for pid, n in sorted(retry.items())}
+                next_copy.update({pid: next_copy[pid] + n for pid, n in retry.items()})
+            if pending:
+                raise CurateError(
+                    f"policy {cfg.policy!r} keeps producing images identical to existing samples "
+                    f"({sum(len(v) for v in pending.values())} copies still missing after {MAX_ROUNDS} rounds)",
+                    hint="use a policy that changes the images (light, medium, heavy)",
+                )
+        packs.close()
+    except BaseException:
+        packs.discard()
+        raise
+    new = pa.concat_tables(accepted) if accepted else OUT_SCHEMA.empty_table().drop_columns(["data"])
+    new = new.append_column("pack", pa.array(pack_names, pa.string()))
+    new = new.sort_by([("parent_id", "ascending"), ("copy", "ascending")])
+    n = new.num_rows
+    pids = new.column("parent_id").to_pylist()
+    copies = new.column("copy").to_pylist()
+    new = new.drop_columns(["copy"])
+    for name, values in (
+        ("label", [label_of[p] for p in pids]),
+        ("label_source", ["augment"] * n),
+        ("split", ["train"] * n),
+        ("status", [OK] * n),
+        ("source", [f"augment:{p}:{k}" for p, k in zip(pids, copies, strict=True)]),
+    ):
+        new = new.append_column(name, pa.array(values, pa.string()))
+    if "repeat" in table.column_names:
+        new = new.append_column("repeat", pa.array([1] * n, pa.int64()))
+    out = pa.concat_tables([table, conform(new)], promote_options="default")
+    secs = time.perf_counter() - t0
+    stats = {
+        "policy": cfg.policy,
+        "policy_sha256": sha,
+        "seed": cfg.seed,
+        **about,
+        "parents": len(jobs),
+        "new_samples": n,
+        "new_per_class": dict(sorted(Counter(label_of[p] for p in pids if label_of[p] is not None).items())),
+        "identical_rejected": rejected,
+        "images_made": produced,
+        "packs_written": len(packs.written),
+        "bytes_stored": int(pc.sum(new.column("nbytes")).as_py() or 0),
+        "seconds": round(secs, 3),
+        "images_per_s": round(produced / secs, 1) if secs > 0 else None,
+    }
+    return StageResult(table=out, stats=stats)
+
+
+def preview(
+    ws: Any, table: pa.Table, cfg: AugmentConfig, n: int, out_path: str, *, columns: int = 4, cell: int = 96
+) -> dict[str, Any]:
+    """A grid PNG: ``n`` train parents (seeded hash order), each original followed by ``columns`` augmentations.
+
+    Nothing is committed and no blob is written. Returns ``{"out", "rows", "columns", "parents"}``.
+    """
+    from curate.augment_policies import draw_grid, is_policy_file, load_policy_file, to_json
+    from curate.stages.balance import order_key
+
+    check_config(cfg)
+    parents = parents_of(table)
+    if parents.num_rows == 0:
+        raise CurateError("no included train rows to preview", hint="run `curate split` first")
+    ids = sorted(parents.column("sample_id").to_pylist(), key=lambda s: order_key(cfg.seed, s))[:n]
+    packs = dict(zip(parents.column("sample_id").to_pylist(), parents.column("pack").to_pylist(), strict=True))
+    blobs = ws.blobs.get_many(ids, [packs[s] for s in ids])
+    job = Job(cfg.policy, to_json(load_policy_file(cfg.policy)) if is_policy_file(cfg.policy) else None, cfg.seed)
+    batch = pa.table(
+        {
+            "sample_id": ids,
+            "data": pa.array([blobs[s] for s in ids], pa.binary()),
+            "copies": pa.array([list(range(columns))] * len(ids), pa.list_(pa.int64())),
+        }
+    )
+    made = augment_batch(batch, job).column("data").to_pylist()
+    draw_grid([[blobs[s], *made[r * columns : (r + 1) * columns]] for r, s in enumerate(ids)], out_path, cell)
+    return {"out": str(out_path), "rows": len(ids), "columns": columns, "parents": ids}
