@@ -38,15 +38,21 @@ def _root(
     """curate: curated image datasets and the classifier trained on them."""
 
 
-from curate import cli_balance, cli_crawl, cli_curation, cli_data, cli_dedupe, cli_learn, cli_versions  # noqa: E402  (registers commands on ``app``)
+# Each module registers its commands on ``app``; the order here is the order of ``curate --help``.
+from curate import (  # noqa: E402
+    cli_balance,
+    cli_clean,
+    cli_crawl,
+    cli_curation,
+    cli_data,
+    cli_dedupe,
+    cli_filter,
+    cli_learn,
+    cli_versions,
+)
 
-cli_data.register(app)
-cli_crawl.register(app)
-cli_curation.register(app)
-cli_balance.register(app)
-cli_dedupe.register(app)
-cli_versions.register(app)
-cli_learn.register(app)
+for _module in (cli_data, cli_crawl, cli_dedupe, cli_clean, cli_filter, cli_curation, cli_balance, cli_versions, cli_learn):
+    _module.register(app)
 
 
 def main() -> None:

@@ -157,33 +157,113 @@ def predict_source(run: LoadedRun, src: str, *, batch_size: int = 512, progress:
     return pa.Table.from_pylist(rows)
 
 
-def oof_probs(
-    images: np.ndarray, labels: np.ndarray, classes: list[str], cfg: TrainConfig | None = None, *, folds: int = 5, seed: int = 0
-) -> np.ndarray:
-    """k-fold out-of-sample probabilities: every row is predicted by a model trained on the other folds.
+@torch.no_grad()
+def predict_with_features(run: LoadedRun, images: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``(N, H, W, C)`` -> ``(probs (N, K) float32, features (N, D) float32)``.
+
+    The features are the input of the network's last linear layer (the penultimate representation of every
+    arch in ``curate.learn.nets``), caught with a forward hook so the nets need no second forward method.
+    """
+    last = [m for m in run.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    caught: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda _m, inp, _out: caught.append(inp[0].detach().float().cpu()))
+    try:
+        probs = predict_images(run, images, batch_size)
+    finally:
+        handle.remove()
+    feats = torch.cat(caught).numpy() if caught else np.zeros((0, last.in_features), np.float32)
+    return probs, feats
+
+
+@dataclass
+class OOF:
+    """Out-of-sample predictions: every row scored by a fold model that never trained on it.
+
+    Attributes:
+        probs: float32 ``(N, K)`` class probabilities.
+        ood_z: float64 ``(N,)`` robust z of the log Mahalanobis distance of the row's features to the class
+            distributions of its fold model's training rows (``curate.learn.ood``); None unless asked for.
+        fold: int ``(N,)`` the fold each row was held out in.
+    """
+
+    probs: np.ndarray
+    ood_z: np.ndarray | None
+    fold: np.ndarray
+
+
+def oof_predict(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    cfg: TrainConfig | None = None,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    ood: bool = False,
+    on_fold: Any = None,
+    min_steps: int = 300,
+) -> OOF:
+    """k-fold out-of-sample probabilities (and optionally OOD z-scores) from curate's own networks.
 
     Args:
         images: uint8 ``(N, H, W, C)``.
         labels: int ``(N,)`` class indices into ``classes``.
         cfg: training settings (epochs, arch, lr ...); checkpoints are not written, no val split is used.
         folds: k (stratified by label, deterministic for ``seed``).
+        ood: also score every held-out row's features against its fold model's training rows.
+        on_fold: optional ``on_fold(fold_index, folds)`` called after each fold (progress).
+        min_steps: on small sets the batch shrinks (to 1/8 of a fold's training rows, at least 16) and the epochs
+            grow until each fold model makes at least this many optimizer steps.
 
-    Returns:
-        float32 ``(N, K)`` probabilities.
+    Raises:
+        CurateError: fewer rows of some class than ``folds`` (stratification impossible) or under 2 classes.
     """
     from sklearn.model_selection import StratifiedKFold
 
     from curate.learn.data import DecodedSplit, memory_data
+    from curate.learn.ood import fit_gaussians, mahalanobis, robust_z
     from curate.learn.train import fit
 
     cfg = replace(cfg or TrainConfig(epochs=5), patience=0, out=None, resume=False, seed=seed)
     labels = np.asarray(labels, np.int64)
-    out = np.zeros((len(labels), len(classes)), np.float32)
+    # Small sets: smaller batches and more epochs, so every fold model gets at least ``min_steps`` updates
+    # (3 epochs of 300 images at batch 128 would be 6 steps: a model that has learned nothing flags everything).
+    n_train = len(labels) * (folds - 1) // folds
+    batch = max(16, min(cfg.batch_size, n_train // 8))
+    steps = max(1, n_train // batch)
+    cfg = replace(cfg, batch_size=batch, epochs=max(cfg.epochs, -(-min_steps // steps)))
+    counts = np.bincount(labels, minlength=len(classes))
+    present = counts[counts > 0]
+    if len(present) < 2:
+        raise CurateError("out-of-sample predictions need at least 2 classes with labeled rows")
+    if present.min() < folds:
+        small = classes[int(np.flatnonzero(counts == present.min())[0])]
+        raise CurateError(f"class {small!r} has {present.min()} labeled rows, fewer than --folds {folds}", hint="lower --folds")
+    probs = np.zeros((len(labels), len(classes)), np.float32)
+    ood_z = np.zeros(len(labels), np.float64) if ood else None
+    fold_of = np.zeros(len(labels), np.int64)
     ids = [str(i) for i in range(len(labels))]
-    for train_idx, hold_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels):
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for f, (train_idx, hold_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         part = DecodedSplit(images[train_idx], labels[train_idx], [ids[i] for i in train_idx])
-        data = memory_data({"train": part}, classes, None, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed)
-        res = fit(cfg, data)
+        data = memory_data({"train": part}, classes, None, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed + f)
+        res = fit(replace(cfg, seed=seed + f), data)
         run = LoadedRun(res["model"].eval(), {**res["meta"], "normalization": data.normalization}, pick_device(cfg.device), Path("."))
-        out[hold_idx] = predict_images(run, images[hold_idx])
-    return out
+        fold_of[hold_idx] = f
+        if ood_z is None:
+            probs[hold_idx] = predict_images(run, images[hold_idx])
+        else:
+            _, train_feats = predict_with_features(run, images[train_idx])
+            probs[hold_idx], hold_feats = predict_with_features(run, images[hold_idx])
+            means, precision = fit_gaussians(train_feats, labels[train_idx], len(classes))
+            ood_z[hold_idx] = robust_z(mahalanobis(hold_feats, means, precision))
+        if on_fold:
+            on_fold(f, folds)
+    return OOF(probs, ood_z, fold_of)
+
+
+def oof_probs(
+    images: np.ndarray, labels: np.ndarray, classes: list[str], cfg: TrainConfig | None = None, *, folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """k-fold out-of-sample probabilities, float32 ``(N, K)``: ``oof_predict(...).probs``."""
+    return oof_predict(images, labels, classes, cfg, folds=folds, seed=seed).probs

@@ -1,0 +1,230 @@
+"""``curate clean``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, say
+
+_LQ = "Low-quality thresholds"
+_MODEL = "Out-of-sample models"
+
+
+def clean(
+    find_mislabels: Annotated[
+        bool, typer.Option("--find-mislabels", help="Find label errors: cleanlab on k-fold out-of-sample probabilities.")
+    ] = False,
+    find_outliers: Annotated[
+        bool, typer.Option("--find-outliers", help="Find out-of-distribution samples from the same models' features.")
+    ] = False,
+    find_low_quality: Annotated[
+        bool,
+        typer.Option(
+            "--find-low-quality", help="Model-free checks: dark, bright, blurry, low information, tiny, odd aspect, grayscale."
+        ),
+    ] = False,
+    action: Annotated[
+        str | None,
+        typer.Option(
+            help="flag: columns only (default); exclude: exclude what was found; relabel: give label issues the suggested label."
+        ),
+    ] = None,
+    act_on: Annotated[
+        str | None, typer.Option(help="train: act on train rows and rows not split yet (default); all: every split.")
+    ] = None,
+    max_fraction: Annotated[
+        float | None, typer.Option(help="Act on at most this fraction of the checked rows per issue kind, worst first (default 0.2).")
+    ] = None,
+    relabel_threshold: Annotated[
+        float | None, typer.Option(help="relabel only where the suggested class has at least this probability (default 0.9).")
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="cleanlab filter_by: low_normalized_margin (default), low_self_confidence, prune_by_noise_rate, both, ..."),
+    ] = None,
+    outlier_z: Annotated[
+        float | None, typer.Option(help="Flag outliers whose robust z of the feature distance exceeds this (default 6).")
+    ] = None,
+    pred_probs: Annotated[
+        Path | None,
+        typer.Option(help="Use your own probabilities (Parquet/CSV/JSONL: sample_id + one column per class, or a probs list)."),
+    ] = None,
+    folds: Annotated[int | None, typer.Option(help="k of the k-fold models (default 5).", rich_help_panel=_MODEL)] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="small-cnn (default) | resnet-mini | resnet-mini-wide | linear.", rich_help_panel=_MODEL)
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per fold model (default 3).", rich_help_panel=_MODEL)] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 128).", rich_help_panel=_MODEL)] = None,
+    augment: Annotated[
+        str | None, typer.Option(help="Augmentation of the fold models (see curate train --augment).", rich_help_panel=_MODEL)
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Square side the models see (default: the data's size, at most 64).", rich_help_panel=_MODEL)
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (cuda, mps, cpu) | cpu | cuda | mps.", rich_help_panel=_MODEL)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the folds and models (default 0).", rich_help_panel=_MODEL)] = None,
+    dark: Annotated[
+        float | None, typer.Option(help="Flag when the brightest 1% is below this (0-1, default 0.15).", rich_help_panel=_LQ)
+    ] = None,
+    bright: Annotated[
+        float | None, typer.Option(help="Flag when 1 - darkest 1% is below this (default 0.15).", rich_help_panel=_LQ)
+    ] = None,
+    blurry: Annotated[
+        float | None, typer.Option(help="Flag when the edge-frequency score is below this (default 0.25).", rich_help_panel=_LQ)
+    ] = None,
+    low_information: Annotated[
+        float | None, typer.Option(help="Flag below this information score (default 0.035).", rich_help_panel=_LQ)
+    ] = None,
+    tiny: Annotated[
+        int | None, typer.Option(help="Flag when the shorter side is below this many pixels (default 16).", rich_help_panel=_LQ)
+    ] = None,
+    odd_aspect: Annotated[
+        float | None, typer.Option(help="Flag when long/short side exceeds this (default 4).", rich_help_panel=_LQ)
+    ] = None,
+    review_out: Annotated[
+        Path | None, typer.Option(help="Write the flagged samples, worst first: issues.html (with thumbnails) or issues.csv.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Processes for the image checks (default: cores).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Find label errors, outliers and low-quality images; flag, exclude or relabel them.
+
+    Label errors: every labeled sample is predicted by a model trained on the other k-1 folds (curate's own
+    networks, trained here), then cleanlab finds the samples whose given label is unlikely. Columns:
+    is_label_issue, label_quality (1 clean .. 0 issue), suggested_label, suggested_confidence. The out-of-sample
+    probabilities are cached: changing only --action, --method or thresholds reuses them. Rows of every split are
+    checked; only train rows (and rows not split yet) are acted on unless --act-on all.
+
+    Examples:
+
+        curate clean --find-mislabels
+        curate clean --find-mislabels --action exclude --review-out issues.html
+        curate clean --find-mislabels --action relabel --relabel-threshold 0.95
+        curate clean --find-outliers --find-low-quality --action exclude
+        curate clean --find-mislabels --pred-probs my_probs.parquet
+    """
+    from curate.config import find_config_file, load_section, resolve
+    from curate.executors.local import default_workers
+    from curate.pipeline import run_stage
+    from curate.stages.clean import CleanConfig, check_config, config_dict, run_clean
+    from curate.ui import emit_json, progress
+    from curate.workspace import Workspace
+
+    ws = Workspace(workspace)
+    cfg_file = find_config_file(ws.root)
+    cli = {
+        "find_mislabels": find_mislabels or None, "find_outliers": find_outliers or None, "find_low_quality": find_low_quality or None,
+        "action": action, "act_on": act_on, "max_fraction": max_fraction, "relabel_threshold": relabel_threshold, "method": method,
+        "outlier_z": outlier_z, "pred_probs": str(pred_probs) if pred_probs else None, "folds": folds, "arch": arch, "epochs": epochs,
+        "batch_size": batch_size, "augment": augment, "image_size": image_size, "device": device, "seed": seed,
+        "dark": dark, "bright": bright,
+        "blurry": blurry, "low_information": low_information, "tiny": tiny, "odd_aspect": odd_aspect,
+    }  # fmt: skip
+    cfg = resolve(CleanConfig, load_section(cfg_file, "clean"), cli, origin=str(cfg_file))
+    check_config(cfg)
+    review: list[dict[str, Any]] = []
+
+    def body(parent, parent_id):  # noqa: ANN001, ANN202
+        res = run_clean(
+            ws, parent, parent_id, cfg, workers=workers or default_workers(),
+            progress=lambda desc, total: progress(desc, total, enabled=not json_out),
+        )  # fmt: skip
+        review.extend(res.review)
+        return res
+
+    res = run_stage(ws, "clean", config_dict(cfg), body)
+    if review_out is not None:
+        res["review"] = _write_review(ws, res["version"], review, review_out)
+    if json_out:
+        emit_json(res)
+        return
+    _summary(res, cfg)
+
+
+def _write_review(ws: Any, vid: str, review: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """The review file of this run (or, when the version was cached, rebuilt from its columns)."""
+    import pyarrow as pa
+
+    from curate.review import write_review
+
+    table = ws.samples(vid)
+    if not review:
+        review = _review_from_columns(table)
+    cols = table.column_names
+    get = {c: table.column(c).to_pylist() for c in ("sample_id", "source", "label", "pack", "given_label", "split") if c in cols}
+    rows = []
+    for r in review:
+        p = r["row"]
+        given = (get.get("given_label") or [None] * table.num_rows)[p] or get["label"][p]
+        rows.append({"sample_id": get["sample_id"][p], "source": get["source"][p], "label": given, "split": get["split"][p],
+                     "issue": r["issue"], "score": r["score"], "suggested_label": r.get("suggested_label")})  # fmt: skip
+    packs = {get["sample_id"][r["row"]]: get["pack"][r["row"]] for r in review}
+
+    def blobs(ids: list[str]) -> dict[str, bytes]:
+        return ws.blobs.get_many(ids, [packs[i] for i in ids])
+
+    return write_review(
+        path, pa.Table.from_pylist(rows), blobs=blobs, title=f"curate clean: {ws.root} version {vid}", columns=("split",)
+    )
+
+
+def _review_from_columns(table: Any) -> list[dict[str, Any]]:
+    """Review rows from a committed clean version's columns (a cached run has no in-memory review)."""
+    out: list[dict[str, Any]] = []
+    cols = table.column_names
+
+    def col(name: str) -> list[Any]:
+        return table.column(name).to_pylist() if name in cols else [None] * table.num_rows
+
+    for p, (li, q, sug, oo, osc, lq, lqs, why) in enumerate(
+        zip(col("is_label_issue"), col("label_quality"), col("suggested_label"), col("is_outlier"), col("ood_score"),
+            col("is_low_quality"), col("low_quality_score"), col("low_quality_reasons"), strict=True)
+    ):  # fmt: skip
+        if li:
+            out.append({"row": p, "issue": "label_issue", "score": q, "suggested_label": sug})
+        if oo:
+            out.append({"row": p, "issue": "outlier", "score": 1 - osc})
+        if lq:
+            out.append({"row": p, "issue": f"low_quality: {why}", "score": lqs})
+    return out
+
+
+def _summary(res: dict[str, Any], cfg: Any) -> None:
+    st = res["stats"]
+    if res["cached"]:
+        say(f"clean: same parent and settings as {res['version']}; HEAD moved there (nothing recomputed)")
+    else:
+        model = f"out-of-sample probabilities {st.get('oof', 'n/a')}"
+        if st.get("oof") == "computed":
+            model += f" ({cfg.folds} folds x {cfg.epochs} epochs {cfg.arch}, {st['oof_seconds']:.0f}s)"
+        elif st.get("oof") == "cached":
+            model += f" (from version {st['oof_version']})"
+        say(f"clean: {st['checked']:,} samples checked; {model}; {st['seconds']:.1f}s")
+    verb = {"flag": "flagged only", "exclude": "excluded", "relabel": "relabeled"}[cfg.action]
+    if "label_issues" in st:
+        li = st["label_issues"]
+        by = ", ".join(f"{k} {v:,}" for k, v in li["flagged_by_split"].items()) or "none"
+        acted = f"{li.get('relabeled', li['acted_on']):,} {verb}" if cfg.action != "flag" else "flagged only"
+        acc = li["out_of_sample_accuracy"]
+        say(f"  label issues: {li['flagged']:,} of {li['rows_checked']:,} ({by}); {acted}; out-of-sample accuracy {acc:.1%}")
+        if li["top_confusions"]:
+            say("  most common: " + ", ".join(f"{c['given']}->{c['suggested']} {c['rows']}" for c in li["top_confusions"][:5]))
+    for key, name in (("outliers", "outliers"), ("low_quality", "low quality")):
+        if key in st:
+            o = st[key]
+            checks = f" ({', '.join(f'{k} {v}' for k, v in o['by_check'].items()) or 'none'})" if "by_check" in o else ""
+            done = f"{o['acted_on']:,} excluded" if cfg.action == "exclude" else "flagged only"
+            say(f"  {name}: {o['flagged']:,} of {o['rows_checked']:,}{checks}; {done}")
+    if "review" in res:
+        rv = res["review"]
+        say(f"  review: {rv['rows']:,} rows -> {rv['path']}")
+    say(f"  version {res['version']} (HEAD): {st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(rich_help_panel="Stages")(handle_errors(clean))

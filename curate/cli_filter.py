@@ -1,0 +1,138 @@
+"""``curate filter``: the classifier filter (torch is imported inside the command only)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, VersionOpt, WorkspaceOpt, handle_errors, say
+
+
+def _split_list(value: str | None) -> tuple[str, ...] | None:
+    """``"a, b"`` -> ``("a", "b")``; None stays None (so curate.toml and the defaults apply)."""
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _per(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
+
+
+def filter_(
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Run folder written by `curate train` (or a model_*.pt file). Required.")
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated model classes that belong to the task; filter_score = the sum of their probabilities. "
+            "Default: the model classes that occur as labels of the version's included rows; when that is every model "
+            "class (no 'other' class), filter_score = the max probability."
+        ),
+    ] = None,
+    min_prob: Annotated[float | None, typer.Option(help="Rows with filter_score below this are filtered (0-1]. Default 0.5.")] = None,
+    action: Annotated[
+        str | None, typer.Option(help="exclude (default): filtered rows excluded, reason classifier_filter; flag: columns only.")
+    ] = None,
+    splits: Annotated[
+        str | None,
+        typer.Option(help="Splits whose included rows are scored: train,val,test,none (no split yet), or all (default)."),
+    ] = None,
+    which: Annotated[str | None, typer.Option(help="Checkpoint of the run: best (default; else last) | last.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images decoded and scored per batch (bounds memory). Default 256.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (cuda, then mps, then cpu; default) | cpu | cuda | mps.")] = None,
+    version: VersionOpt = None,
+    workspace: WorkspaceOpt = DEFAULT_WS,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score every included sample with a trained classifier and exclude those unlikely to belong to the task.
+
+    The usual clean-up for web data: train a classifier (classes relevant/irrelevant, or the task classes plus
+    an "other" class) with `curate train`, then drop what it does not believe belongs. Adds filter_score (the
+    probability mass on --classes), filter_predicted (the argmax class), filter_confidence (its probability) and
+    is_filtered (filter_score < --min-prob). Filtered rows are excluded (stage filter, reason classifier_filter)
+    unless --action flag; rows already excluded are not scored and keep their reason; every row stays in the
+    table. Without --classes the task classes are the model classes found among the version's labels; if that
+    is all of them the score falls back to the max probability (a model unsure between the task classes).
+    Uses the GPU when there is one. --version filters another version: the result is its child and becomes
+    HEAD. The checkpoint's sha256 is part of the stage settings, so a retrained model is never a cached no-op.
+
+    Examples:
+
+        curate filter --model models/web-relevance --classes relevant --min-prob 0.5
+        curate filter -m models/fm-plus-other --classes shirt,shoe,bag --min-prob 0.7 --action flag
+        curate filter -m models/fm --splits train --device cpu      # max probability (no "other" class)
+    """
+    from curate.config import find_config_file, load_section, resolve
+    from curate.pipeline import run_stage
+    from curate.stages.filter import FilterConfig, check_config, config_dict, file_sha256, load_model, resolve_target, run_filter
+    from curate.ui import emit_json, progress
+    from curate.workspace import Workspace
+
+    ws = Workspace(workspace)
+    cfg_file = find_config_file(ws.root)
+    cli = {
+        "model": model,
+        "classes": _split_list(classes),
+        "min_prob": min_prob,
+        "action": action,
+        "splits": _split_list(splits),
+        "which": which,
+        "batch_size": batch_size,
+        "device": device,
+    }
+    cfg = resolve(FilterConfig, load_section(cfg_file, "filter"), cli, origin=str(cfg_file))
+    check_config(cfg)
+    vid = ws.resolve(version)
+    run = load_model(cfg)
+    sha = file_sha256(run.path)
+    # the task classes are part of the stage settings (and so of the cache key): resolve them before running
+    target = resolve_target(cfg, run.classes, ws.samples(vid, columns=["status", "label"]))
+    config = config_dict(cfg, run, target, sha)
+
+    def body(parent: Any, parent_id: str | None) -> Any:
+        if parent_id != vid:
+            from curate.errors import CurateError
+
+            raise CurateError(f"HEAD moved to {parent_id} while filter prepared {vid}", hint="run the command again")
+        bar = lambda total: progress("filter", total, enabled=not json_out)  # noqa: E731
+        return run_filter(ws, parent, parent_id, cfg, run=run, checkpoint_sha=sha, progress=bar)
+
+    head_before = ws.head()
+    if vid != head_before:
+        # run_stage builds on HEAD: point it at the chosen version first (like `curate checkout`), and put it back
+        # if the stage fails, so a failed run changes nothing
+        with ws.writer():
+            ws.set_head(vid)
+    try:
+        res = run_stage(ws, "filter", config, body)
+    except BaseException:
+        if vid != head_before and head_before is not None:
+            with ws.writer():
+                ws.set_head(head_before)
+        raise
+    if json_out:
+        emit_json(res)
+        return
+    st = res["stats"]
+    if res["cached"]:
+        say(f"filter: same parent, model and settings as {res['version']}; HEAD moved there (nothing recomputed)")
+        return
+    verb = "excluded" if st["action"] == "exclude" else "flagged"
+    say(
+        f"filter {vid} with {st['checkpoint']} ({st['device']}): {st['scored']:,} scored, {st['filtered']:,} with "
+        f"score < {st['min_prob']} {verb}; score = {st['score_description']}; {st['seconds']:.1f}s"
+    )
+    if st["filtered"]:
+        say(f"  filtered per split: {_per(st['filtered_per_split'])}")
+        say(f"  filtered per predicted class: {_per(st['filtered_per_predicted'])}")
+    if st["decode_errors"]:
+        say(f"  {st['decode_errors']:,} images could not be decoded and were not scored")
+    say(f"  version {res['version']} (HEAD): {st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("filter", rich_help_panel="Stages")(handle_errors(filter_))

@@ -1,0 +1,360 @@
+"""Clean: label errors (cleanlab on k-fold out-of-sample predictions), outliers, low-quality images.
+
+Every decision is a column; what the stage *does* with it is ``action``:
+
+| column | meaning |
+| --- | --- |
+| is_label_issue | cleanlab ``find_label_issues`` (``method``) on out-of-sample probabilities |
+| label_quality | probability of the given label under a model that never saw the row (1 clean .. 0 issue) |
+| suggested_label / suggested_confidence | the out-of-sample argmax class and its probability |
+| ood_score / is_outlier | out-of-distribution score 0..1 (higher = more atypical; ``curate.learn.ood``), flag at z > ``outlier_z`` |
+| <check>_score / is_<check>, is_low_quality, low_quality_reasons | model-free image checks (``curate.quality``) |
+| given_label | the label before ``relabel`` changed it (``label_source`` = ``relabel:clean``) |
+
+Only ``ok`` rows are checked; label checks need a label. Rows of every split are checked (the cleanlab study
+found 15 errors in the MNIST test set), but by default only train rows (and rows not split yet) are acted on:
+``exclude`` excludes with reason ``label_issue`` / ``outlier`` / ``low_quality``; ``relabel`` changes the label
+of a label issue whose suggestion has probability >= ``relabel_threshold`` and flags the rest. ``max_fraction``
+caps the rows acted on per issue kind (worst first) so a broken model cannot wipe out a dataset.
+
+Default method (``low_normalized_margin``: cleanlab's estimate of the number of issues, taken in order of the
+lowest normalized margin between the given label's probability and the best other class) comes from
+``bench/clean_methods.py`` on Fashion-MNIST with 10% of labels flipped (the same k-fold probabilities scored by
+every method; F1 uniform / asymmetric): low_normalized_margin 0.869 / 0.824, low_self_confidence 0.939 / 0.788,
+both 0.856 / 0.822, prune_by_noise_rate (cleanlab's default) 0.836 / 0.820. It is the only one above 0.85 and 0.80
+on both kinds of noise; ``--method low_self_confidence`` is better when flips are uniform (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate.errors import CurateError, UsageError
+from curate.labelissues import METHODS, OOFCache, geometry, label_issues, load_images, oof_key, read_pred_probs
+from curate.schema import OK, conform, exclude
+from curate.stages import StageResult
+
+STAGE = "clean"
+ACTIONS = ("flag", "exclude", "relabel")
+ACT_ON = ("train", "all")
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    """Settings of ``curate clean`` (defaults < curate.toml ``[clean]`` < CLI flags); module doc for semantics."""
+
+    find_mislabels: bool = False
+    find_outliers: bool = False
+    find_low_quality: bool = False
+    action: str = "flag"
+    act_on: str = "train"  # train: train rows and rows without a split; all: every split
+    max_fraction: float = 0.2
+    method: str = "low_normalized_margin"
+    relabel_threshold: float = 0.9
+    outlier_z: float = 6.0
+    pred_probs: str | None = None
+    folds: int = 5
+    arch: str = "small-cnn"
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    augment: str = "none"
+    image_size: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    dark: float = 0.15
+    bright: float = 0.15
+    blurry: float = 0.25
+    low_information: float = 0.035
+    tiny: int = 16
+    odd_aspect: float = 4.0
+    grayscale_majority: float = 0.9
+
+
+@dataclass
+class CleanResult(StageResult):
+    """``StageResult`` plus the review rows: ``{"row": position in table, "issue", "score" (lower = worse), ...}``."""
+
+    review: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+MODEL_SETTINGS = ("folds", "arch", "epochs", "batch_size", "lr", "augment", "image_size", "seed")
+
+
+def config_dict(cfg: CleanConfig) -> dict[str, Any]:
+    """The resolved config (stored in version.json); a ``--pred-probs`` file is identified by its sha256 too."""
+    out = dataclasses.asdict(cfg)
+    if cfg.pred_probs and Path(cfg.pred_probs).is_file():
+        from curate.stages.filter import file_sha256
+
+        out["pred_probs_sha256"] = file_sha256(cfg.pred_probs)
+    return out
+
+
+def check_config(cfg: CleanConfig) -> None:
+    """Raises ``UsageError`` for settings outside their range (before any work)."""
+    from curate.learn.nets import ARCHS
+
+    if not (cfg.find_mislabels or cfg.find_outliers or cfg.find_low_quality):
+        raise UsageError("nothing to check: pass --find-mislabels, --find-outliers and/or --find-low-quality")
+    for name, value, allowed in (("action", cfg.action, ACTIONS), ("act-on", cfg.act_on, ACT_ON), ("method", cfg.method, METHODS)):
+        if value not in allowed:
+            raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
+    if cfg.arch not in ARCHS:
+        raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, not {cfg.arch!r}")
+    if not 0 < cfg.max_fraction <= 1 or not 0 < cfg.relabel_threshold <= 1:
+        raise UsageError("--max-fraction and --relabel-threshold must be in (0, 1]")
+    if cfg.folds < 2 or cfg.epochs < 1 or cfg.batch_size < 1:
+        raise UsageError("--folds must be >= 2, --epochs and --batch-size >= 1")
+    if cfg.pred_probs and not Path(cfg.pred_probs).is_file():
+        raise UsageError(f"--pred-probs {cfg.pred_probs}: no such file")
+    if cfg.outlier_z <= 0:
+        raise UsageError("--outlier-z must be positive")
+    _thresholds(cfg).check()
+
+
+def _thresholds(cfg: CleanConfig) -> Any:
+    from curate.quality import QualityThresholds
+
+    names = ("dark", "bright", "blurry", "low_information", "tiny", "odd_aspect", "grayscale_majority")
+    return QualityThresholds(**{n: getattr(cfg, n) for n in names})
+
+
+def _column(table: pa.Table, name: str, typ: pa.DataType, positions: np.ndarray, values: list[Any] | np.ndarray) -> pa.Table:
+    """Set column ``name`` to ``values`` at row ``positions`` and null elsewhere (replacing an older column)."""
+    full: list[Any] = [None] * table.num_rows
+    for p, v in zip(positions.tolist(), values.tolist() if isinstance(values, np.ndarray) else values, strict=True):
+        full[p] = v
+    arr = pa.array(full, typ)
+    if name in table.column_names:
+        return table.set_column(table.schema.get_field_index(name), name, arr)
+    return table.append_column(name, arr)
+
+
+def _act_mask(table: pa.Table, positions: np.ndarray, act_on: str) -> np.ndarray:
+    """Which checked rows may be acted on: every split, or train rows and rows without a split."""
+    if act_on == "all":
+        return np.ones(len(positions), bool)
+    split = table.column("split").to_pylist()
+    return np.array([split[p] in (None, "train") for p in positions.tolist()], bool)
+
+
+def _capped(flags: np.ndarray, badness: np.ndarray, allowed: np.ndarray, fraction: float) -> np.ndarray:
+    """The flagged, allowed rows, worst first, at most ``fraction`` of all checked rows."""
+    cand = np.flatnonzero(flags & allowed)
+    keep = cand[np.argsort(-badness[cand], kind="stable")][: int(fraction * len(flags))]
+    out = np.zeros(len(flags), bool)
+    out[keep] = True
+    return out
+
+
+def _oof(
+    ws: Any, rows: pa.Table, labels: np.ndarray, classes: list[str], cfg: CleanConfig, progress: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Out-of-sample ``(probs, ood_z)`` for ``rows``: cached, or trained now (k models)."""
+    from curate.learn.predict import oof_predict
+    from curate.learn.train import TrainConfig
+
+    ids = rows.column("sample_id").to_pylist()
+    channels, size = geometry(rows, cfg.image_size)
+    settings = {k: getattr(cfg, k) for k in MODEL_SETTINGS} | {"channels": channels, "size": list(size)}
+    key = oof_key(ids, [classes[i] for i in labels], classes, settings)
+    cache = OOFCache(ws)
+    hit = cache.find(key, ids)
+    if hit is not None:
+        return hit[0], hit[1], {"oof": "cached", "oof_version": hit[2], "state": {}}
+    # train in sample_id order: the folds then do not depend on the table's row order
+    order = np.argsort(np.array(ids), kind="stable")
+    rows, labels, ids = rows.take(pa.array(order)), labels[order], [ids[i] for i in order]
+    back = np.argsort(order, kind="stable")
+    images = load_images(ws, rows, channels, size, progress=(lambda total: progress("decode", total)) if progress else None)
+    tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment, device=cfg.device)
+    t0 = time.perf_counter()
+    if progress:
+        with progress(f"{cfg.folds}-fold models", cfg.folds) as advance:
+            res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True, on_fold=lambda f, k: advance(1))
+    else:
+        res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True)
+    info = {"oof": "computed", "oof_seconds": round(time.perf_counter() - t0, 1), "input": [channels, *size]}
+    state = OOFCache.state(key, ids, res.probs, res.ood_z, classes)
+    return res.probs[back], res.ood_z[back], {**info, "state": state}
+
+
+def run_clean(
+    ws: Any, parent: pa.Table | None, parent_id: str | None, cfg: CleanConfig, *, workers: int = 1, progress: Any = None
+) -> CleanResult:
+    """Check the ``ok`` rows of ``parent`` and annotate (and act on) what was found.
+
+    Args:
+        progress: optional ``progress(description, total)`` -> context manager yielding ``advance(n)``.
+
+    Raises:
+        CurateError: empty workspace, missing blobs, too few labeled rows; UsageError: bad settings or pred-probs.
+    """
+    from curate.export import class_list
+
+    check_config(cfg)
+    if parent is None:
+        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
+    t0 = time.perf_counter()
+    table = conform(parent)
+    status, lab = table.column("status").to_pylist(), table.column("label").to_pylist()
+    ok_pos = np.array([i for i, s in enumerate(status) if s == OK], np.int64)
+    stats: dict[str, Any] = {"checked": len(ok_pos)}
+    state: dict[str, bytes] = {}
+    flags: dict[str, np.ndarray] = {}  # issue -> (rows,) bool over all rows, the rows acted on
+    review: list[dict[str, Any]] = []
+
+    if cfg.find_mislabels or cfg.find_outliers:
+        lpos = np.array([p for p in ok_pos.tolist() if lab[p] is not None], np.int64)
+        classes = class_list([lab[p] for p in lpos.tolist()])
+        if len(classes) < 2:
+            raise CurateError("label checks need labeled rows of at least 2 classes", hint="ingest a labeled source")
+        cidx = {c: i for i, c in enumerate(classes)}
+        labels = np.array([cidx[lab[p]] for p in lpos.tolist()], np.int64)
+        rows = table.take(pa.array(lpos)).select(["sample_id", "pack", "mode", "width", "height"])
+        need_model = cfg.find_outliers or not cfg.pred_probs
+        probs, ood_z, info = _oof(ws, rows, labels, classes, cfg, progress) if need_model else (None, None, {"oof": "not needed"})
+        state.update(info.pop("state", {}))
+        stats.update(info)
+        allowed = _act_mask(table, lpos, cfg.act_on)
+        if cfg.find_mislabels:
+            if cfg.pred_probs:
+                probs = read_pred_probs(cfg.pred_probs, rows.column("sample_id").to_pylist(), classes)
+            have = ~np.isnan(probs).any(1)
+            found = label_issues(labels[have], probs[have], method=cfg.method)
+            pos = lpos[have]
+            table = _column(table, "is_label_issue", pa.bool_(), pos, found["is_label_issue"])
+            table = _column(table, "label_quality", pa.float32(), pos, found["label_quality"])
+            table = _column(table, "suggested_label", pa.string(), pos, [classes[k] for k in found["suggested"]])
+            table = _column(table, "suggested_confidence", pa.float32(), pos, found["suggested_confidence"])
+            issue = found["is_label_issue"]
+            acted = _capped(issue, 1 - found["label_quality"], allowed[have], cfg.max_fraction)
+            flags["label_issue"] = np.zeros(table.num_rows, bool)
+            flags["label_issue"][pos[acted]] = True
+            given = labels[have]
+            conf = np.zeros((len(classes), len(classes)), np.int64)
+            np.add.at(conf, (given[issue], found["suggested"][issue]), 1)
+            pairs = sorted(((int(conf[i, j]), classes[i], classes[j]) for i, j in zip(*np.nonzero(conf), strict=True)), reverse=True)
+            stats["label_issues"] = {
+                "rows_checked": int(have.sum()),
+                "no_probabilities": int((~have).sum()),
+                "flagged": int(issue.sum()),
+                "flagged_by_split": _by_split(table, pos[issue]),
+                "acted_on": int(acted.sum()),
+                "out_of_sample_accuracy": round(float((found["suggested"] == given).mean()), 4),
+                "top_confusions": [{"given": a, "suggested": b, "rows": n} for n, a, b in pairs[:10]],
+            }
+            for k in np.flatnonzero(issue):
+                review.append(
+                    {
+                        "row": int(pos[k]),
+                        "issue": "label_issue",
+                        "score": float(found["label_quality"][k]),
+                        "suggested_label": classes[found["suggested"][k]],
+                    }
+                )
+            if cfg.action == "relabel":
+                table, stats["label_issues"]["relabeled"] = _relabel(table, pos, acted, found, classes, cfg.relabel_threshold)
+        if cfg.find_outliers:
+            from curate.learn.ood import ood_score
+
+            score = ood_score(ood_z)
+            is_out = ood_z > cfg.outlier_z
+            table = _column(table, "ood_score", pa.float32(), lpos, score)
+            table = _column(table, "is_outlier", pa.bool_(), lpos, is_out)
+            acted = _capped(is_out, ood_z, allowed, cfg.max_fraction)
+            flags["outlier"] = np.zeros(table.num_rows, bool)
+            flags["outlier"][lpos[acted]] = True
+            stats["outliers"] = {
+                "rows_checked": len(lpos),
+                "flagged": int(is_out.sum()),
+                "flagged_by_split": _by_split(table, lpos[is_out]),
+                "acted_on": int(acted.sum()),
+                "unlabeled_not_checked": len(ok_pos) - len(lpos),
+            }
+            for k in np.flatnonzero(is_out):
+                review.append({"row": int(lpos[k]), "issue": "outlier", "score": float(1 - score[k])})
+    if cfg.find_low_quality:
+        table, flags["low_quality"], lq = _low_quality(ws, table, ok_pos, cfg, workers, progress)
+        stats["low_quality"] = lq.pop("stats")
+        review += lq["review"]
+    if cfg.action == "exclude":
+        for reason, mask in flags.items():
+            table = exclude(table, pa.array(mask), stage=STAGE, reason=reason)
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    return CleanResult(table=table, stats=stats, state=state, review=review)
+
+
+def _by_split(table: pa.Table, positions: np.ndarray) -> dict[str, int]:
+    split = table.column("split").to_pylist()
+    out: dict[str, int] = {}
+    for p in positions.tolist():
+        key = split[p] or "unsplit"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _relabel(
+    table: pa.Table, pos: np.ndarray, acted: np.ndarray, found: dict[str, np.ndarray], classes: list[str], threshold: float
+) -> tuple[pa.Table, int]:
+    """Give acted-on label issues whose suggestion is confident the suggested label; keep the old one in ``given_label``."""
+    change = acted & (found["suggested_confidence"] >= threshold)
+    labels, sources = table.column("label").to_pylist(), table.column("label_source").to_pylist()
+    given = table.column("given_label").to_pylist() if "given_label" in table.column_names else [None] * table.num_rows
+    for k in np.flatnonzero(change).tolist():
+        p = int(pos[k])
+        given[p] = given[p] if given[p] is not None else labels[p]
+        labels[p], sources[p] = classes[found["suggested"][k]], "relabel:clean"
+    for name, values in (("label", labels), ("label_source", sources)):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    arr = pa.array(given, pa.string())
+    if "given_label" in table.column_names:
+        table = table.set_column(table.schema.get_field_index("given_label"), "given_label", arr)
+    else:
+        table = table.append_column("given_label", arr)
+    return table, int(change.sum())
+
+
+def _low_quality(
+    ws: Any, table: pa.Table, ok_pos: np.ndarray, cfg: CleanConfig, workers: int, progress: Any
+) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+    """Model-free checks of the ok rows: columns, the acted-on mask, stats and review rows."""
+    from curate.quality import compute_quality, flag_quality
+
+    rows = table.take(pa.array(ok_pos))
+    bar = (lambda total: progress("quality", total)) if progress else None
+    flagged = flag_quality(compute_quality(ws, rows, workers=workers, progress=bar), thresholds=_thresholds(cfg))
+    where = {sid: i for i, sid in enumerate(flagged.column("sample_id").to_pylist())}
+    order = np.array([where.get(s, -1) for s in rows.column("sample_id").to_pylist()], np.int64)
+    have = order >= 0
+    pos, picked = ok_pos[have], flagged.take(pa.array(order[have]))
+    for name in picked.column_names:
+        if name != "sample_id":
+            table = _column(table, name, picked.schema.field(name).type, pos, picked.column(name).to_pylist())
+    is_low = np.asarray(pc.fill_null(picked.column("is_low_quality"), False).to_pylist(), bool)
+    score = np.asarray(pc.fill_null(picked.column("low_quality_score"), 1.0).to_pylist(), np.float64)
+    acted = _capped(is_low, 1 - score, _act_mask(table, pos, cfg.act_on), cfg.max_fraction)
+    mask = np.zeros(table.num_rows, bool)
+    mask[pos[acted]] = True
+    reasons = picked.column("low_quality_reasons").to_pylist()
+    per_check: dict[str, int] = {}
+    for r, low in zip(reasons, is_low.tolist(), strict=True):
+        for check in (r or "").split(",") if low else []:
+            per_check[check] = per_check.get(check, 0) + 1
+    review = [{"row": int(pos[k]), "issue": f"low_quality: {reasons[k]}", "score": float(score[k])} for k in np.flatnonzero(is_low)]
+    stats = {
+        "rows_checked": len(pos),
+        "flagged": int(is_low.sum()),
+        "by_check": dict(sorted(per_check.items())),
+        "acted_on": int(acted.sum()),
+    }
+    return table, mask, {"stats": stats, "review": review}
