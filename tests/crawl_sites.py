@@ -122,11 +122,13 @@ def drip(total: int = 10_000, every: float = 0.1) -> Route:
         h.send_header("Content-Type", "image/png")
         h.send_header("Content-Length", str(total))
         h.end_headers()
-        for _ in range(total):
+        # a real PNG signature first, so the drip is cut by the total timeout and not by the magic-byte check
+        sig = b"\x89PNG\r\n\x1a\n"
+        for i in range(total):
             if h.site.stop.wait(every):
                 return
             try:
-                h.wfile.write(b"\x89")
+                h.wfile.write(sig[i : i + 1] or b"\x00")
                 h.wfile.flush()
             except OSError:
                 return

@@ -18,7 +18,7 @@ from curate.stages.crawl import CrawlConfig, crawl
 from curate.workspace import Workspace
 
 # generous enough that a normal answer never times out on a loaded 2-core machine, short enough to keep the file fast
-TIMEOUT, READ, RETRIES, BACKOFF = 1.5, 0.75, 2, 0.05
+TIMEOUT, READ, RETRIES, BACKOFF = 3.0, 1.5, 2, 0.05
 MAX_BYTES = 256 << 10
 
 

@@ -408,12 +408,13 @@ def big_folder(tmp_path_factory):
 
     # Enough big images that ingest's pack buffer is flushed to disk midway (a visible sign of work).
     pack_bytes = inspect.signature(PackWriter).parameters["target_bytes"].default
-    return write_big_folder(tmp_path_factory.mktemp("big") / "images", big=pack_bytes // 196_947 + 10)
+    # 150 more after the first pack: seconds of work left when the signal lands, even on a loaded machine
+    return write_big_folder(tmp_path_factory.mktemp("big") / "images", big=pack_bytes // 196_947 + 150)
 
 
 def _start_ingest_and_wait_for_pack(cmd: list[str], ws: Workspace, cwd: Path) -> tuple[subprocess.Popen, set[str]]:
     """Start a real ingest process; return once it has written a complete new pack into blobs/ (mid-work:
-    the big folder keeps it busy for a second or more after that)."""
+    the big folder keeps it busy for several seconds after that)."""
     blobs = ws.root / "blobs"
     before = set(os.listdir(blobs))
     proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
