@@ -408,8 +408,8 @@ def big_folder(tmp_path_factory):
 
     # Enough big images that ingest's pack buffer is flushed to disk midway (a visible sign of work).
     pack_bytes = inspect.signature(PackWriter).parameters["target_bytes"].default
-    # 150 more after the first pack: seconds of work left when the signal lands, even on a loaded machine
-    return write_big_folder(tmp_path_factory.mktemp("big") / "images", big=pack_bytes // 196_947 + 150)
+    # twice the pack size: the first pack is flushed halfway, so seconds of work remain when the signal lands
+    return write_big_folder(tmp_path_factory.mktemp("big") / "images", big=2 * (pack_bytes // 196_947))
 
 
 def _start_ingest_and_wait_for_pack(cmd: list[str], ws: Workspace, cwd: Path) -> tuple[subprocess.Popen, set[str]]:
