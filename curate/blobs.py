@@ -64,9 +64,10 @@ class PackWriter:
         name = self.current
         table = pa.table({"sample_id": self._ids, "data": pa.array(self._data, pa.binary())}, schema=PACK_SCHEMA)
         tmp = self.root / f".tmp-{name}.parquet"
+        # recorded before the file exists: a Ctrl-C anywhere below still lets ``discard`` find what was written
+        self.written.append(name)
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="snappy")
         os.replace(tmp, self.root / f"{name}.parquet")
-        self.written.append(name)
         self._ids, self._data, self._size = [], [], 0
         self._seq += 1
 
@@ -80,6 +81,7 @@ class PackWriter:
         self._ids, self._data, self._size = [], [], 0
         for name in self.written:
             (self.root / f"{name}.parquet").unlink(missing_ok=True)
+            (self.root / f".tmp-{name}.parquet").unlink(missing_ok=True)
         self.written = []
 
 

@@ -417,7 +417,12 @@ def _start_ingest_and_wait_for_pack(cmd: list[str], ws: Workspace, cwd: Path) ->
     the big folder keeps it busy for several seconds after that)."""
     blobs = ws.root / "blobs"
     before = set(os.listdir(blobs))
-    proc = subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts the test suite in the background (`make test &`, nohup) hands its children SIGINT
+    # ignored, and Python keeps it ignored: give the child the default disposition so Ctrl-C reaches it.
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         new = {n for n in set(os.listdir(blobs)) - before if n.startswith("pack-")}
