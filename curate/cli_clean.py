@@ -18,7 +18,7 @@ def clean(
         bool, typer.Option("--find-mislabels", help="Find label errors: cleanlab on k-fold out-of-sample probabilities.")
     ] = False,
     find_outliers: Annotated[
-        bool, typer.Option("--find-outliers", help="Find out-of-distribution samples from the same models' features.")
+        bool, typer.Option("--find-outliers", help="Find out-of-distribution samples: low max probability under the k-fold models.")
     ] = False,
     find_low_quality: Annotated[
         bool,
@@ -45,8 +45,8 @@ def clean(
         str | None,
         typer.Option(help="cleanlab filter_by: low_normalized_margin (default), low_self_confidence, prune_by_noise_rate, both, ..."),
     ] = None,
-    outlier_z: Annotated[
-        float | None, typer.Option(help="Flag outliers whose robust z of the feature distance exceeds this (default 6).")
+    outlier_threshold: Annotated[
+        float | None, typer.Option(help="Flag outliers whose ood_score (1 - max probability, scaled 0..1) exceeds this (0.75).")
     ] = None,
     pred_probs: Annotated[
         Path | None,
@@ -120,7 +120,8 @@ def clean(
     cli = {
         "find_mislabels": find_mislabels or None, "find_outliers": find_outliers or None, "find_low_quality": find_low_quality or None,
         "action": action, "act_on": act_on, "max_fraction": max_fraction, "relabel_threshold": relabel_threshold, "method": method,
-        "outlier_z": outlier_z, "pred_probs": str(pred_probs) if pred_probs else None, "folds": folds, "arch": arch, "epochs": epochs,
+        "outlier_threshold": outlier_threshold,
+        "pred_probs": str(pred_probs) if pred_probs else None, "folds": folds, "arch": arch, "epochs": epochs,
         "batch_size": batch_size, "augment": augment, "image_size": image_size, "device": device, "seed": seed,
         "dark": dark, "bright": bright,
         "blurry": blurry, "low_information": low_information, "tiny": tiny, "odd_aspect": odd_aspect,
