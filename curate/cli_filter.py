@@ -68,7 +68,8 @@ def filter_(
     """
     from curate.config import find_config_file, load_section, resolve
     from curate.pipeline import run_stage
-    from curate.stages.filter import FilterConfig, check_config, config_dict, file_sha256, load_model, resolve_target, run_filter
+    from curate.scoring import file_sha256, load_model, resolve_target
+    from curate.stages.filter import FilterConfig, check_config, config_dict, run_filter
     from curate.ui import emit_json, progress
     from curate.workspace import Workspace
 

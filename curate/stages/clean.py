@@ -93,7 +93,7 @@ def config_dict(cfg: CleanConfig) -> dict[str, Any]:
     """The resolved config (stored in version.json); a ``--pred-probs`` file is identified by its sha256 too."""
     out = dataclasses.asdict(cfg)
     if cfg.pred_probs and Path(cfg.pred_probs).is_file():
-        from curate.stages.filter import file_sha256
+        from curate.scoring import file_sha256
 
         out["pred_probs_sha256"] = file_sha256(cfg.pred_probs)
     return out
