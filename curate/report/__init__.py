@@ -1,0 +1,192 @@
+"""``curate report``: one self-contained HTML page about a dataset version and (optionally) a training run.
+
+Sections, in page order: overview; lineage (every version back to the first with rows and included counts in ->
+out, newly excluded by stage:reason); class distribution per split (before and after balancing when a balance
+stage ran); excluded samples by stage and reason with sampled thumbnails; duplicate groups side by side; label
+issues (given vs suggested label, worst first); outliers, low-quality and filtered images; the normalization
+statistics and pixel histogram; pseudo-label rounds; the training run (curves, metrics, confusion matrices, the
+most confident mistakes). A section the workspace has nothing for is listed at the end with what to run.
+
+Size: thumbnails are at most 96 px a side and every gallery holds at most ``max_gallery`` images (a seeded sample,
+or the worst first where there is an order), so the page stays small (well under 20 MB) however large the dataset.
+The same workspace, run and seed give the same bytes: the page has no timestamp.
+
+Modules: ``collect`` (overview, lineage, classes, excluded, duplicates), ``issues`` (label issues, flags,
+normalization, pseudo-labels), ``training`` (the run), ``gallery`` (sampling, thumbnails), ``plots`` (matplotlib
+-> PNG data URIs), ``html`` (escaping renderer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError, UsageError
+
+#: Sample-table columns the sections read (whichever of them the version has).
+COLUMNS = (
+    "sample_id",
+    "source",
+    "label",
+    "label_source",
+    "split",
+    "status",
+    "excluded_by",
+    "reason",
+    "error",
+    "pack",
+    "dup_group",
+    "is_duplicate",
+    "dup_of",
+    "dup_score",
+    "dup_kind",
+    "dup_label_conflict",
+    "is_label_issue",
+    "label_quality",
+    "suggested_label",
+    "suggested_confidence",
+    "given_label",
+    "is_outlier",
+    "ood_score",
+    "is_low_quality",
+    "low_quality_score",
+    "low_quality_reasons",
+    "is_filtered",
+    "filter_score",
+    "filter_predicted",
+    "repeat",
+    "parent_id",
+)
+
+Progress = Callable[[str, int | None], Any]
+
+
+def _columns(ws: Any, vid: str) -> list[str]:
+    names = ws.info(vid).get("columns")
+    if not names:
+        import pyarrow.parquet as pq
+
+        first = sorted((ws.path(vid) / "samples").glob("part-*.parquet"))[0]
+        names = pq.read_schema(first).names
+    return [c for c in COLUMNS if c in names]
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when ``out`` cannot be written (its folder is made when missing)."""
+    if out.is_dir():
+        raise CurateError(f"report output {out} is a folder", hint="pass a file name such as report.html", exit_code=2)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".tmp-report-{os.getpid()}-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CurateError(f"cannot write report {out}: {exc.strerror or exc}", hint="choose another -o path") from exc
+
+
+def write_report(
+    ws: Any,
+    out: Path,
+    *,
+    version: str | None = None,
+    run: Path | None = None,
+    max_gallery: int = 48,
+    seed: int = 0,
+    models: Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write the HTML report of ``version`` (default HEAD) of ``ws`` to ``out``.
+
+    Args:
+        ws: a ``curate.workspace.Workspace``.
+        out: the HTML file; its folder is created; written to a temporary name and renamed into place.
+        version: a version reference (``HEAD``, ``HEAD~1``, ``3``, ``000003-split``).
+        run: a training run folder; None picks the newest run under ``models`` trained on the version, if any.
+        max_gallery: most thumbnails per gallery (and per duplicate-group section).
+        seed: the seed of the sampled galleries.
+        models: where to look for runs when ``run`` is None (default ``./models``).
+        progress: ``progress(description, total)`` -> context manager yielding ``advance(n)`` (the CLI's bar).
+
+    Returns:
+        ``{"path", "bytes", "version", "run", "sections" (ids rendered), "omitted" (id -> why), "images",
+        "images_failed", "seed", "max_gallery"}``, JSON-able.
+
+    Raises:
+        CurateError: empty workspace or unknown version, ``run`` missing or not a run, ``out`` not writable.
+        UsageError: a negative ``max_gallery``.
+    """
+    from curate import __version__
+    from curate.report import collect, issues, training
+    from curate.report.gallery import fill_thumbnails
+    from curate.report.html import render
+
+    out = Path(out)
+    if max_gallery < 0:
+        raise UsageError(f"--max-gallery must be >= 0, not {max_gallery}")
+    vid = ws.resolve(version)
+    run_dir, run_why = training.find_run(vid, Path(run) if run is not None else None, models or Path("models"))
+    _check_writable(out)
+    ctx = collect.Context(ws, vid, ws.samples(vid, columns=_columns(ws, vid)), ws.lineage(vid), max_gallery, seed)
+    builders: list[Callable[[collect.Context], dict[str, Any]]] = [
+        collect.overview,
+        collect.lineage,
+        collect.classes,
+        collect.excluded,
+        collect.duplicates,
+        issues.label_issues,
+        issues.flagged,
+        issues.normalization,
+        issues.pseudolabels,
+        lambda c: training.training(c, run_dir, run_why),
+    ]
+    bar = progress or (lambda _d, _t: contextlib.nullcontext(lambda n=1: None))
+    sections = []
+    with bar("report sections", len(builders)) as advance:
+        for build in builders:
+            sections.append(build(ctx))
+            advance(1)
+    items = [it for s in sections for b in s["blocks"] for it in _items(b)]
+    with bar("thumbnails", len({it["sample_id"] for it in items})) as advance:
+        thumbs = fill_thumbnails(ws, items, advance=advance)
+    page = render(
+        f"curate report: {ws.root.name or ws.root} @ {vid}",
+        f"workspace {ws.root}, version {vid}; curate {__version__}; galleries hold at most {max_gallery} images "
+        f"(sampled with seed {seed} or worst first)",
+        sections,
+    )
+    data = page.encode("utf-8")
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise CurateError(f"cannot write report {out}: {exc.strerror or exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return {
+        "path": str(out),
+        "bytes": len(data),
+        "version": vid,
+        "run": str(run_dir) if run_dir is not None else None,
+        "sections": [s["id"] for s in sections if not s.get("omitted")],
+        "omitted": {s["id"]: s["omitted"] for s in sections if s.get("omitted")},
+        "images": thumbs["images"],
+        "images_failed": thumbs["failed"],
+        "seed": seed,
+        "max_gallery": max_gallery,
+    }
+
+
+def _items(block: dict[str, Any]) -> list[dict[str, Any]]:
+    if block["kind"] == "gallery":
+        return list(block["items"])
+    if block["kind"] == "groups":
+        return [it for g in block["groups"] for it in g["items"]]
+    return []
+
+
+__all__ = ["write_report"]
