@@ -7,11 +7,14 @@ because millions of tiny files are inode- and seek-bound; Parquet row groups kee
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -123,22 +126,115 @@ class BlobStore:
             out.update(zip(t.column("sample_id").to_pylist(), t.column("data").to_pylist(), strict=True))
         return out
 
-    def iter_packs(self, table: pa.Table, *, batch_rows: int = 4096) -> Iterator[pa.Table]:
+    def iter_packs(self, table: pa.Table, *, batch_rows: int = 4096, carry: Sequence[str] = ()) -> PackBatches:
         """Stream ``sample_id``/``data`` for the rows of ``table`` that have a pack, pack by pack.
 
         Memory stays bounded by one pack's row groups, not by the dataset size.
+
+        Args:
+            table: rows with ``sample_id`` and ``pack`` (and the ``carry`` columns).
+            batch_rows: rows read per batch (before keeping only the wanted ones).
+            carry: columns of ``table`` to append to each batch, matched by ``sample_id``.
         """
-        ids = table.column("sample_id")
-        packs = table.column("pack")
-        wanted: dict[str, list[str]] = defaultdict(list)
-        for sid, pack in zip(ids.to_pylist(), packs.to_pylist(), strict=True):
+        return PackBatches(self, table, batch_rows=batch_rows, carry=carry)
+
+
+class PackBatches:
+    """What ``BlobStore.iter_packs`` returns: an iterable of batches, and the plan behind it for remote executors.
+
+    Iterating reads the packs in this process. An executor that runs the per-sample work elsewhere (Ray) calls
+    ``slices`` instead: one small row per batch (pack path, first row, rows, kept positions, carried values), and
+    each worker rebuilds its batch with ``read_slice``, so the image bytes are read where they are processed and
+    never pass through the driver. Both give the same rows in the same batches.
+    """
+
+    def __init__(self, store: BlobStore, table: pa.Table, *, batch_rows: int, carry: Sequence[str] = ()) -> None:
+        self.store = store
+        self.batch_rows = batch_rows
+        self.carry = table.select(["sample_id", *carry]) if carry else None
+        self.wanted: dict[str, list[str]] = defaultdict(list)
+        for sid, pack in zip(table.column("sample_id").to_pylist(), table.column("pack").to_pylist(), strict=True):
             if pack is not None:
-                wanted[pack].append(sid)
-        for pack in sorted(wanted):
-            keep = pa.array(wanted[pack], pa.string())
-            pf = pq.ParquetFile(self.path(pack))
-            for batch in pf.iter_batches(batch_size=batch_rows):
+                self.wanted[pack].append(sid)
+
+    def _scan(self, columns: list[str]) -> Iterator[tuple[str, int, pa.Table, pa.Array]]:
+        """``(pack path, first row of the batch in the pack, the batch as read, mask of wanted rows)``.
+
+        Only batches with at least one wanted row; the batch boundaries are those of ``iter_batches``.
+        """
+        for pack in sorted(self.wanted):
+            keep = pa.array(self.wanted[pack], pa.string())
+            path = self.store.path(pack)
+            start = 0
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=self.batch_rows, columns=columns):
                 t = pa.Table.from_batches([batch])
-                t = t.filter(pc.is_in(t.column("sample_id"), keep))
-                if t.num_rows:
-                    yield t
+                mask = pc.is_in(t.column("sample_id"), keep)
+                if pc.any(mask).as_py():
+                    yield str(path), start, t, mask
+                start += batch.num_rows
+
+    def _with_carry(self, t: pa.Table) -> pa.Table:
+        if self.carry is None:
+            return t
+        idx = pc.index_in(t.column("sample_id"), self.carry.column("sample_id"))
+        for name in self.carry.column_names[1:]:
+            t = t.append_column(name, self.carry.column(name).take(idx))
+        return t
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        for _, _, t, mask in self._scan(["sample_id", "data"]):
+            yield self._with_carry(t.filter(mask))
+
+    def slices(self) -> pa.Table:
+        """One row per batch that iterating would yield, in the same order, for ``read_slice`` on another node.
+
+        Columns: ``path`` (the pack file), ``start`` and ``rows`` (the rows of the pack the batch was read from),
+        ``keep`` (positions within those rows that are wanted), and each carried column as a list per batch.
+        Only ``sample_id`` is read here: small, whatever the image sizes.
+        """
+        cols: dict[str, list[Any]] = {"path": [], "start": [], "rows": [], "keep": []}
+        carried: list[pa.Table] = []
+        for path, start, t, mask in self._scan(["sample_id"]):
+            cols["path"].append(path)
+            cols["start"].append(start)
+            cols["rows"].append(t.num_rows)
+            cols["keep"].append(np.flatnonzero(mask.to_numpy(zero_copy_only=False)).astype(np.int32))
+            carried.append(self._with_carry(t.filter(mask)))
+        out = pa.table(
+            {
+                "path": pa.array(cols["path"], pa.string()),
+                "start": pa.array(cols["start"], pa.int64()),
+                "rows": pa.array(cols["rows"], pa.int64()),
+                "keep": pa.array(cols["keep"], pa.list_(pa.int32())),
+            }
+        )
+        if self.carry is not None:
+            offsets = pa.array(np.concatenate([[0], np.cumsum([c.num_rows for c in carried])]), pa.int32())
+            whole = pa.concat_tables(carried) if carried else self.carry.schema.empty_table()
+            for name in self.carry.column_names[1:]:
+                values = whole.column(name).combine_chunks()
+                out = out.append_column(name, pa.ListArray.from_arrays(offsets, values))
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _open(path: str, mtime_ns: int, size: int) -> pq.ParquetFile:
+    """An open pack, kept for the next slice of it on this worker; keyed by mtime and size so a pack that
+    ``curate gc`` removed and a later run wrote again under the same name is never read from a stale handle."""
+    return pq.ParquetFile(path)
+
+
+def read_slice(path: str, start: int, rows: int, keep: Sequence[int]) -> pa.Table:
+    """The batch ``PackBatches`` describes in one row of ``slices``: rows ``keep`` of ``[start, start + rows)``."""
+    st = os.stat(path)
+    pf = _open(path, st.st_mtime_ns, st.st_size)
+    md = pf.metadata
+    groups, first, at = [], None, 0
+    for g in range(md.num_row_groups):
+        n = md.row_group(g).num_rows
+        if at < start + rows and at + n > start:
+            groups.append(g)
+            first = at if first is None else first
+        at += n
+    t = pf.read_row_groups(groups, columns=["sample_id", "data"]).slice(start - (first or 0), rows)
+    return t.take(pa.array(keep, pa.int32())).combine_chunks()

@@ -201,10 +201,11 @@ def run_augment(
                 if not pending:
                     break
                 todo = parents.filter(pc.is_in(parents.column("sample_id"), pa.array(sorted(pending), pa.string())))
-                batches = (
-                    b.append_column("copies", pa.array([pending[s] for s in b.column("sample_id").to_pylist()], pa.list_(pa.int64())))
-                    for b in ws.blobs.iter_packs(todo, batch_rows=cfg.batch_size)
-                )
+                todo = todo.select(["sample_id", "pack"])
+                todo = todo.append_column("copies", pa.array([pending[s] for s in todo.column(0).to_pylist()], pa.list_(pa.int64())))
+                # ``carry`` rather than a generator that appends the column: the batches stay pack batches, which the
+                # Ray executor reads on the workers
+                batches = ws.blobs.iter_packs(todo, batch_rows=cfg.batch_size, carry=["copies"])
                 retry: dict[str, int] = defaultdict(int)
                 for out in map_batches(augment_batch, batches, job, workers=workers):
                     keep = []
