@@ -48,7 +48,7 @@ from typing import Any
 
 from curate.errors import UsageError
 
-TRAINER_POLICIES = ("none", "flip", "shift", "flip-shift", "standard")
+TRAINER_POLICIES = ("none", "flip", "shift", "flip-shift", "standard", "affine")
 OFFLINE_POLICIES = ("light", "medium", "heavy")
 #: Every named policy, in the order help texts list them.
 POLICIES = (*TRAINER_POLICIES, *OFFLINE_POLICIES)
@@ -76,6 +76,8 @@ def _named_ops(name: str, size: tuple[int, int] | None) -> list[Any]:
             A.Affine(translate_percent=(-0.07, 0.07), scale=(0.9, 1.1), rotate=(-10, 10), border_mode=const, p=0.7),
             A.RandomBrightnessContrast(0.15, 0.15, p=0.5),
         ]
+    if name == "affine":  # no flip: for classes a mirror image changes (digits, letters, signs)
+        return [A.Affine(translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), rotate=(-15, 15), shear=(-8, 8), border_mode=const, p=0.9)]
     if name == "light":
         return [
             A.HorizontalFlip(),

@@ -159,7 +159,7 @@ def test_trainer_policies_are_the_shared_ones_and_old_names_still_work() -> None
     from curate.augment_policies import build_policy, to_json
     from curate.learn.data import AUGMENT_POLICIES, augmenter
 
-    assert {"none", "flip", "shift", "flip-shift", "standard", "light", "medium", "heavy"} == set(AUGMENT_POLICIES)
+    assert {"none", "flip", "shift", "flip-shift", "standard", "affine", "light", "medium", "heavy"} == set(AUGMENT_POLICIES)
     assert augmenter("none", (28, 28)) is None
     old_standard = A.Compose(
         [  # the trainer's `standard` before the policies moved: unchanged
