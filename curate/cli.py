@@ -34,8 +34,24 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Show the version."),
+    executor: str | None = typer.Option(
+        None, "--executor", help="Where per-sample work runs: local (default) or ray. Env: CURATE_EXECUTOR.", show_default=False
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster to join: HOST:PORT, ray://HOST:10001 or auto (implies --executor ray). "
+        "Env: CURATE_RAY_ADDRESS.", show_default=False,
+    ),
 ) -> None:
     """curate: curated image datasets and the classifier trained on them."""
+    if executor is not None or address is not None:
+        from curate.cli_common import fail
+        from curate.errors import CurateError
+        from curate.executors import configure
+
+        try:
+            configure(executor or "ray", address=address)
+        except CurateError as exc:
+            fail(exc.message, exc.hint, exc.exit_code)
 
 
 # Each module registers its commands on ``app``; the order here is the order of ``curate --help``.
@@ -48,10 +64,14 @@ from curate import (  # noqa: E402
     cli_dedupe,
     cli_filter,
     cli_learn,
+    cli_pseudolabel,
+    cli_report,
+    cli_run,
     cli_versions,
 )
 
-for _module in (cli_data, cli_crawl, cli_dedupe, cli_clean, cli_filter, cli_curation, cli_balance, cli_versions, cli_learn):
+for _module in (cli_data, cli_crawl, cli_dedupe, cli_clean, cli_filter, cli_curation, cli_balance, cli_pseudolabel, cli_versions,
+                cli_learn, cli_report, cli_run):
     _module.register(app)
 
 

@@ -54,10 +54,10 @@ def balance(
         curate balance --strategy weights
     """
     from curate.config import find_config_file, load_section, resolve
-    from curate.executors.local import default_workers
-    from curate.pipeline import run_stage
-    from curate.stages.balance import BalanceConfig, check_config, imbalance_report, run_balance
-    from curate.ui import emit_json, progress
+    from curate.stages.balance import BalanceConfig, check_config
+    from curate.steps import StepContext
+    from curate.steps.curation import balance_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
@@ -65,32 +65,13 @@ def balance(
     cli = {"strategy": strategy, "target": target, "drop": drop, "policy": policy, "seed": seed}
     cfg = resolve(BalanceConfig, load_section(cfg_file, "balance"), cli, origin=str(cfg_file))
     check_config(cfg)
-    if cfg.strategy is None:
-        vid = ws.resolve(None)
-        report = imbalance_report(ws.samples(vid), cfg.beta)
-        if json_out:
-            emit_json({"version": vid, "report": report})
-            return
-        say(f"balance report {vid} (nothing committed; --strategy to balance the train split):")
-        _say_report(report)
-        return
-    config: dict[str, Any] = {"strategy": cfg.strategy, "target": cfg.target, "drop": cfg.drop, "seed": cfg.seed, "beta": cfg.beta}
-    if cfg.strategy == "augment":
-        from curate.augment_policies import check_policy
-
-        config.update(policy=cfg.policy, policy_sha256=check_policy(cfg.policy))
-    n = workers or default_workers()
-
-    res = run_stage(
-        ws,
-        "balance",
-        config,
-        lambda parent, pid: run_balance(
-            ws, _need(parent), pid, cfg, workers=n, progress=lambda total: progress("augment", total, enabled=not json_out)
-        ),
-    )
+    res = balance_step(ws, cfg, StepContext(workers=workers, progress=not json_out))
     if json_out:
         emit_json(res)
+        return
+    if cfg.strategy is None:
+        say(f"balance report {res['version']} (nothing committed; --strategy to balance the train split):")
+        _say_report(res["report"])
         return
     st = res["stats"]
     if res["cached"]:
@@ -143,18 +124,18 @@ def augment(
     """
     from curate.config import find_config_file, load_section, resolve
     from curate.errors import UsageError
-    from curate.executors.local import default_workers
-    from curate.pipeline import run_stage
-    from curate.stages.augment import AugmentConfig, check_config, run_augment
+    from curate.stages.augment import AugmentConfig, check_config
     from curate.stages.augment import preview as make_preview
-    from curate.ui import emit_json, progress
+    from curate.steps import StepContext
+    from curate.steps.curation import augment_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
     cfg_file = find_config_file(ws.root)
     cli = {"policy": policy, "copies": copies, "to_balance": to_balance, "target": target, "seed": seed}
     cfg = resolve(AugmentConfig, load_section(cfg_file, "augment"), cli, origin=str(cfg_file))
-    sha = check_config(cfg)
+    check_config(cfg)
     if preview is not None:
         if preview < 1 or out is None or out.suffix.lower() != ".png":
             raise UsageError("--preview N needs N >= 1 and --out GRID.png")
@@ -166,23 +147,7 @@ def augment(
         return
     if out is not None:
         raise UsageError("--out is the --preview grid; `curate augment` without --preview commits a new version")
-    config = {
-        "policy": cfg.policy,
-        "policy_sha256": sha,
-        "copies": cfg.copies,
-        "to_balance": cfg.to_balance,
-        "target": cfg.target,
-        "seed": cfg.seed,
-    }
-    n = workers or default_workers()
-    res = run_stage(
-        ws,
-        "augment",
-        config,
-        lambda parent, pid: run_augment(
-            ws, _need(parent), pid, cfg, workers=n, progress=lambda total: progress("augment", total, enabled=not json_out)
-        ),
-    )
+    res = augment_step(ws, cfg, StepContext(workers=workers, progress=not json_out))
     if json_out:
         emit_json(res)
         return
@@ -198,14 +163,6 @@ def augment(
     say("  new per class: " + _fmt(st["new_per_class"]))
     if st["identical_rejected"]:
         say(f"  {st['identical_rejected']:,} copies equal to an existing image were replaced by another copy")
-
-
-def _need(parent):  # noqa: ANN001, ANN202
-    from curate.errors import CurateError
-
-    if parent is None:
-        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
-    return parent
 
 
 def register(app: typer.Typer) -> None:

@@ -109,10 +109,10 @@ def clean(
         curate clean --find-mislabels --pred-probs my_probs.parquet
     """
     from curate.config import find_config_file, load_section, resolve
-    from curate.executors.local import default_workers
-    from curate.pipeline import run_stage
-    from curate.stages.clean import CleanConfig, check_config, config_dict, run_clean
-    from curate.ui import emit_json, progress
+    from curate.stages.clean import CleanConfig, check_config
+    from curate.steps import StepContext
+    from curate.steps.curation import clean_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
@@ -128,71 +128,12 @@ def clean(
     }  # fmt: skip
     cfg = resolve(CleanConfig, load_section(cfg_file, "clean"), cli, origin=str(cfg_file))
     check_config(cfg)
-    review: list[dict[str, Any]] = []
-
-    def body(parent, parent_id):  # noqa: ANN001, ANN202
-        res = run_clean(
-            ws, parent, parent_id, cfg, workers=workers or default_workers(),
-            progress=lambda desc, total: progress(desc, total, enabled=not json_out),
-        )  # fmt: skip
-        review.extend(res.review)
-        return res
-
-    res = run_stage(ws, "clean", config_dict(cfg), body)
-    if review_out is not None:
-        res["review"] = _write_review(ws, res["version"], review, review_out)
+    options = {"review_out": str(review_out)} if review_out is not None else {}
+    res = clean_step(ws, cfg, StepContext(workers=workers, progress=not json_out, options=options))
     if json_out:
         emit_json(res)
         return
     _summary(res, cfg)
-
-
-def _write_review(ws: Any, vid: str, review: list[dict[str, Any]], path: Path) -> dict[str, Any]:
-    """The review file of this run (or, when the version was cached, rebuilt from its columns)."""
-    import pyarrow as pa
-
-    from curate.review import write_review
-
-    table = ws.samples(vid)
-    if not review:
-        review = _review_from_columns(table)
-    cols = table.column_names
-    get = {c: table.column(c).to_pylist() for c in ("sample_id", "source", "label", "pack", "given_label", "split") if c in cols}
-    rows = []
-    for r in review:
-        p = r["row"]
-        given = (get.get("given_label") or [None] * table.num_rows)[p] or get["label"][p]
-        rows.append({"sample_id": get["sample_id"][p], "source": get["source"][p], "label": given, "split": get["split"][p],
-                     "issue": r["issue"], "score": r["score"], "suggested_label": r.get("suggested_label")})  # fmt: skip
-    packs = {get["sample_id"][r["row"]]: get["pack"][r["row"]] for r in review}
-
-    def blobs(ids: list[str]) -> dict[str, bytes]:
-        return ws.blobs.get_many(ids, [packs[i] for i in ids])
-
-    return write_review(
-        path, pa.Table.from_pylist(rows), blobs=blobs, title=f"curate clean: {ws.root} version {vid}", columns=("split",)
-    )
-
-
-def _review_from_columns(table: Any) -> list[dict[str, Any]]:
-    """Review rows from a committed clean version's columns (a cached run has no in-memory review)."""
-    out: list[dict[str, Any]] = []
-    cols = table.column_names
-
-    def col(name: str) -> list[Any]:
-        return table.column(name).to_pylist() if name in cols else [None] * table.num_rows
-
-    for p, (li, q, sug, oo, osc, lq, lqs, why) in enumerate(
-        zip(col("is_label_issue"), col("label_quality"), col("suggested_label"), col("is_outlier"), col("ood_score"),
-            col("is_low_quality"), col("low_quality_score"), col("low_quality_reasons"), strict=True)
-    ):  # fmt: skip
-        if li:
-            out.append({"row": p, "issue": "label_issue", "score": q, "suggested_label": sug})
-        if oo:
-            out.append({"row": p, "issue": "outlier", "score": 1 - osc})
-        if lq:
-            out.append({"row": p, "issue": f"low_quality: {why}", "score": lqs})
-    return out
 
 
 def _summary(res: dict[str, Any], cfg: Any) -> None:

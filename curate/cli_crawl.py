@@ -2,48 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
 
 from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, human_bytes, say
-
-Update = Callable[[int, "int | None", int, int], None]
-
-
-@contextlib.contextmanager
-def crawl_progress(total: int | None, *, enabled: bool = True) -> Iterator[Update]:
-    """A rich bar on stderr: URLs done / known, URLs per second, failures and bytes received (no-op off a terminal)."""
-    from curate.ui import err_console
-
-    if not enabled or not err_console.is_terminal:
-        yield lambda done, total, errors, nbytes: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    cols = [
-        TextColumn("[bold]crawl"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>8,.0f} URLs/s"),
-        TextColumn("[red]{task.fields[errors]:,} failed[/]"),
-        TextColumn("{task.fields[received]}"),
-        TimeElapsedColumn(),
-    ]
-    with Progress(*cols, console=err_console, transient=True) as bar:
-        task = bar.add_task("crawl", total=total, rate=0.0, errors=0, received="0 B")
-        t0, start = time.perf_counter(), None
-
-        def update(done: int, known: int | None, errors: int, nbytes: int) -> None:
-            nonlocal start
-            start = done if start is None else start  # resumed URLs do not count towards the rate
-            rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, completed=done, total=known, rate=rate, errors=errors, received=human_bytes(nbytes))
-
-        yield update
 
 
 def _size(text: str | None) -> int | None:
@@ -125,7 +88,8 @@ def crawl(
     """
     from curate.config import find_config_file, load_section, resolve
     from curate.stages.crawl import CrawlConfig
-    from curate.stages.crawl import crawl as run
+    from curate.steps import StepContext
+    from curate.steps.sources import crawl_step
     from curate.ui import emit_json
     from curate.workspace import Workspace
 
@@ -162,7 +126,7 @@ def crawl(
         "workers": workers,
     }
     cfg = resolve(CrawlConfig, load_section(cfg_file, "crawl"), cli, origin=str(cfg_file))
-    res = run(ws, cfg, progress=lambda total: crawl_progress(total, enabled=not json_out))
+    res = crawl_step(ws, cfg, StepContext(progress=not json_out))
     if json_out:
         emit_json(res)
         return

@@ -33,8 +33,9 @@ def split(
         curate split --check                 # leakage report only
     """
     from curate.config import find_config_file, load_section, resolve
-    from curate.pipeline import run_stage
-    from curate.stages.split import SplitConfig, leakage, parse_ratios, run_split
+    from curate.stages.split import SplitConfig, leakage, parse_ratios
+    from curate.steps import StepContext
+    from curate.steps.curation import prepare_split, split_step
     from curate.ui import emit_json
     from curate.workspace import Workspace
 
@@ -52,13 +53,9 @@ def split(
         return
     cfg_file = find_config_file(ws.root)
     cli = {"ratios": parse_ratios(ratios) if ratios else None, "seed": seed, "group_col": group_col, "keep_existing": keep_existing}
-    file_values = load_section(cfg_file, "split")
-    if isinstance(file_values.get("ratios"), str):
-        file_values = {**file_values, "ratios": parse_ratios(file_values["ratios"])}
+    file_values = prepare_split(load_section(cfg_file, "split"))
     cfg = resolve(SplitConfig, file_values, cli, origin=str(cfg_file))
-    config = {"ratios": [list(r) for r in cfg.ratios], "seed": cfg.seed, "group_col": cfg.group_col,
-              "keep_existing": cfg.keep_existing}
-    res = run_stage(ws, "split", config, lambda parent, _pid: run_split(_need(parent), cfg))
+    res = split_step(ws, cfg, StepContext(progress=not json_out))
     if json_out:
         emit_json(res)
         return
@@ -85,21 +82,15 @@ def normalize(
 
     Example:  curate normalize
     """
-    from curate.errors import UsageError
-    from curate.executors.local import default_workers
-    from curate.pipeline import run_stage
-    from curate.stages.normalize import NormalizeConfig, run_normalize
-    from curate.ui import emit_json, progress
+    from curate.stages.normalize import NormalizeConfig
+    from curate.steps import StepContext
+    from curate.steps.curation import check_normalize, normalize_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
-    if channels not in (0, 1, 3):
-        raise UsageError(f"--channels {channels}: use 1, 3 or 0 (auto)")
-    ws = Workspace(workspace)
     cfg = NormalizeConfig(split=split_name, channels=channels)
-    n = workers or default_workers()
-    res = run_stage(ws, "normalize", {"split": cfg.split, "channels": cfg.channels},
-                    lambda parent, _pid: run_normalize(ws, _need(parent), cfg, workers=n,
-                                                       progress=lambda total: progress("normalize", total, enabled=not json_out)))
+    check_normalize(cfg)
+    res = normalize_step(Workspace(workspace), cfg, StepContext(workers=workers, progress=not json_out))
     if json_out:
         emit_json(res)
         return
@@ -107,14 +98,6 @@ def normalize(
     fmt = ", ".join
     say(f"normalize -> {res['version']}: {norm['images']:,} {norm['split']} images, {norm['channels']} channel(s); "
         f"mean [{fmt(f'{m:.4f}' for m in norm['mean'])}] std [{fmt(f'{s:.4f}' for s in norm['std'])}]")
-
-
-def _need(parent):  # noqa: ANN001, ANN202
-    from curate.errors import CurateError
-
-    if parent is None:
-        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
-    return parent
 
 
 def register(app: typer.Typer) -> None:

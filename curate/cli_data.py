@@ -65,10 +65,10 @@ def ingest(
         curate ingest archive.tar.gz
     """
     from curate.config import find_config_file, load_section, resolve
-    from curate.executors.local import default_workers
-    from curate.pipeline import run_stage
-    from curate.stages.ingest import IngestConfig, config_dict, run_ingest
-    from curate.ui import emit_json, progress
+    from curate.stages.ingest import IngestConfig
+    from curate.steps import StepContext
+    from curate.steps.sources import ingest_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
@@ -89,19 +89,7 @@ def ingest(
         "max_error_fraction": max_error_fraction,
     }
     cfg = resolve(IngestConfig, load_section(cfg_file, "ingest"), cli, origin=str(cfg_file))
-    n_workers = workers or default_workers()
-
-    def body(parent, parent_id):  # noqa: ANN001, ANN202
-        return run_ingest(
-            ws,
-            parent,
-            cfg,
-            parent_id=parent_id,
-            workers=n_workers,
-            progress=lambda total: progress("ingest", total, enabled=not json_out),
-        )
-
-    res = run_stage(ws, "ingest", config_dict(cfg), body, cacheable=False)
+    res = ingest_step(ws, cfg, StepContext(workers=workers, progress=not json_out))
     st = res["stats"]
     if json_out:
         emit_json(res)
@@ -143,18 +131,18 @@ def export(
         curate export
         curate export --format webdataset --shard-size 256MB --out shards/
     """
-    from curate.export import ExportConfig, export_version, parse_formats, parse_shard_size
-    from curate.ui import emit_json, progress
+    from curate.export import ExportConfig, parse_formats, parse_shard_size
+    from curate.pipeline import HEAD
+    from curate.steps import StepContext
+    from curate.steps.outputs import export_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
     rows, nbytes = parse_shard_size(shard_size)
     cfg = ExportConfig(formats=parse_formats(format), shard_rows=rows, shard_bytes=nbytes, out=str(out) if out else None)
-    with ws.writer():
-        vid = ws.resolve(version)
-        total = ws.info(vid)["included"]
-        with progress("export", total, enabled=not json_out) as advance:
-            res = export_version(ws, vid, cfg, advance=advance)
+    res = export_step(ws, cfg, StepContext(base=version or HEAD, progress=not json_out))
+    vid = res["version"]
     if json_out:
         emit_json(res)
         return

@@ -49,10 +49,10 @@ def dedupe(
         curate dedupe --against ../train-ws       # vs HEAD of another workspace
     """
     from curate.config import find_config_file, load_section, resolve
-    from curate.executors.local import default_workers
-    from curate.pipeline import run_stage
-    from curate.stages.dedupe import DedupeConfig, check_config, config_dict, run_dedupe
-    from curate.ui import emit_json, progress
+    from curate.stages.dedupe import DedupeConfig, check_config
+    from curate.steps import StepContext
+    from curate.steps.curation import dedupe_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
@@ -60,15 +60,7 @@ def dedupe(
     cli = {"threshold": threshold, "action": action, "keep": keep, "against": against, "exact_only": exact_only}
     cfg = resolve(DedupeConfig, load_section(cfg_file, "dedupe"), cli, origin=str(cfg_file))
     check_config(cfg)
-    n_workers = workers or default_workers()
-
-    def body(parent, parent_id):  # noqa: ANN001, ANN202
-        return run_dedupe(
-            ws, parent, parent_id, cfg, workers=n_workers, progress=lambda total: progress("signatures", total, enabled=not json_out)
-        )
-
-    # Another workspace may change under the same reference, so only an in-workspace run is reused.
-    res = run_stage(ws, "dedupe", config_dict(cfg), body, cacheable=cfg.against is None)
+    res = dedupe_step(ws, cfg, StepContext(workers=workers, progress=not json_out))
     st = res["stats"]
     if json_out:
         emit_json(res)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -67,10 +67,11 @@ def filter_(
         curate filter -m models/fm --splits train --device cpu      # max probability (no "other" class)
     """
     from curate.config import find_config_file, load_section, resolve
-    from curate.pipeline import run_stage
-    from curate.scoring import file_sha256, load_model, resolve_target
-    from curate.stages.filter import FilterConfig, check_config, config_dict, run_filter
-    from curate.ui import emit_json, progress
+    from curate.pipeline import HEAD
+    from curate.stages.filter import FilterConfig, check_config
+    from curate.steps import StepContext
+    from curate.steps.curation import filter_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
@@ -87,34 +88,8 @@ def filter_(
     }
     cfg = resolve(FilterConfig, load_section(cfg_file, "filter"), cli, origin=str(cfg_file))
     check_config(cfg)
-    vid = ws.resolve(version)
-    run = load_model(cfg)
-    sha = file_sha256(run.path)
-    # the task classes are part of the stage settings (and so of the cache key): resolve them before running
-    target = resolve_target(cfg, run.classes, ws.samples(vid, columns=["status", "label"]))
-    config = config_dict(cfg, run, target, sha)
-
-    def body(parent: Any, parent_id: str | None) -> Any:
-        if parent_id != vid:
-            from curate.errors import CurateError
-
-            raise CurateError(f"HEAD moved to {parent_id} while filter prepared {vid}", hint="run the command again")
-        bar = lambda total: progress("filter", total, enabled=not json_out)  # noqa: E731
-        return run_filter(ws, parent, parent_id, cfg, run=run, checkpoint_sha=sha, progress=bar)
-
-    head_before = ws.head()
-    if vid != head_before:
-        # run_stage builds on HEAD: point it at the chosen version first (like `curate checkout`), and put it back
-        # if the stage fails, so a failed run changes nothing
-        with ws.writer():
-            ws.set_head(vid)
-    try:
-        res = run_stage(ws, "filter", config, body)
-    except BaseException:
-        if vid != head_before and head_before is not None:
-            with ws.writer():
-                ws.set_head(head_before)
-        raise
+    res = filter_step(ws, cfg, StepContext(base=version or HEAD, progress=not json_out))
+    vid = res["parent"]
     if json_out:
         emit_json(res)
         return

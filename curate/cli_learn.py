@@ -58,8 +58,9 @@ def train(
         curate train --out models/fm --resume
     """
     from curate.learn.train import TrainConfig
-    from curate.learn.train import train as run_train
-    from curate.ui import emit_json, progress
+    from curate.steps import StepContext
+    from curate.steps.outputs import train_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
     cfg = TrainConfig(
@@ -88,7 +89,7 @@ def train(
     ws = Workspace(workspace)
     log = (lambda s: None) if json_out else say
     try:
-        res = run_train(ws, cfg, log=log, sanity=sanity, progress=lambda d, n: progress(d, n, enabled=not json_out))
+        res = train_step(ws, cfg, StepContext(progress=not json_out, log=log), sanity=sanity)
     except KeyboardInterrupt:
         from curate.ui import err_console
 
@@ -124,46 +125,20 @@ def evaluate(
 
     Example:  curate evaluate models/000004-normalize-small-cnn --split test
     """
-    from curate.learn.data import eval_loader, load_split
-    from curate.learn.metrics import write_report
-    from curate.learn.predict import load_run
-    from curate.learn.shards import open_export
-    from curate.learn.train import evaluate as run_eval
-    from curate.ui import emit_json, progress
+    from curate.steps import StepContext
+    from curate.steps.outputs import EvaluateConfig, evaluate_step
+    from curate.ui import emit_json
     from curate.workspace import Workspace
 
-    loaded = load_run(run, which)
-    ws = Workspace(workspace)
-    info = open_export(ws, version or loaded.meta["dataset_version"])
-    if split not in info.card["splits"]:
-        from curate.errors import CurateError
-
-        raise CurateError(f"version {info.card['version']} has no {split!r} split", hint=f"splits: {', '.join(info.card['splits'])}")
-    if info.classes != loaded.classes:
-        from curate.errors import CurateError
-
-        raise CurateError(f"the classes of {info.card['version']} differ from those {run} was trained on")
-    with progress(f"decode {split}", info.card["splits"][split], enabled=not json_out) as advance:
-        data = load_split(info.files(split, "parquet"), "parquet", int(loaded.meta["channels"]), loaded.size, advance=advance)
-    data = data.labeled()
-    ev = run_eval(loaded.model, eval_loader(data, loaded.meta["normalization"]), loaded.device)
-    out_dir = run if run.is_dir() else run.parent
-    extra = {"run": str(run), "checkpoint": str(loaded.path), "dataset_version": info.card["version"], "split": split}
-    report = write_report(out_dir, {split: ev}, loaded.classes, None, name=f"eval_{split}.json", extra=extra)
-    m = report[split]
+    cfg = EvaluateConfig(run=str(run), split=split, which=which, version=version)
+    res = evaluate_step(Workspace(workspace), cfg, StepContext(progress=not json_out))
     if json_out:
-        emit_json(
-            {
-                "run": str(run),
-                "version": info.card["version"],
-                "split": split,
-                **{k: m[k] for k in ("n", "accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error", "per_class", "worst")},
-            }
-        )
+        emit_json(res)
         return
-    say(f"evaluate {run} on {info.card['version']} {split} ({m['n']:,} images) -> {out_dir / f'eval_{split}.json'}")
-    say(_fmt_metrics(split, m))
-    for row in m["worst"][:5]:
+    out_dir = run if run.is_dir() else run.parent
+    say(f"evaluate {run} on {res['version']} {split} ({res['n']:,} images) -> {out_dir / f'eval_{split}.json'}")
+    say(_fmt_metrics(split, res))
+    for row in res["worst"][:5]:
         say(f"    worst: {row['sample_id'][:12]}  true {row['true']}  predicted {row['predicted']} ({row['confidence']:.3f})")
 
 

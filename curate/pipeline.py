@@ -3,7 +3,8 @@
 A stage whose parent version and resolved settings already produced a version is not run again (nor one whose
 HEAD already is that stage's output with the same settings): HEAD moves to that version and the result says
 ``cached`` (ingest opts out, since its input lives outside the
-workspace and may have changed).
+workspace and may have changed). Pipeline files (``curate run``) are in ``curate.steps``: they call this with an
+explicit ``parent`` so that each step builds on the previous step's version.
 """
 
 from __future__ import annotations
@@ -19,9 +20,14 @@ from curate.summary import summarize
 from curate.workspace import Workspace, config_sha256
 
 StageFn = Callable[[pa.Table | None, str | None], StageResult]
+#: ``parent=HEAD`` builds on the workspace's HEAD; a pipeline passes its own position (a version id, or None for
+#: an empty start) so that it never depends on where HEAD happens to point.
+HEAD = "HEAD"
 
 
-def run_stage(ws: Workspace, stage: str, config: dict[str, Any], fn: StageFn, *, cacheable: bool = True) -> dict[str, Any]:
+def run_stage(
+    ws: Workspace, stage: str, config: dict[str, Any], fn: StageFn, *, cacheable: bool = True, parent: str | None = HEAD
+) -> dict[str, Any]:
     """Run ``fn(parent_table, parent_id)`` under the workspace lock and commit its result.
 
     Args:
@@ -30,13 +36,14 @@ def run_stage(ws: Workspace, stage: str, config: dict[str, Any], fn: StageFn, *,
         config: the resolved, JSON-able stage config.
         fn: the stage body; gets the parent table (None for an empty workspace) and the parent id.
         cacheable: reuse a version made from the same parent with the same config.
+        parent: the version to build on (None: none, the first version); ``HEAD`` (default): the current HEAD.
 
     Returns:
         ``{"version", "parent", "stage", "cached", "stats"}``; stats carry a ``summary`` of the new table.
     """
     t0 = time.perf_counter()
     with ws.writer():
-        parent_id = ws.head()
+        parent_id = ws.head() if parent == HEAD else parent
         sha = config_sha256(config)
         if cacheable:
             cached = ws.find_cached(parent=parent_id, stage=stage, config_sha=sha)
@@ -48,8 +55,8 @@ def run_stage(ws: Workspace, stage: str, config: dict[str, Any], fn: StageFn, *,
             if cached is not None:
                 ws.set_head(cached)
                 return {"version": cached, "parent": parent_id, "stage": stage, "cached": True, "stats": ws.stats(cached)}
-        parent = ws.samples(parent_id) if parent_id else None
-        result = fn(parent, parent_id)
+        table = ws.samples(parent_id) if parent_id else None
+        result = fn(table, parent_id)
         stats = {"stage": stage, "parent": parent_id, **result.stats}
         stats["summary"] = summarize(result.table)
         stats["seconds_total"] = round(time.perf_counter() - t0, 3)

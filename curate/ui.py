@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ err_console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 160)
 
 Advance = Callable[[int], None]
+CrawlUpdate = Callable[[int, "int | None", int, int], None]
 
 
 @contextlib.contextmanager
@@ -55,3 +57,35 @@ def emit_json(payload: Any) -> None:
     """Print a machine-readable summary on stdout (``--json``)."""
     sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def crawl_progress(total: int | None, *, enabled: bool = True) -> Iterator[CrawlUpdate]:
+    """A rich bar on stderr: URLs done / known, URLs per second, failures and bytes received (no-op off a terminal)."""
+    if not enabled or not err_console.is_terminal:
+        yield lambda done, total, errors, nbytes: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from curate.cli_common import human_bytes
+
+    cols = [
+        TextColumn("[bold]crawl"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>8,.0f} URLs/s"),
+        TextColumn("[red]{task.fields[errors]:,} failed[/]"),
+        TextColumn("{task.fields[received]}"),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*cols, console=err_console, transient=True) as bar:
+        task = bar.add_task("crawl", total=total, rate=0.0, errors=0, received="0 B")
+        t0, start = time.perf_counter(), None
+
+        def update(done: int, known: int | None, errors: int, nbytes: int) -> None:
+            nonlocal start
+            start = done if start is None else start  # resumed URLs do not count towards the rate
+            rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, completed=done, total=known, rate=rate, errors=errors, received=human_bytes(nbytes))
+
+        yield update

@@ -157,11 +157,12 @@ def config_dict(cfg: CrawlConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-def crawl(ws: Any, cfg: CrawlConfig, *, progress: Any = None) -> dict[str, Any]:
+def crawl(ws: Any, cfg: CrawlConfig, *, progress: Any = None, parent: str | None = "HEAD") -> dict[str, Any]:
     """Run the crawl under the workspace lock and commit a version (what ``curate crawl`` does).
 
     Args:
         progress: ``progress(total) -> context manager yielding update(done, total, errors, bytes)``.
+        parent: the version to add to (None: a first version); ``HEAD`` (default): the current HEAD.
 
     Returns:
         run_stage's ``{"version", "parent", "stage", "cached", "stats"}``.
@@ -174,7 +175,7 @@ def crawl(ws: Any, cfg: CrawlConfig, *, progress: Any = None) -> dict[str, Any]:
     def body(parent: pa.Table | None, parent_id: str | None) -> StageResult:
         return run_crawl(ws, parent, parent_id, cfg, rule=rule, progress=progress, box=box)
 
-    res = run_stage(ws, STAGE, config_dict(cfg), body, cacheable=False)
+    res = run_stage(ws, STAGE, config_dict(cfg), body, cacheable=False, parent=parent)
     box["journal"].mark_committed(res["version"])
     return res
 

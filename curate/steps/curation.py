@@ -1,0 +1,222 @@
+"""Stage steps: each commits a child of the version it is given (``ctx.base``, HEAD for the CLI) through
+``curate.pipeline.run_stage``, which returns the existing version instead when the same parent and settings
+already made one. The ``curate <stage>`` commands and ``curate run`` both call these functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError, UsageError
+from curate.pipeline import run_stage
+from curate.steps import StepContext
+
+
+def _need(table: Any) -> Any:
+    if table is None:
+        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
+    return table
+
+
+def dedupe_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+    """``curate dedupe``: exact and near duplicates, one representative per group."""
+    from curate.stages.dedupe import config_dict, run_dedupe
+
+    def body(table: Any, parent_id: str | None) -> Any:
+        return run_dedupe(ws, table, parent_id, cfg, workers=ctx.n_workers(), progress=ctx.bar("signatures"))
+
+    # Another workspace may change under the same reference, so only an in-workspace run is reused.
+    return run_stage(ws, "dedupe", config_dict(cfg), body, cacheable=cfg.against is None, parent=ctx.base)
+
+
+def clean_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+    """``curate clean``: label issues, outliers, low quality; ``ctx.options["review_out"]`` writes the review file."""
+    from curate.stages.clean import config_dict, run_clean
+    from curate.ui import progress
+
+    review: list[dict[str, Any]] = []
+
+    def body(table: Any, parent_id: str | None) -> Any:
+        res = run_clean(
+            ws, table, parent_id, cfg, workers=ctx.n_workers(),
+            progress=lambda desc, total: progress(desc, total, enabled=ctx.progress),
+        )  # fmt: skip
+        review.extend(res.review)
+        return res
+
+    res = run_stage(ws, "clean", config_dict(cfg), body, parent=ctx.base)
+    if ctx.options.get("review_out"):
+        res["review"] = write_clean_review(ws, res["version"], review, Path(ctx.options["review_out"]))
+    return res
+
+
+def write_clean_review(ws: Any, vid: str, review: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """The review file of this run (or, when the version was cached, rebuilt from its columns)."""
+    import pyarrow as pa
+
+    from curate.review import write_review
+
+    table = ws.samples(vid)
+    if not review:
+        review = _review_from_columns(table)
+    cols = table.column_names
+    get = {c: table.column(c).to_pylist() for c in ("sample_id", "source", "label", "pack", "given_label", "split") if c in cols}
+    rows = []
+    for r in review:
+        p = r["row"]
+        given = (get.get("given_label") or [None] * table.num_rows)[p] or get["label"][p]
+        rows.append({"sample_id": get["sample_id"][p], "source": get["source"][p], "label": given, "split": get["split"][p],
+                     "issue": r["issue"], "score": r["score"], "suggested_label": r.get("suggested_label")})  # fmt: skip
+    packs = {get["sample_id"][r["row"]]: get["pack"][r["row"]] for r in review}
+
+    def blobs(ids: list[str]) -> dict[str, bytes]:
+        return ws.blobs.get_many(ids, [packs[i] for i in ids])
+
+    return write_review(
+        path, pa.Table.from_pylist(rows), blobs=blobs, title=f"curate clean: {ws.root} version {vid}", columns=("split",)
+    )
+
+
+def _review_from_columns(table: Any) -> list[dict[str, Any]]:
+    """Review rows from a committed clean version's columns (a cached run has no in-memory review)."""
+    out: list[dict[str, Any]] = []
+    cols = table.column_names
+
+    def col(name: str) -> list[Any]:
+        return table.column(name).to_pylist() if name in cols else [None] * table.num_rows
+
+    for p, (li, q, sug, oo, osc, lq, lqs, why) in enumerate(
+        zip(col("is_label_issue"), col("label_quality"), col("suggested_label"), col("is_outlier"), col("ood_score"),
+            col("is_low_quality"), col("low_quality_score"), col("low_quality_reasons"), strict=True)
+    ):  # fmt: skip
+        if li:
+            out.append({"row": p, "issue": "label_issue", "score": q, "suggested_label": sug})
+        if oo:
+            out.append({"row": p, "issue": "outlier", "score": 1 - osc})
+        if lq:
+            out.append({"row": p, "issue": f"low_quality: {why}", "score": lqs})
+    return out
+
+
+def prepare_split(values: dict[str, Any]) -> dict[str, Any]:
+    """``ratios = "80:10:10"`` (or ``{train = 8, val = 1, test = 1}``) -> SplitConfig's ``((name, fraction), ...)``."""
+    from curate.stages.split import parse_ratios
+
+    ratios = values.get("ratios")
+    if isinstance(ratios, dict):
+        ratios = ",".join(f"{k}={v}" for k, v in ratios.items())
+    if isinstance(ratios, str):
+        values = {**values, "ratios": parse_ratios(ratios)}
+    return values
+
+
+def split_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+    """``curate split``: stratified, duplicate groups whole, stable when data is added."""
+    from curate.stages.split import run_split
+
+    config = {
+        "ratios": [list(r) for r in cfg.ratios],
+        "seed": cfg.seed,
+        "group_col": cfg.group_col,
+        "keep_existing": cfg.keep_existing,
+    }
+    return run_stage(ws, "split", config, lambda table, _pid: run_split(_need(table), cfg), parent=ctx.base)
+
+
+def check_normalize(cfg: Any) -> None:
+    """Reject a channel count normalize cannot produce (exit code 2)."""
+    if cfg.channels not in (0, 1, 3):
+        raise UsageError(f"--channels {cfg.channels}: use 1, 3 or 0 (auto)")
+
+
+def normalize_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+    """``curate normalize``: per-channel mean/std from the included train rows."""
+    from curate.stages.normalize import run_normalize
+
+    def body(table: Any, _pid: str | None) -> Any:
+        return run_normalize(ws, _need(table), cfg, workers=ctx.n_workers(), progress=ctx.bar("normalize"))
+
+    return run_stage(ws, "normalize", {"split": cfg.split, "channels": cfg.channels}, body, parent=ctx.base)
+
+
+def balance_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+    """``curate balance``: without a strategy only ``{"version", "report"}`` (nothing committed)."""
+    from curate.stages.balance import imbalance_report, run_balance
+
+    if cfg.strategy is None:
+        vid = ws.resolve(ctx.version())
+        return {"version": vid, "report": imbalance_report(ws.samples(vid), cfg.beta)}
+    config: dict[str, Any] = {"strategy": cfg.strategy, "target": cfg.target, "drop": cfg.drop, "seed": cfg.seed, "beta": cfg.beta}
+    if cfg.strategy == "augment":
+        from curate.augment_policies import check_policy
+
+        config.update(policy=cfg.policy, policy_sha256=check_policy(cfg.policy))
+
+    def body(table: Any, pid: str | None) -> Any:
+        return run_balance(ws, _need(table), pid, cfg, workers=ctx.n_workers(), progress=ctx.bar("augment"))
+
+    return run_stage(ws, "balance", config, body, parent=ctx.base)
+
+
+def augment_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+    """``curate augment``: offline albumentations copies of train images as new samples."""
+    from curate.stages.augment import check_config, run_augment
+
+    config = {
+        "policy": cfg.policy,
+        "policy_sha256": check_config(cfg),
+        "copies": cfg.copies,
+        "to_balance": cfg.to_balance,
+        "target": cfg.target,
+        "seed": cfg.seed,
+    }
+
+    def body(table: Any, pid: str | None) -> Any:
+        return run_augment(ws, _need(table), pid, cfg, workers=ctx.n_workers(), progress=ctx.bar("augment"))
+
+    return run_stage(ws, "augment", config, body, parent=ctx.base)
+
+
+def filter_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+    """``curate filter``: score the included rows with a trained classifier; its child of the version becomes HEAD."""
+    from curate.scoring import file_sha256, load_model, resolve_target
+    from curate.stages.filter import config_dict, run_filter
+
+    vid = ws.resolve(ctx.version())
+    run = load_model(cfg)
+    sha = file_sha256(run.path)
+    # the task classes are part of the stage settings (and so of the cache key): resolve them before running
+    target = resolve_target(cfg, run.classes, ws.samples(vid, columns=["status", "label"]))
+
+    def body(table: Any, parent_id: str | None) -> Any:
+        return run_filter(ws, table, parent_id, cfg, run=run, checkpoint_sha=sha, progress=ctx.bar("filter"))
+
+    # built on the chosen version, not on HEAD: HEAD moves only when the new version is committed
+    return run_stage(ws, "filter", config_dict(cfg, run, target, sha), body, parent=vid)
+
+
+def summary(res: dict[str, Any]) -> str:
+    """One line for the pipeline table: what the stage found, then the included/excluded counts."""
+    if "report" in res:
+        return "report only: " + ", ".join(f"{s} max/min {r['ratio']:.2f}" for s, r in res["report"].items())
+    st = res["stats"]
+    found = {
+        "dedupe": lambda: f"{st['duplicates']:,} duplicates",
+        "clean": lambda: ", ".join(
+            f"{st[k]['flagged']:,} {k.replace('_', ' ')} ({st[k].get('acted_on', 0):,} acted on)"
+            for k in ("label_issues", "outliers", "low_quality")
+            if k in st
+        ),
+        "split": lambda: ", ".join(f"{k} {v:,}" for k, v in st["summary"]["per_split"].items()),
+        "normalize": lambda: f"mean {[round(m, 3) for m in st['normalization']['mean']]}",
+        "augment": lambda: f"{st['new_samples']:,} new samples",
+        "balance": lambda: f"{st['strategy']}",
+        "filter": lambda: f"{st['filtered']:,} filtered",
+    }.get(res["stage"], lambda: "")
+    try:
+        head = found()
+    except (KeyError, TypeError):  # a version made by an older curate may lack a stat: the counts still tell
+        head = ""
+    counts = f"{st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded"
+    return f"{head}; {counts}" if head else counts

@@ -1,0 +1,234 @@
+"""Output steps: ``export``, ``train``, ``evaluate`` and ``report`` read a version and write files; none commits one.
+
+In a pipeline (``ctx.reuse``) each proves from its own files that its work is already done, so that a rerun skips
+it: an export whose ``dataset.json`` names the same version, lineage and shard settings and whose every indexed
+shard is there with its size; a training run folder whose ``metrics.json`` holds the same dataset version and
+settings (a run with checkpoints but no final metrics is resumed); a report recorded in the previous run's journal
+for the same version, run and settings whose file is untouched since. A pipeline's training runs go to
+``<workspace>/models/<version>-<arch>-<settings hash>`` unless ``out`` is set, so a workspace holds its own runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.errors import CurateError, UsageError
+from curate.steps import StepContext
+from curate.workspace import config_sha256
+
+
+def check_export(cfg: Any) -> None:
+    """Reject unknown shard formats and shard sizes below 1 (exit code 2)."""
+    from curate.export import FORMATS
+
+    bad = [f for f in cfg.formats if f not in FORMATS]
+    if bad or not cfg.formats:
+        raise UsageError(f"export formats {list(cfg.formats)}: choose from {', '.join(FORMATS)}")
+    if any(v is not None and v < 1 for v in (cfg.shard_rows, cfg.shard_bytes)):
+        raise UsageError("shard_rows and shard_bytes must be at least 1")
+
+
+def finished_export(ws: Any, vid: str, cfg: Any) -> dict[str, Any] | None:
+    """The result of an export of ``vid`` with these settings that is already complete on disk, else None."""
+    import pyarrow.parquet as pq
+
+    out = Path(cfg.out) if cfg.out else ws.root / "exports" / vid
+    try:
+        card = json.loads((out / "dataset.json").read_text())
+        index = pq.read_table(out / "index.parquet").to_pylist()
+    except (OSError, ValueError):
+        return None
+    lineage = [{"id": i["id"], "stage": i["stage"], "config_sha256": i["config_sha256"]} for i in map(ws.info, ws.lineage(vid))]
+    same = (card.get("version"), card.get("lineage"), card.get("formats"), card.get("shard_rows"), card.get("shard_bytes")) == (
+        vid, lineage, list(cfg.formats), cfg.shard_rows, cfg.shard_bytes,
+    )  # fmt: skip
+    if not same or not all((out / r["file"]).is_file() and (out / r["file"]).stat().st_size == r["bytes"] for r in index):
+        return None
+    return {"version": vid, "out": str(out), "formats": card["formats"], "splits": card["splits"], "shards": len(index),
+            "bytes": sum(r["bytes"] for r in index), "seconds": 0.0, "mb_per_s": None, "cached": True}  # fmt: skip
+
+
+def export_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
+    """``curate export``: the included rows of the version as Parquet / WebDataset shards."""
+    from curate.export import export_version
+    from curate.ui import progress
+
+    if ctx.reuse:
+        done = finished_export(ws, ws.resolve(ctx.version()), cfg)
+        if done is not None:
+            return done
+    with ws.writer():
+        vid = ws.resolve(ctx.version())
+        with progress("export", ws.info(vid)["included"], enabled=ctx.progress) as advance:
+            res = export_version(ws, vid, cfg, advance=advance)
+    return {**res, "cached": False} if ctx.reuse else res
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The training settings that decide the model: no dataset version, no runtime knobs (device, workers ...)."""
+    from curate.learn.train import RUNTIME
+
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in RUNTIME and k != "version"}))
+
+
+def _finished_run(run_dir: Path, cfg: Any, vid: str) -> dict[str, Any] | None:
+    """``curate train``'s result rebuilt from ``metrics.json`` when the folder holds this run finished, else None.
+
+    Raises:
+        CurateError: the folder holds a run of another version or other settings.
+    """
+    meta = run_dir / "metrics.json"
+    if not meta.exists():
+        return None
+    m = json.loads(meta.read_text())
+    if m.get("dataset_version") != vid or _settings(m.get("config", {})) != _settings(dataclasses.asdict(cfg)):
+        raise CurateError(f"{run_dir} holds a training run of other data or settings", hint="set train.out to another folder")
+    keys = ("accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error")
+    return {"run": str(run_dir), "version": vid, "arch": m["config"]["arch"], "device": m.get("device"), "amp": m.get("amp"),
+            "epochs_run": len(m.get("history", [])), "stopped": m.get("stopped"), "best_epoch": (m.get("best") or {}).get("epoch"),
+            "train_seconds": m.get("train_seconds"), "cached": True,
+            "metrics": {s: {k: v.get(k) for k in keys} for s, v in m.get("splits", {}).items()}}  # fmt: skip
+
+
+def train_step(ws: Any, cfg: Any, ctx: StepContext, *, sanity: bool = False) -> dict[str, Any]:
+    """``curate train``: fit on the version's shards (exported when missing), score val/test, write the run folder.
+
+    Pipeline mode: skip a finished run of the same version and settings, resume an unfinished one.
+    """
+    from curate.learn.train import train
+    from curate.ui import progress
+
+    if ctx.reuse:
+        vid = ws.resolve(ctx.version())
+        cfg = dataclasses.replace(cfg, version=vid)
+        if cfg.out is None:
+            sha = config_sha256(_settings(dataclasses.asdict(cfg)))[:8]
+            cfg = dataclasses.replace(cfg, out=str(ws.root / "models" / f"{vid}-{cfg.arch}-{sha}"))
+        run_dir = Path(cfg.out)
+        done = _finished_run(run_dir, cfg, vid)
+        if done is not None:
+            return done
+        last = run_dir / "meta_last.json"
+        if last.exists():
+            saved = json.loads(last.read_text())
+            if saved.get("dataset_version") != vid or _settings(saved.get("config", {})) != _settings(dataclasses.asdict(cfg)):
+                raise CurateError(f"{run_dir} holds a training run of other data or settings", hint="set train.out to another folder")
+            cfg = dataclasses.replace(cfg, resume=True)
+    res = train(ws, cfg, log=ctx.log, sanity=sanity, progress=lambda d, n: progress(d, n, enabled=ctx.progress))
+    return {**res, "cached": False} if ctx.reuse else res
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of ``curate evaluate`` (a pipeline's ``evaluate`` step).
+
+    Attributes:
+        run: run folder or ``model_*.pt``; in a pipeline, default the run its train step made.
+        split: the split scored.
+        which: ``best`` or ``last`` checkpoint.
+        version: the dataset version scored (default: the one the run was trained on).
+    """
+
+    run: str | None = None
+    split: str = "test"
+    which: str = "best"
+    version: str | None = None
+
+
+def check_evaluate(cfg: EvaluateConfig) -> None:
+    """Reject an unknown checkpoint choice (exit code 2)."""
+    if cfg.which not in ("best", "last"):
+        raise UsageError(f"--which {cfg.which!r}: choose best or last")
+
+
+def evaluate_step(ws: Any, cfg: EvaluateConfig, ctx: StepContext) -> dict[str, Any]:
+    """``curate evaluate``: score a run on a split; writes ``eval_SPLIT.json`` and its confusion plot into the run."""
+    from curate.learn.data import eval_loader, load_split
+    from curate.learn.metrics import write_report
+    from curate.learn.predict import load_run
+    from curate.learn.shards import open_export
+    from curate.learn.train import evaluate
+    from curate.ui import progress
+
+    run = Path(cfg.run) if cfg.run else ctx.outputs.get("run")
+    if run is None:
+        raise CurateError("evaluate needs a run folder", hint="set run, or put a train step before evaluate")
+    run = Path(run)
+    loaded = load_run(run, cfg.which)
+    info = open_export(ws, cfg.version or loaded.meta["dataset_version"])
+    if cfg.split not in info.card["splits"]:
+        raise CurateError(
+            f"version {info.card['version']} has no {cfg.split!r} split", hint=f"splits: {', '.join(info.card['splits'])}"
+        )
+    if info.classes != loaded.classes:
+        raise CurateError(f"the classes of {info.card['version']} differ from those {run} was trained on")
+    with progress(f"decode {cfg.split}", info.card["splits"][cfg.split], enabled=ctx.progress) as advance:
+        data = load_split(info.files(cfg.split, "parquet"), "parquet", int(loaded.meta["channels"]), loaded.size, advance=advance)
+    ev = evaluate(loaded.model, eval_loader(data.labeled(), loaded.meta["normalization"]), loaded.device)
+    out_dir = run if run.is_dir() else run.parent
+    extra = {"run": str(run), "checkpoint": str(loaded.path), "dataset_version": info.card["version"], "split": cfg.split}
+    m = write_report(out_dir, {cfg.split: ev}, loaded.classes, None, name=f"eval_{cfg.split}.json", extra=extra)[cfg.split]
+    keys = ("n", "accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error", "per_class", "worst")
+    return {"run": str(run), "version": info.card["version"], "split": cfg.split, **{k: m[k] for k in keys}}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Settings of a pipeline's ``report`` step (``curate.report.write_report``).
+
+    Attributes:
+        out: the HTML file (default ``<workspace>/report.html``).
+        run: a training run folder (default: the run the pipeline's train step made, if any).
+        max_gallery: most thumbnails per gallery.
+        seed: the seed of the sampled galleries.
+    """
+
+    out: str | None = None
+    run: str | None = None
+    max_gallery: int = 48
+    seed: int = 0
+
+
+def report_step(ws: Any, cfg: ReportConfig, ctx: StepContext) -> dict[str, Any]:
+    """The HTML report of the version, with the pipeline's training run."""
+    from curate.report import write_report
+    from curate.ui import progress
+
+    vid = ws.resolve(ctx.version())
+    out = Path(cfg.out) if cfg.out else ws.root / "report.html"
+    run = cfg.run or ctx.outputs.get("run")
+    asked = str(run) if run else None
+    rec = (ctx.previous or {}).get("result", {})
+    if ctx.reuse and out.exists() and (ctx.previous or {}).get("version") == vid and (
+        rec.get("path"), rec.get("requested"), rec.get("mtime_ns")) == (str(out), asked, out.stat().st_mtime_ns
+    ):  # fmt: skip
+        return {
+            "version": vid,
+            "path": str(out),
+            "run": rec.get("run"),
+            "requested": asked,
+            "mtime_ns": rec["mtime_ns"],
+            "cached": True,
+        }
+    optional = {"models": ws.root / "models", "progress": lambda d, t: progress(d, t, enabled=ctx.progress)}
+    params = inspect.signature(write_report).parameters
+    res = write_report(ws, out, version=vid, run=Path(run) if run else None, max_gallery=cfg.max_gallery, seed=cfg.seed,
+                       **{k: v for k, v in optional.items() if k in params})  # fmt: skip
+    return {**res, "version": vid, "requested": asked, "mtime_ns": out.stat().st_mtime_ns, "cached": False}
+
+
+def summary(res: dict[str, Any]) -> str:
+    """One line for the pipeline table."""
+    if "shards" in res:
+        return f"{res['shards']} shards, " + ", ".join(f"{s} {n:,}" for s, n in res["splits"].items()) + f" -> {res['out']}"
+    if "epochs_run" in res:
+        scores = ", ".join(f"{s} acc {m['accuracy']:.3f}" for s, m in res["metrics"].items())
+        return f"{res['arch']}, {res['epochs_run']} epochs{', ' + scores if scores else ''} -> {res['run']}"
+    if "accuracy" in res:
+        return f"{res['split']} acc {res['accuracy']:.3f}, macro-F1 {res['macro_f1']:.3f} ({res['n']:,} images)"
+    return f"-> {res.get('path', '')}"
