@@ -154,7 +154,10 @@ def regroup(blocks: Iterable[pa.Table], n: int, done: dict[int, pa.Table] | None
 
     for block in blocks:
         if is_failure(block):
-            yield from flush(int(block.column(TAG)[0].as_py()))
+            # The batch before it is complete (a batch never spans tasks); batches that shared the failing task
+            # lost their results with it, so nothing is invented for them: the exception follows at once.
+            if pending:
+                yield _concat(pending).combine_chunks()
             raise_failure(block)
         if block.num_rows == 0:
             continue
