@@ -165,19 +165,31 @@ def _estimate_histogram(ctx: Context, vid: str, channels: int, split: str) -> tu
     return hist, used
 
 
+def _stage_state(ctx: Context, stage: str, name: str, sid: str, title: str) -> tuple[str, dict[str, Any]] | Section:
+    """``(version, parsed JSON)`` of ``state/<name>`` of the newest ``stage`` version in the lineage, or the omitted
+    section that says why there is none (no such stage, or a missing or unreadable file)."""
+    vid = ctx.latest(stage)
+    if vid is None:
+        return omitted(sid, title, f"no {stage} stage in the lineage (`curate {stage}`)")
+    path = ctx.ws.state_path(vid, name)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict):
+        return omitted(sid, title, f"{path} is missing or unreadable")
+    return vid, doc
+
+
 def normalization(ctx: Context) -> Section:
     """Per-channel mean/std of the train split and the pixel-value histogram."""
     from curate.report import plots
 
     sid, title = "normalization", "Normalization"
-    vid = ctx.latest("normalize")
-    if vid is None:
-        return omitted(sid, title, "no normalize stage in the lineage (`curate normalize`)")
-    path = ctx.ws.state_path(vid, "normalization.json")
-    try:
-        norm = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return omitted(sid, title, f"{path} is missing or unreadable")
+    found = _stage_state(ctx, "normalize", "normalization.json", sid, title)
+    if not isinstance(found, tuple):
+        return found
+    vid, norm = found
     channels, split = int(norm.get("channels") or 1), str(norm.get("split") or "train")
     hist, note = norm.get("histogram"), "exact, over every pixel"
     if not hist:
@@ -222,14 +234,11 @@ def pseudolabels(ctx: Context) -> Section:
     from curate.report import plots
 
     sid, title = "pseudolabel", "Pseudo-label rounds"
-    vid = ctx.latest("pseudolabel")
-    if vid is None:
-        return omitted(sid, title, "no pseudolabel stage in the lineage (`curate pseudolabel`)")
-    path = ctx.ws.state_path(vid, "pseudolabel.json")
-    try:
-        rounds = json.loads(path.read_text()).get("rounds") or []
-    except (OSError, ValueError, AttributeError):
-        return omitted(sid, title, f"{path} is missing or unreadable")
+    found = _stage_state(ctx, "pseudolabel", "pseudolabel.json", sid, title)
+    if not isinstance(found, tuple):
+        return found
+    vid, doc = found
+    rounds = doc.get("rounds") or []
     rounds = [_round(i, r) for i, r in enumerate(rounds if isinstance(rounds, list) else []) if isinstance(r, dict)]
     if not rounds:
         return omitted(sid, title, f"{vid} recorded no rounds")
