@@ -4,7 +4,7 @@ A workspace with the 70,000 Fashion-MNIST images is ingested once (untimed). The
 alternating order and each as a fresh subprocess:
 
 - curate: ``curate export -w WS --format parquet|webdataset --shard-size 10000 --out DIR --json``
-  (reads the blob packs, writes shards, ``index.parquet`` with each shard's sha256, ``dataset.json``);
+  (reads the blob packs, writes shards, ``index.json`` with each shard's sha256, ``dataset.json``);
 - peer: plain pyarrow: read the same version's sample table and blob packs, join on ``sample_id``, sort, and
   write the same image bytes in 10,000-row shards with ``pyarrow.parquet.write_table`` (columns sample_id, image,
   label) or with ``tarfile`` (``<key>.png``, ``<key>.cls``, ``<key>.json`` per sample, USTAR, integer mtime,
@@ -94,7 +94,7 @@ def hf_check(folder: Path) -> None:
     os.environ.setdefault("HF_HOME", "/tmp/curate-bench-hf")
     from datasets import load_dataset  # not a curate dependency: installed only for this check
 
-    files = sorted(str(p) for p in folder.glob("*.parquet") if p.name != "index.parquet")
+    files = sorted(str(p) for p in (folder / "parquet").glob("*.parquet"))
     ds = load_dataset("parquet", data_files=files, split="train")
     row = ds[0]
     print(f"\nHF datasets load_dataset('parquet', data_files=<{len(files)} shards>): {ds.num_rows:,} rows")

@@ -25,6 +25,22 @@ app = typer.Typer(
 )
 
 
+def _plain_emoji_codes() -> None:
+    """Keep ``:name:`` in help text as written: typer's markdown help replaces emoji codes, so the ``a:b:c`` of
+    ``--ratios`` showed a B-button emoji. (curate's own consoles are ``emoji=False``: ``curate.ui``.)"""
+    from typer import rich_utils
+
+    class PlainEmoji(rich_utils.Emoji):
+        @classmethod
+        def replace(cls, text: str) -> str:
+            return text
+
+    rich_utils.Emoji = PlainEmoji  # type: ignore[misc]
+
+
+_plain_emoji_codes()
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"curate {__version__}")
@@ -38,8 +54,10 @@ def _root(
         None, "--executor", help="Where per-sample work runs: local (default) or ray. Env: CURATE_EXECUTOR.", show_default=False
     ),
     address: str | None = typer.Option(
-        None, "--address", help="Ray cluster to join: HOST:PORT, ray://HOST:10001 or auto (implies --executor ray). "
-        "Env: CURATE_RAY_ADDRESS.", show_default=False,
+        None,
+        "--address",
+        help="Ray cluster to join: HOST:PORT, ray://HOST:10001 or auto (implies --executor ray). Env: CURATE_RAY_ADDRESS.",
+        show_default=False,
     ),
 ) -> None:
     """curate: curated image datasets and the classifier trained on them."""
@@ -70,8 +88,20 @@ from curate import (  # noqa: E402
     cli_versions,
 )
 
-for _module in (cli_data, cli_crawl, cli_dedupe, cli_clean, cli_filter, cli_curation, cli_balance, cli_pseudolabel, cli_versions,
-                cli_learn, cli_report, cli_run):
+for _module in (
+    cli_data,
+    cli_crawl,
+    cli_dedupe,
+    cli_clean,
+    cli_filter,
+    cli_curation,
+    cli_balance,
+    cli_pseudolabel,
+    cli_versions,
+    cli_learn,
+    cli_report,
+    cli_run,
+):
     _module.register(app)
 
 

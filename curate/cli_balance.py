@@ -53,7 +53,7 @@ def balance(
         curate balance --strategy augment --policy light --target 5000
         curate balance --strategy weights
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.stages.balance import BalanceConfig, check_config
     from curate.steps import StepContext
     from curate.steps.curation import balance_step
@@ -61,9 +61,8 @@ def balance(
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    cfg_file = find_config_file(ws.root)
     cli = {"strategy": strategy, "target": target, "drop": drop, "policy": policy, "seed": seed}
-    cfg = resolve(BalanceConfig, load_section(cfg_file, "balance"), cli, origin=str(cfg_file))
+    cfg = command_config(BalanceConfig, "balance", ws.root, cli)
     check_config(cfg)
     res = balance_step(ws, cfg, StepContext(workers=workers, progress=not json_out))
     if json_out:
@@ -122,7 +121,7 @@ def augment(
         curate augment --policy my_policy.yaml --copies 1
         curate augment --policy medium --preview 8 --out grid.png     # look first; nothing is committed
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.errors import UsageError
     from curate.stages.augment import AugmentConfig, check_config
     from curate.stages.augment import preview as make_preview
@@ -132,9 +131,8 @@ def augment(
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    cfg_file = find_config_file(ws.root)
     cli = {"policy": policy, "copies": copies, "to_balance": to_balance, "target": target, "seed": seed}
-    cfg = resolve(AugmentConfig, load_section(cfg_file, "augment"), cli, origin=str(cfg_file))
+    cfg = command_config(AugmentConfig, "augment", ws.root, cli)
     check_config(cfg)
     if preview is not None:
         if preview < 1 or out is None or out.suffix.lower() != ".png":

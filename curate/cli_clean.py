@@ -108,7 +108,7 @@ def clean(
         curate clean --find-outliers --find-low-quality --action exclude
         curate clean --find-mislabels --pred-probs my_probs.parquet
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.stages.clean import CleanConfig, check_config
     from curate.steps import StepContext
     from curate.steps.curation import clean_step
@@ -116,7 +116,6 @@ def clean(
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    cfg_file = find_config_file(ws.root)
     cli = {
         "find_mislabels": find_mislabels or None, "find_outliers": find_outliers or None, "find_low_quality": find_low_quality or None,
         "action": action, "act_on": act_on, "max_fraction": max_fraction, "relabel_threshold": relabel_threshold, "method": method,
@@ -126,7 +125,7 @@ def clean(
         "dark": dark, "bright": bright,
         "blurry": blurry, "low_information": low_information, "tiny": tiny, "odd_aspect": odd_aspect,
     }  # fmt: skip
-    cfg = resolve(CleanConfig, load_section(cfg_file, "clean"), cli, origin=str(cfg_file))
+    cfg = command_config(CleanConfig, "clean", ws.root, cli)
     check_config(cfg)
     options = {"review_out": str(review_out)} if review_out is not None else {}
     res = clean_step(ws, cfg, StepContext(workers=workers, progress=not json_out, options=options))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable
@@ -26,16 +27,22 @@ DEFAULT_WS = Path(os.environ.get("CURATE_WORKSPACE", "data"))
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> None:
-    """Print one error line (and an optional hint) on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    """Print one error line (and an optional hint) on stderr and exit with ``code``.
+
+    The message and hint often quote data (a path, a label, a URL): they are rich ``Text``, never markup.
+    """
+    from rich.text import Text
+
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     if hint:
-        err_console.print(f"[dim]hint: {hint}[/]", highlight=False, soft_wrap=True)
+        err_console.print(Text(f"hint: {hint}", style="dim"), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def handle_errors(fn: F) -> F:
-    """Wrap a command: CurateError -> one line + exit 1/2; Ctrl-C -> exit 130; other errors -> one line
-    naming the bug (the traceback only with ``--debug``)."""
+    """Wrap a command: CurateError -> one line + exit 1/2; an OSError (disk full, read-only, a file in the way)
+    -> one line naming the path and the cause + exit 1; Ctrl-C -> exit 130; other errors -> one line naming the
+    bug (the traceback only with ``--debug``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,8 +55,12 @@ def handle_errors(fn: F) -> F:
             if debug:
                 raise
             fail(exc.message, exc.hint, exc.exit_code)
+        except OSError as exc:  # the disk, not curate: full, read-only, a file where a folder belongs
+            if debug:
+                raise
+            fail(*system_error(exc, kwargs.get("workspace")))
         except KeyboardInterrupt:
-            err_console.print("interrupted: nothing was committed; the previous version and HEAD are unchanged")
+            err_console.print("interrupted: nothing was committed; the previous version and HEAD are unchanged", markup=False)
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 - the CLI edge: a bug gets one line unless --debug
             if debug:
@@ -60,6 +71,32 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_HINTS = {
+    errno.ENOSPC: "free some disk space (`curate gc` removes unfinished versions and unused blob packs) or use another --workspace",
+    errno.EDQUOT: "free some space within your quota, or use another --workspace",
+    errno.EACCES: "this user cannot write there: fix the folder's permissions or use another --workspace / --out",
+    errno.EPERM: "this user cannot write there: fix the folder's permissions or use another --workspace / --out",
+    errno.EROFS: "the file system is read-only: use a --workspace / --out on a writable disk",
+    errno.ENOTDIR: "a file is in the way where curate needs a folder: move it or choose another path",
+    errno.EEXIST: "a file is in the way where curate needs a folder: move it or choose another path",
+}
+
+
+def system_error(exc: OSError, workspace: Path | None = None) -> tuple[str, str]:
+    """One line for an operating-system error: the path (the error's own, else the workspace) and the cause.
+
+    Returns:
+        ``(message, hint)``; the hint says what to do about the cause. Versions are renamed into place only when
+        complete, so such an error never leaves a half-written version or a moved HEAD.
+    """
+    path = exc.filename or workspace or "(unknown path)"
+    cause = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    # pyarrow's write errors carry the errno in their text only
+    code = exc.errno or (errno.ENOSPC if "No space left" in str(exc) else 0)
+    hint = _HINTS.get(code, "the previous version and HEAD are unchanged; rerun with --debug for the traceback")
+    return f"{path}: {cause}", hint
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -68,8 +105,9 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def say(text: str) -> None:
-    """A human summary line on stdout."""
+def say(text: Any) -> None:
+    """A human summary line on stdout. A ``str`` prints literally (its data may hold ``[/]``); pass a rich
+    ``Text`` for styling."""
     from curate.ui import out_console
 
-    out_console.print(text, highlight=False, soft_wrap=True)
+    out_console.print(text, highlight=False, soft_wrap=True, markup=False)

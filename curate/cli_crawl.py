@@ -86,7 +86,7 @@ def crawl(
         curate crawl --seed cats=https://example.org/cats/ --seed dogs=https://example.org/dogs/ --label-from seed
         curate crawl urls.txt --retry-failed                   # only what failed last time
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.stages.crawl import CrawlConfig
     from curate.steps import StepContext
     from curate.steps.sources import crawl_step
@@ -94,7 +94,6 @@ def crawl(
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    cfg_file = find_config_file(ws.root)
     cli: dict[str, Any] = {
         "urls": urls,
         "seeds": tuple(seed) if seed else None,
@@ -125,7 +124,7 @@ def crawl(
         "max_error_fraction": max_error_fraction,
         "workers": workers,
     }
-    cfg = resolve(CrawlConfig, load_section(cfg_file, "crawl"), cli, origin=str(cfg_file))
+    cfg = command_config(CrawlConfig, "crawl", ws.root, cli)
     res = crawl_step(ws, cfg, StepContext(progress=not json_out))
     if json_out:
         emit_json(res)

@@ -32,7 +32,7 @@ def split(
         curate split --keep-existing         # MNIST: official test stays test; val carved out of train
         curate split --check                 # leakage report only
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.stages.split import SplitConfig, leakage, parse_ratios
     from curate.steps import StepContext
     from curate.steps.curation import prepare_split, split_step
@@ -51,10 +51,8 @@ def split(
         if res["groups_crossing"]:
             raise typer.Exit(1)
         return
-    cfg_file = find_config_file(ws.root)
     cli = {"ratios": parse_ratios(ratios) if ratios else None, "seed": seed, "group_col": group_col, "keep_existing": keep_existing}
-    file_values = prepare_split(load_section(cfg_file, "split"))
-    cfg = resolve(SplitConfig, file_values, cli, origin=str(cfg_file))
+    cfg = command_config(SplitConfig, "split", ws.root, cli, prepare=prepare_split)
     res = split_step(ws, cfg, StepContext(progress=not json_out))
     if json_out:
         emit_json(res)
@@ -69,8 +67,10 @@ def split(
 
 
 def normalize(
-    split_name: Annotated[str, typer.Option("--split", help="Split whose included rows define the statistics.")] = "train",
-    channels: Annotated[int, typer.Option(help="1 or 3; 0 decides from the data.")] = 0,
+    split_name: Annotated[
+        str | None, typer.Option("--split", help="Split whose included rows define the statistics (default train).")
+    ] = None,
+    channels: Annotated[int | None, typer.Option(help="1 or 3; 0 decides from the data (default 0).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-j", help="Processes for decoding (default: cores).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
@@ -82,13 +82,14 @@ def normalize(
 
     Example:  curate normalize
     """
+    from curate.config import command_config
     from curate.stages.normalize import NormalizeConfig
     from curate.steps import StepContext
     from curate.steps.curation import check_normalize, normalize_step
     from curate.ui import emit_json
     from curate.workspace import Workspace
 
-    cfg = NormalizeConfig(split=split_name, channels=channels)
+    cfg = command_config(NormalizeConfig, "normalize", workspace, {"split": split_name, "channels": channels})
     check_normalize(cfg)
     res = normalize_step(Workspace(workspace), cfg, StepContext(workers=workers, progress=not json_out))
     if json_out:

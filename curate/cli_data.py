@@ -64,7 +64,7 @@ def ingest(
         curate ingest ../shared/datasets/fashion-mnist --assign-split
         curate ingest archive.tar.gz
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.stages.ingest import IngestConfig
     from curate.steps import StepContext
     from curate.steps.sources import ingest_step
@@ -72,7 +72,6 @@ def ingest(
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    cfg_file = find_config_file(ws.root)
     cli = {
         "source": src,
         "format": format,
@@ -88,7 +87,7 @@ def ingest(
         "max_pixels": max_pixels,
         "max_error_fraction": max_error_fraction,
     }
-    cfg = resolve(IngestConfig, load_section(cfg_file, "ingest"), cli, origin=str(cfg_file))
+    cfg = command_config(IngestConfig, "ingest", ws.root, cli)
     res = ingest_step(ws, cfg, StepContext(workers=workers, progress=not json_out))
     st = res["stats"]
     if json_out:
@@ -113,8 +112,11 @@ def ingest(
 
 def export(
     version: VersionOpt = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: parquet,webdataset.")] = "parquet,webdataset",
-    shard_size: Annotated[str, typer.Option(help="Samples per shard (10000) or bytes per shard (256MB).")] = "10000",
+    format: Annotated[str | None, typer.Option("--format", "-f", help="Comma-separated: parquet,webdataset (default both).")] = None,
+    shard_size: Annotated[str | None, typer.Option(help="Samples per shard (default 10000) or bytes per shard (256MB).")] = None,
+    min_shards: Annotated[
+        int | None, typer.Option(help="At least this many shards per split when it has the rows (default 4: one per loader worker).")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default <workspace>/exports/<version>).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
@@ -122,25 +124,37 @@ def export(
 ) -> None:
     """Write the included rows of a version as training shards per split.
 
-    Writes {split}-NNNNNN.parquet and/or .tar (WebDataset), index.parquet (file, rows, bytes, sha256) and
-    dataset.json (classes, counts, lineage, normalization). A version without splits exports as `all`.
-    Exporting the same version twice gives byte-identical files.
+    Writes parquet/{split}-NNNNNN.parquet and/or webdataset/{split}-NNNNNN.tar (one folder per format, shards
+    only, so `parquet/*.parquet` reads exactly the rows), index.json (file, rows, bytes, sha256) and dataset.json
+    (classes, counts, lineage, normalization, image mode and channels). A version without splits exports as `all`.
+    Exporting the same version twice gives byte-identical files. Settings may also come from [export] in curate.toml.
 
     Examples:
 
         curate export
         curate export --format webdataset --shard-size 256MB --out shards/
     """
-    from curate.export import ExportConfig, parse_formats, parse_shard_size
+    import dataclasses
+
+    from curate.config import command_config
+    from curate.export import ExportConfig, parse_formats, parse_shard_size, prepare_export
     from curate.pipeline import HEAD
     from curate.steps import StepContext
-    from curate.steps.outputs import export_step
+    from curate.steps.outputs import check_export, export_step
     from curate.ui import emit_json
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    rows, nbytes = parse_shard_size(shard_size)
-    cfg = ExportConfig(formats=parse_formats(format), shard_rows=rows, shard_bytes=nbytes, out=str(out) if out else None)
+    cli = {
+        "formats": parse_formats(format) if format is not None else None,
+        "min_shards": min_shards,
+        "out": str(out) if out else None,
+    }
+    cfg = command_config(ExportConfig, "export", ws.root, cli, prepare=prepare_export)
+    if shard_size is not None:  # one size sets both limits: a row count clears the byte limit and vice versa
+        rows, nbytes = parse_shard_size(shard_size)
+        cfg = dataclasses.replace(cfg, shard_rows=rows, shard_bytes=nbytes)
+    check_export(cfg)
     res = export_step(ws, cfg, StepContext(base=version or HEAD, progress=not json_out))
     vid = res["version"]
     if json_out:

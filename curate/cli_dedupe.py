@@ -48,7 +48,7 @@ def dedupe(
         curate dedupe --against 2                 # new rows vs version 2 of this workspace
         curate dedupe --against ../train-ws       # vs HEAD of another workspace
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.stages.dedupe import DedupeConfig, check_config
     from curate.steps import StepContext
     from curate.steps.curation import dedupe_step
@@ -56,9 +56,8 @@ def dedupe(
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    cfg_file = find_config_file(ws.root)
     cli = {"threshold": threshold, "action": action, "keep": keep, "against": against, "exact_only": exact_only}
-    cfg = resolve(DedupeConfig, load_section(cfg_file, "dedupe"), cli, origin=str(cfg_file))
+    cfg = command_config(DedupeConfig, "dedupe", ws.root, cli)
     check_config(cfg)
     res = dedupe_step(ws, cfg, StepContext(workers=workers, progress=not json_out))
     st = res["stats"]

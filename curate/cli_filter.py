@@ -66,7 +66,7 @@ def filter_(
         curate filter -m models/fm-plus-other --classes shirt,shoe,bag --min-prob 0.7 --action flag
         curate filter -m models/fm --splits train --device cpu      # max probability (no "other" class)
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.pipeline import HEAD
     from curate.stages.filter import FilterConfig, check_config
     from curate.steps import StepContext
@@ -75,7 +75,6 @@ def filter_(
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    cfg_file = find_config_file(ws.root)
     cli = {
         "model": model,
         "classes": _split_list(classes),
@@ -86,7 +85,7 @@ def filter_(
         "batch_size": batch_size,
         "device": device,
     }
-    cfg = resolve(FilterConfig, load_section(cfg_file, "filter"), cli, origin=str(cfg_file))
+    cfg = command_config(FilterConfig, "filter", ws.root, cli)
     check_config(cfg)
     res = filter_step(ws, cfg, StepContext(base=version or HEAD, progress=not json_out))
     vid = res["parent"]

@@ -18,28 +18,39 @@ def _fmt_metrics(split: str, m: dict) -> str:
 
 def train(
     version: VersionOpt = None,
-    arch: Annotated[str, typer.Option(help="small-cnn | resnet-mini | resnet-mini-wide | linear")] = "small-cnn",
-    epochs: Annotated[int, typer.Option(help="Epochs (the onecycle/cosine schedule spans all of them).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 128,
-    lr: Annotated[float, typer.Option(help="Learning rate (the peak for onecycle).")] = 3e-3,
-    optimizer: Annotated[str, typer.Option(help="adamw | sgd")] = "adamw",
+    arch: Annotated[str | None, typer.Option(help="small-cnn | resnet-mini | resnet-mini-wide | linear (default small-cnn)")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs; the onecycle/cosine schedule spans all of them (default 10).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per step (default 128).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate, the peak for onecycle (default 3e-3).")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw | sgd (default adamw)")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Not on biases/BatchNorm; default 0.05 adamw, 5e-4 sgd.")] = None,
-    schedule: Annotated[str, typer.Option(help="onecycle | cosine | step | constant")] = "onecycle",
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the training loss (0 = off).")] = 0.0,
+    schedule: Annotated[str | None, typer.Option(help="onecycle | cosine | step | constant (default onecycle)")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the training loss, 0 = off (default 0).")] = None,
     augment: Annotated[
-        str, typer.Option(help="Train-only augmentation: none | flip | shift | flip-shift | standard | light | medium | heavy.")
-    ] = "none",
-    patience: Annotated[int, typer.Option(help="Early stopping: epochs without a better val accuracy (0 = off).")] = 5,
-    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")] = "auto",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA and on CPUs with native bf16.")] = True,
-    workers: Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")] = 0,
-    loader: Annotated[str, typer.Option(help="auto | memory (decode shards once) | stream (decode on the fly).")] = "auto",
-    shard_format: Annotated[str, typer.Option("--format", help="Shards to read: parquet | webdataset.")] = "parquet",
+        str | None,
+        typer.Option(help="Train-only augmentation: none (default) | flip | shift | flip-shift | standard | light | medium | heavy."),
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping: epochs without a better val accuracy, 0 = off (default 5).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto (cuda, then mps, then cpu) | cpu | cuda | mps (default auto)")] = None,
+    amp: Annotated[
+        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA and on CPUs with native bf16 (default on).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="DataLoader worker processes (default 0).")] = None,
+    loader: Annotated[
+        str | None, typer.Option(help="auto (default) | memory (decode shards once) | stream (decode on the fly).")
+    ] = None,
+    shard_format: Annotated[
+        str | None, typer.Option("--format", help="Shards to read: parquet | webdataset (default parquet).")
+    ] = None,
     image_size: Annotated[int | None, typer.Option(help="Resize to this square side (default: the data's size).")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Wall-clock budget: no epoch starts that would end after it.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default models/VERSION-ARCH).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of init, batch order and augmentation (CPU runs are deterministic).")] = 0,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of init, batch order and augmentation; CPU runs are deterministic (default 0).")
+    ] = None,
     sanity: Annotated[bool, typer.Option("--sanity", help="Only overfit one small batch; fail if the loss does not fall.")] = False,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
@@ -57,35 +68,19 @@ def train(
         curate train --arch small-cnn --epochs 12 --augment flip --label-smoothing 0.1
         curate train --out models/fm --resume
     """
+    from curate.config import command_config
     from curate.learn.train import TrainConfig
     from curate.steps import StepContext
     from curate.steps.outputs import train_step
     from curate.ui import emit_json
     from curate.workspace import Workspace
 
-    cfg = TrainConfig(
-        version=version,
-        arch=arch,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        label_smoothing=label_smoothing,
-        augment=augment,
-        patience=patience,
-        seed=seed,
-        device=device,
-        amp=amp,
-        workers=workers,
-        loader=loader,
-        format=shard_format,
-        image_size=image_size,
-        max_minutes=max_minutes,
-        out=str(out) if out else None,
-        resume=resume,
-    )
+    cli = {"version": version, "arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+           "weight_decay": weight_decay, "schedule": schedule, "label_smoothing": label_smoothing, "augment": augment,
+           "patience": patience, "seed": seed, "device": device, "amp": amp, "workers": workers, "loader": loader,
+           "format": shard_format, "image_size": image_size, "max_minutes": max_minutes, "out": str(out) if out else None,
+           "resume": resume}  # fmt: skip
+    cfg = command_config(TrainConfig, "train", workspace, cli)
     ws = Workspace(workspace)
     log = (lambda s: None) if json_out else say
     try:
@@ -112,34 +107,51 @@ def train(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by `curate train` (or a model_*.pt file).")],
     version: VersionOpt = None,
-    split: Annotated[str, typer.Option("--split", help="Split to score: train | val | test.")] = "test",
-    which: Annotated[str, typer.Option(help="Checkpoint: best | last.")] = "best",
+    split: Annotated[str | None, typer.Option("--split", help="Split to score: train | val | test (default test).")] = None,
+    src: Annotated[
+        str | None, typer.Option("--src", help="Score a labeled folder or manifest outside the workspace instead of a split.")
+    ] = None,
+    which: Annotated[str | None, typer.Option(help="Checkpoint: best (default) | last.")] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Score a trained run on a split of a dataset version (default: the version it was trained on).
+    """Score a trained run on a split of a dataset version (default: the version it was trained on), or on a
+    labeled source that is not in the workspace (--src: a held-out folder SRC/<class>/... or a labeled manifest).
 
     Writes eval_SPLIT.json (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, ROC AUC,
-    top-k error, the worst-classified samples) and eval_confusion_SPLIT.png into the run folder.
+    top-k error, the worst-classified samples) and eval_confusion_SPLIT.png into the run folder; with --src,
+    the same files plus predictions.parquet into RUN/eval-NAME/ (NAME: the source's folder or file name).
 
-    Example:  curate evaluate models/000004-normalize-small-cnn --split test
+    Examples:
+
+        curate evaluate models/000004-normalize-small-cnn --split test
+        curate evaluate models/fm --src held-out/
     """
+    from curate.config import command_config
     from curate.steps import StepContext
-    from curate.steps.outputs import EvaluateConfig, evaluate_step
+    from curate.steps.outputs import EvaluateConfig, check_evaluate, evaluate_step
     from curate.ui import emit_json
     from curate.workspace import Workspace
 
-    cfg = EvaluateConfig(run=str(run), split=split, which=which, version=version)
+    cli = {"run": str(run), "split": split, "which": which, "version": version, "src": src}
+    cfg = command_config(EvaluateConfig, "evaluate", workspace, cli)
+    check_evaluate(cfg)
     res = evaluate_step(Workspace(workspace), cfg, StepContext(progress=not json_out))
     if json_out:
         emit_json(res)
         return
-    out_dir = run if run.is_dir() else run.parent
-    say(f"evaluate {run} on {res['version']} {split} ({res['n']:,} images) -> {out_dir / f'eval_{split}.json'}")
-    say(_fmt_metrics(split, res))
+    what = f"{cfg.src} ({res['n']:,} labeled images)" if cfg.src else f"{res['version']} {cfg.split} ({res['n']:,} images)"
+    say(f"evaluate {run} on {what} -> {res['path']}")
+    say(_fmt_metrics(res["split"], res))
+    if cfg.src:
+        sk = res["skipped"]
+        unknown = sum(sk["unknown_labels"].values())
+        say(
+            f"  not scored: {sk['errors']:,} unreadable, {sk['unlabeled']:,} unlabeled, {unknown:,} with a label the run does not know"
+        )
     for row in res["worst"][:5]:
-        say(f"    worst: {row['sample_id'][:12]}  true {row['true']}  predicted {row['predicted']} ({row['confidence']:.3f})")
+        say(f"    worst: {row['sample_id'][:40]}  true {row['true']}  predicted {row['predicted']} ({row['confidence']:.3f})")
 
 
 def predict(
@@ -152,12 +164,16 @@ def predict(
 ) -> None:
     """Predict every image of SRC: a table of source, predicted class, confidence and one p_CLASS column per class.
 
+    A file that cannot be read or decoded keeps its row, with the reason in `error`. When SRC has labels
+    (a class folder tree or a label column), accuracy and macro-F1 over the labeled rows are printed too.
+
     Example:  curate predict models/fm new_images/ --out preds.parquet
     """
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from curate.learn.predict import load_run, predict_source
+    from curate.learn.metrics import classification_metrics
+    from curate.learn.predict import labeled_scores, load_run, predict_source
     from curate.ui import emit_json, progress
 
     loaded = load_run(run, which)
@@ -168,22 +184,28 @@ def predict(
     else:
         pacsv.write_csv(table, out)
     counts: dict[str, int] = {}
-    for p in table.column("predicted").to_pylist() if table.num_rows else []:
+    for p in table.column("predicted").to_pylist():
         if p is not None:
             counts[p] = counts.get(p, 0) + 1
-    res = {
-        "run": str(run),
-        "source": src,
-        "out": str(out),
-        "rows": table.num_rows,
-        "predicted": counts,
-        "errors": sum(1 for e in table.column("error").to_pylist() if e) if "error" in table.column_names else 0,
-    }
+    res = {"run": str(run), "source": src, "out": str(out), "rows": table.num_rows, "predicted": counts,
+           "errors": table.num_rows - table.column("error").null_count, "metrics": None}  # fmt: skip
+    scores = labeled_scores(loaded, table)
+    if scores is not None:
+        m = classification_metrics(scores["y"], scores["probs"], loaded.classes)
+        res["metrics"] = {
+            "n": m["n"],
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "unknown_labels": scores["unknown_labels"],
+        }
     if json_out:
         emit_json(res)
         return
     say(f"predict {src}: {res['rows']:,} images -> {out} ({res['errors']} undecodable)")
     say("  predicted: " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+    if res["metrics"]:
+        m = res["metrics"]
+        say(f"  labeled rows: {m['n']:,}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
 
 
 def register(app: typer.Typer) -> None:

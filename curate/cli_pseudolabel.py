@@ -97,7 +97,7 @@ def pseudolabel(
         curate pseudolabel --pool data/unlabeled --rounds 3 --threshold 0.98
         curate pseudolabel --per-class-top 500 --max-pseudo 5000 --augment affine
     """
-    from curate.config import find_config_file, load_section, resolve
+    from curate.config import command_config
     from curate.stages.pseudolabel import PseudolabelConfig, check_config
     from curate.steps import StepContext
     from curate.steps.selftraining import pseudolabel_step
@@ -105,14 +105,13 @@ def pseudolabel(
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
-    cfg_file = find_config_file(ws.root)
     cli = {
         "ratio": ratio, "rounds": rounds, "threshold": threshold, "min_threshold": min_threshold, "per_class_top": per_class_top,
         "filter": filter_, "max_pseudo": max_pseudo, "balance": balance, "patience": patience, "arch": arch, "epochs": epochs,
         "min_steps": min_steps, "batch_size": batch_size, "lr": lr, "augment": augment, "image_size": image_size, "device": device,
         "seed": seed, "truth": str(truth) if truth else None, "out": str(out) if out else None,
     }  # fmt: skip
-    cfg = resolve(PseudolabelConfig, load_section(cfg_file, "pseudolabel"), cli, origin=str(cfg_file))
+    cfg = command_config(PseudolabelConfig, "pseudolabel", ws.root, cli)
     check_config(cfg)
     options = {"pool": str(pool)} if pool is not None else {}
     log = (lambda s: None) if json_out else say

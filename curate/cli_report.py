@@ -11,7 +11,9 @@ from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, VersionOpt, Workspa
 
 
 def report(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write (its folder is created).")] = Path("report.html"),
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The HTML file to write, its folder created (default report.html).")
+    ] = None,
     version: VersionOpt = None,
     run: Annotated[
         Path | None,
@@ -19,8 +21,10 @@ def report(
             "--run", help="A training run folder (curate train --out); default: the newest run in models/ trained on the version."
         ),
     ] = None,
-    max_gallery: Annotated[int, typer.Option(help="At most this many thumbnails per gallery (sampled, or worst first).")] = 48,
-    seed: Annotated[int, typer.Option(help="Seed of the sampled galleries (same seed, same page).")] = 0,
+    max_gallery: Annotated[
+        int | None, typer.Option(help="At most this many thumbnails per gallery, sampled or worst first (default 48).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampled galleries; same seed, same page (default 0).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -39,17 +43,21 @@ def report(
         curate report --version 3 -o v3.html
         curate report --run models/fm -o fm.html --max-gallery 24
     """
+    from curate.config import command_config
     from curate.report import write_report
+    from curate.steps.outputs import ReportConfig
     from curate.ui import emit_json, progress
     from curate.workspace import Workspace
 
+    cli = {"out": str(out) if out else None, "run": str(run) if run else None, "max_gallery": max_gallery, "seed": seed}
+    cfg = command_config(ReportConfig, "report", workspace, cli)
     res = write_report(
         Workspace(workspace),
-        out,
+        Path(cfg.out or "report.html"),
         version=version,
-        run=run,
-        max_gallery=max_gallery,
-        seed=seed,
+        run=Path(cfg.run) if cfg.run else None,
+        max_gallery=cfg.max_gallery,
+        seed=cfg.seed,
         progress=lambda desc, total: progress(desc, total, enabled=not json_out),
     )
     if json_out:

@@ -36,18 +36,19 @@ def _configure_executor(executor: str | None, address: str | None, workers: int 
 
 def _table(journal: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    from curate.ui import out_console
+    from curate.ui import cell, out_console
 
-    table = Table(title=f"pipeline {journal['pipeline']}: {journal['status']}", title_justify="left")
+    table = Table(title=cell(f"pipeline {journal['pipeline']}: {journal['status']}"), title_justify="left")
     for name, kw in (("#", {"justify": "right"}), ("step", {}), ("status", {}), ("version", {}),
                      ("seconds", {"justify": "right"}), ("summary", {"overflow": "fold"})):  # fmt: skip
         table.add_column(name, **kw)
     for rec in journal["steps"]:
         secs = f"{rec['seconds']:.1f}" if rec.get("seconds") is not None else ""
-        status = f"[{STYLE.get(rec['status'], '')}]{rec['status']}[/]"
+        status = Text(str(rec["status"]), style=STYLE.get(rec["status"], ""))
         table.add_row(
-            str(rec["index"]), rec["label"], status, rec.get("version") or "", secs, rec.get("error") or rec.get("summary") or ""
+            str(rec["index"]), cell(rec["label"]), status, cell(rec.get("version")), secs, cell(rec.get("error") or rec.get("summary"))
         )
     out_console.print(table)
 

@@ -36,7 +36,7 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, json_out: JsonOpt = False, debug: 
     """
     from rich.table import Table
 
-    from curate.ui import emit_json, out_console
+    from curate.ui import cell, emit_json, out_console
 
     ws = _ws(workspace)
     head = ws.head()
@@ -50,12 +50,12 @@ def log(workspace: WorkspaceOpt = DEFAULT_WS, json_out: JsonOpt = False, debug: 
     for i in infos:
         t.add_row(
             "*" if i["id"] == head else "",
-            i["id"],
-            i.get("parent") or "-",
-            i["stage"],
+            cell(i["id"]),
+            cell(i.get("parent") or "-"),
+            cell(i["stage"]),
             f"{i['included']:,}",
             f"{i['excluded']:,}",
-            i["created"],
+            cell(i["created"]),
         )
     out_console.print(t)
 
@@ -71,9 +71,10 @@ def show(
     Examples:  curate show;  curate show 3;  curate show HEAD~1 --json
     """
     from rich.table import Table
+    from rich.text import Text
 
     from curate.summary import summarize
-    from curate.ui import emit_json, out_console
+    from curate.ui import cell, emit_json, out_console
 
     ws = _ws(workspace)
     vid = ws.resolve(version)
@@ -88,18 +89,18 @@ def show(
     if json_out:
         emit_json({"version": info, "summary": summ, "leakage": leaks})
         return
-    say(f"[bold]{vid}[/]  stage={info['stage']}  parent={info.get('parent') or '-'}  created={info['created']}")
+    say(Text.assemble((vid, "bold"), f"  stage={info['stage']}  parent={info.get('parent') or '-'}  created={info['created']}"))
     say(f"rows {summ['rows']:,}: included {summ['included']:,}, excluded {summ['excluded']:,}")
     splits = sorted(summ["per_split_class"])
     classes = sorted({c for d in summ["per_split_class"].values() for c in d})
     t = Table(title="included samples per class and split", box=None, header_style="bold")
     t.add_column("class")
     for s in splits:
-        t.add_column(s, justify="right")
+        t.add_column(cell(s), justify="right")
     t.add_column("total", justify="right")
     for c in classes:
         row = [summ["per_split_class"][s].get(c, 0) for s in splits]
-        t.add_row(c, *(f"{n:,}" for n in row), f"{sum(row):,}")
+        t.add_row(cell(c), *(f"{n:,}" for n in row), f"{sum(row):,}")
     out_console.print(t)
     if leaks is not None:
         say(f"leakage: {leaks['groups_crossing']} of {leaks['groups_checked']} duplicate groups cross splits")
@@ -108,7 +109,7 @@ def show(
         t.add_column("stage:reason")
         t.add_column("rows", justify="right")
         for r, n in summ["excluded_by_reason"].items():
-            t.add_row(r, f"{n:,}")
+            t.add_row(cell(r), f"{n:,}")
         out_console.print(t)
 
 

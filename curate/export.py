@@ -1,11 +1,17 @@
 """Export the included rows of a version as Parquet and/or WebDataset shards, byte-for-byte reproducibly.
 
-``<out>/`` (default ``<workspace>/exports/<version>/``) gets ``{split}-{NNNNNN}.parquet`` and/or
-``{split}-{NNNNNN}.tar``, ``index.parquet`` (file, split, format, rows, bytes, sha256) and ``dataset.json``
-(classes, counts, lineage, normalization when known). Rows are ordered by ``sample_id`` inside a split: a
-content hash, so shards are well mixed across classes and the order does not depend on where the bytes are
-stored. Tar members carry a fixed integer mtime, uid/gid 0 and no user names, so re-exporting the same
-version gives identical files. Nothing here needs curate to read the output.
+``<out>/`` (default ``<workspace>/exports/<version>/``) gets one folder per format, holding nothing but shards,
+so the obvious glob of each reader reads exactly the shards (``parquet/*.parquet`` for pandas, DuckDB and
+``load_dataset("parquet", data_dir=...)``; ``webdataset/{split}-*.tar`` for WebDataset)::
+
+    dataset.json                       classes, counts, lineage, normalization, image mode/channels, decode hints
+    index.json                         one entry per shard: file (relative), split, format, rows, bytes, sha256
+    parquet/{split}-{NNNNNN}.parquet
+    webdataset/{split}-{NNNNNN}.tar
+
+A split gets at least ``min_shards`` shards when it has the rows (a loader needs a shard per worker). Rows are
+ordered by ``sample_id`` inside a split: a content hash, so shards mix classes and the order does not depend on
+storage. Tar members carry a fixed integer mtime, uid/gid 0 and no user names: re-exports are byte-identical.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ from curate.schema import RESERVED, included
 from curate.workspace import Workspace
 
 FORMATS = ("parquet", "webdataset")
+SUFFIX = {"parquet": "parquet", "webdataset": "tar"}  # the folder of a format is its name
+INDEX = "index.json"
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F", "P;L"})
 SPLIT_ORDER = ("train", "val", "test")
 MTIME = 1_700_000_000  # fixed, integer: a float mtime would add a PAX header to every member
 _INTERNAL = {"status", "excluded_by", "reason", "error", "pack", "extra_labels"}
@@ -48,6 +57,8 @@ class ExportConfig:
         formats: any of ``parquet``, ``webdataset``.
         shard_rows: at most this many samples per shard (None: no row limit).
         shard_bytes: at most about this many image bytes per shard (None: no byte limit).
+        min_shards: at least this many shards per split (fewer rows: one shard per row), so that a loader
+            with that many workers gets a shard each.
         out: output folder; default ``<workspace>/exports/<version>``.
         memory_bytes: image bytes held in memory at once while writing.
     """
@@ -55,8 +66,37 @@ class ExportConfig:
     formats: tuple[str, ...] = FORMATS
     shard_rows: int | None = 10_000
     shard_bytes: int | None = None
+    min_shards: int = 4
     out: str | None = None
     memory_bytes: int = 512 << 20
+
+
+def prepare_export(values: dict[str, Any]) -> dict[str, Any]:
+    """The command's option names in ``curate.toml`` and pipeline files -> ExportConfig fields:
+    ``shard_size = "5000"`` / ``"256MB"`` -> ``shard_rows`` / ``shard_bytes``; ``format = "parquet,webdataset"`` ->
+    ``formats``."""
+    values = dict(values)
+    if "shard_size" in values:
+        rows, nbytes = parse_shard_size(str(values.pop("shard_size")))
+        values.update(shard_rows=rows, shard_bytes=nbytes)
+    if "format" in values:
+        fmt = values.pop("format")
+        values["formats"] = parse_formats(fmt if isinstance(fmt, str) else ",".join(map(str, fmt)))
+    return values
+
+
+def shard_name(fmt: str, split: str, k: int) -> str:
+    """The path of shard ``k`` of ``split`` in an export folder: ``parquet/train-000003.parquet``."""
+    return f"{fmt}/{split}-{k:06d}.{SUFFIX[fmt]}"
+
+
+def image_info(modes: set[str | None], normalization: dict[str, Any] | None) -> dict[str, Any]:
+    """What readers should decode images to: the normalization's channels (else 1 when every image is gray, else 3),
+    the PIL mode and the WebDataset ``decode`` spec (``decode("pil")`` gives RGB; gray data wants ``"pill"``/``"l8"``)."""
+    channels = int((normalization or {}).get("channels") or (1 if modes and modes <= GRAY_MODES else 3))
+    gray = channels == 1
+    return {"mode": "L" if gray else "RGB", "channels": channels, "webdataset_decode": "pill" if gray else "pilrgb",
+            "webdataset_decode_numpy": "l8" if gray else "rgb8", "pil_convert": "L" if gray else "RGB"}  # fmt: skip
 
 
 def parse_shard_size(text: str) -> tuple[int | None, int | None]:
@@ -94,8 +134,11 @@ def _split_key(s: str) -> tuple[int, str]:
     return (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)
 
 
-def _shards(sizes: list[int], shard_rows: int | None, shard_bytes: int | None) -> list[tuple[int, int]]:
-    """Cut a sequence of item sizes into [start, stop) ranges respecting both limits (at least 1 item each)."""
+def _shards(sizes: list[int], shard_rows: int | None, shard_bytes: int | None, min_shards: int = 1) -> list[tuple[int, int]]:
+    """Cut a sequence of item sizes into [start, stop) ranges respecting both limits (at least 1 item each), and
+    into at least ``min(min_shards, len(sizes))`` ranges (rows spread evenly)."""
+    even = -(-len(sizes) // max(min_shards, 1)) if sizes else None
+    shard_rows = min(shard_rows, even) if shard_rows and even else (shard_rows or even)
     out, start, acc = [], 0, 0
     for i, size in enumerate(sizes):
         rows = i - start
@@ -138,15 +181,8 @@ def _sha256_file(path: Path) -> str:
 
 def _hf_features(schema: pa.Schema, classes: list[str]) -> dict[str, Any]:
     """Hugging Face ``datasets`` feature metadata, so ``image`` loads as Image and ``label`` as ClassLabel."""
-    simple = {
-        pa.string(): "string",
-        pa.int8(): "int8",
-        pa.int32(): "int32",
-        pa.int64(): "int64",
-        pa.float32(): "float32",
-        pa.float64(): "float64",
-        pa.bool_(): "bool",
-    }
+    simple = {pa.string(): "string", pa.int8(): "int8", pa.int32(): "int32", pa.int64(): "int64",
+              pa.float32(): "float32", pa.float64(): "float64", pa.bool_(): "bool"}  # fmt: skip
     feats: dict[str, Any] = {}
     for f in schema:
         if f.name == "image":
@@ -217,8 +253,74 @@ def _lineage_state(ws: Workspace, vid: str, name: str) -> Any:
     return None
 
 
+def _card(ws: Workspace, vid: str, cfg: ExportConfig, inc: pa.Table, split_rows: dict[str, int], classes: list[str],
+          meta_cols: list[str]) -> dict[str, Any]:  # fmt: skip
+    """The ``dataset.json`` of an export: what a reader needs without curate (``inc`` has ``split`` filled)."""
+    cls_index = {c: i for i, c in enumerate(classes)}
+    counts: dict[str, dict[str, int]] = {}
+    for split in split_rows:
+        sub = _expand_repeats(inc.filter(pc.equal(inc.column("split"), split)), split)
+        vc = {
+            (r["values"] if r["values"] is not None else "(unlabeled)"): r["counts"]
+            for r in pc.value_counts(sub.column("label")).to_pylist()
+        }
+        counts[split] = {k: vc[k] for k in sorted(vc, key=lambda c: (cls_index.get(c, len(classes)), c))}
+    normalization = _lineage_state(ws, vid, "normalization.json")
+    lineage = [{"id": i["id"], "stage": i["stage"], "config_sha256": i["config_sha256"]} for i in map(ws.info, ws.lineage(vid))]
+    return {
+        "format_version": 2,
+        "created_by": f"curate {__version__}",
+        "version": vid,
+        "lineage": lineage,
+        "classes": classes,
+        "splits": split_rows,
+        "counts": counts,
+        "normalization": normalization,
+        "image": image_info(set(inc.column("mode").to_pylist()) if "mode" in inc.column_names else set(), normalization),
+        "formats": list(cfg.formats),
+        "layout": {fmt: f"{fmt}/{{split}}-NNNNNN.{SUFFIX[fmt]}" for fmt in cfg.formats},
+        "index": INDEX,
+        "shard_rows": cfg.shard_rows,
+        "shard_bytes": cfg.shard_bytes,
+        "min_shards": cfg.min_shards,
+        "columns": ["sample_id", "image", "label", "label_name", *[c for c in meta_cols if c != "sample_id"]],
+        "webdataset": {"key": "sample_id", "image": "<format ext>", "cls": "class index (-1 unlabeled)", "json": "metadata"},
+    }
+
+
+def _write_shards(tmp: Path, split: str, part: pa.Table, ranges: list[tuple[int, int]], which: range, got: dict[str, bytes],
+                  classes: list[str], meta_cols: list[str], formats: tuple[str, ...], vid: str) -> list[dict[str, Any]]:  # fmt: skip
+    """Write shards ``which`` (indices into ``ranges``) of ``split`` in every format; ``got`` holds their bytes.
+
+    Returns:
+        Their ``index.json`` entries: ``file`` (relative to the export), ``split``, ``format``, ``rows``, ``bytes``, ``sha256``.
+    """
+    cls_index = {c: i for i, c in enumerate(classes)}
+    entries = []
+    for k in which:
+        a, b = ranges[k]
+        rows = part.slice(a, b - a)
+        ids = rows.column("_blob").to_pylist()
+        missing = [s for s in ids if s not in got]
+        if missing:
+            raise CurateError(
+                f"blob {missing[0]} of version {vid} is missing from the packs", hint="the workspace is damaged; re-ingest the source"
+            )
+        blobs = [got[s] for s in ids]
+        labels = [cls_index.get(x, -1) if x is not None else -1 for x in rows.column("label").to_pylist()]
+        for fmt in formats:
+            name = shard_name(fmt, split, k)
+            if fmt == "parquet":
+                _write_parquet(tmp / name, rows, blobs, labels, meta_cols, classes)
+            else:
+                _write_tar(tmp / name, rows, blobs, labels, meta_cols)
+            entries.append({"file": name, "split": split, "format": fmt, "rows": rows.num_rows,
+                            "bytes": (tmp / name).stat().st_size, "sha256": _sha256_file(tmp / name)})  # fmt: skip
+    return entries
+
+
 def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any = None) -> dict[str, Any]:
-    """Write the shards, ``index.parquet`` and ``dataset.json`` of version ``vid``.
+    """Write the shards, ``index.json`` and ``dataset.json`` of version ``vid`` (layout: the module docstring).
 
     Returns:
         ``{"version", "out", "formats", "splits" (split -> rows), "shards", "bytes", "seconds"}``.
@@ -238,7 +340,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
     out = Path(cfg.out) if cfg.out else ws.root / "exports" / vid
     if out.exists() and not out.is_dir():
         raise CurateError(f"{out}: exists and is not a folder", hint="give --out a folder (new, empty or a previous export)")
-    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").exists():
+    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").exists():  # never replace a folder of the user's
         raise CurateError(f"{out}: folder is not empty and is not a curate export; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-export-{uuid.uuid4().hex[:8]}"
@@ -248,14 +350,14 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
     meta_cols = _meta_columns(inc)
     index_rows: list[dict[str, Any]] = []
     split_rows: dict[str, int] = {}
-    total_bytes = 0
-    cls_index = {c: i for i, c in enumerate(classes)}
     try:
+        for fmt in cfg.formats:
+            (tmp / fmt).mkdir()
         for split in sorted(pc.unique(splits).to_pylist(), key=_split_key):
             part = _expand_repeats(inc.filter(pc.equal(splits, split)).sort_by("sample_id"), split)
             split_rows[split] = part.num_rows
             sizes = pc.fill_null(part.column("nbytes"), 0).to_pylist()
-            ranges = _shards(sizes, cfg.shard_rows, cfg.shard_bytes)
+            ranges = _shards(sizes, cfg.shard_rows, cfg.shard_bytes, cfg.min_shards)
             i = 0
             while i < len(ranges):
                 # Fetch bytes for as many shards as fit in the memory budget, reading each pack once.
@@ -266,66 +368,13 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
                 lo, hi = ranges[i][0], ranges[j - 1][1]
                 chunk = part.slice(lo, hi - lo)
                 got = ws.blobs.get_many(chunk.column("_blob").to_pylist(), chunk.column("pack").to_pylist())
-                for k in range(i, j):
-                    a, b = ranges[k]
-                    rows = part.slice(a, b - a)
-                    ids = rows.column("_blob").to_pylist()
-                    missing = [s for s in ids if s not in got]
-                    if missing:
-                        raise CurateError(
-                            f"blob {missing[0]} of version {vid} is missing from the packs",
-                            hint="the workspace is damaged; re-ingest the source",
-                        )
-                    blobs = [got[s] for s in ids]
-                    labels = [cls_index.get(x, -1) if x is not None else -1 for x in rows.column("label").to_pylist()]
-                    for fmt in cfg.formats:
-                        name = f"{split}-{k:06d}.{'parquet' if fmt == 'parquet' else 'tar'}"
-                        if fmt == "parquet":
-                            _write_parquet(tmp / name, rows, blobs, labels, meta_cols, classes)
-                        else:
-                            _write_tar(tmp / name, rows, blobs, labels, meta_cols)
-                        size = (tmp / name).stat().st_size
-                        total_bytes += size
-                        index_rows.append(
-                            {
-                                "file": name,
-                                "split": split,
-                                "format": fmt,
-                                "rows": rows.num_rows,
-                                "bytes": size,
-                                "sha256": _sha256_file(tmp / name),
-                            }
-                        )
-                    if advance:
-                        advance(rows.num_rows)
+                index_rows += _write_shards(tmp, split, part, ranges, range(i, j), got, classes, meta_cols, cfg.formats, vid)
+                if advance:
+                    advance(hi - lo)
                 i = j
-        index = pa.Table.from_pylist(sorted(index_rows, key=lambda r: (r["format"], _split_key(r["split"]), r["file"])))
-        pq.write_table(index, tmp / "index.parquet", compression="snappy")
-        counts: dict[str, dict[str, int]] = {}
-        for split in split_rows:
-            sub = _expand_repeats(inc.filter(pc.equal(splits, split)), split)
-            vc = {
-                (r["values"] if r["values"] is not None else "(unlabeled)"): r["counts"]
-                for r in pc.value_counts(sub.column("label")).to_pylist()
-            }
-            counts[split] = {k: vc[k] for k in sorted(vc, key=lambda c: (cls_index.get(c, len(classes)), c))}
-        card = {
-            "format_version": 1,
-            "created_by": f"curate {__version__}",
-            "version": vid,
-            "lineage": [
-                {"id": i["id"], "stage": i["stage"], "config_sha256": i["config_sha256"]} for i in map(ws.info, ws.lineage(vid))
-            ],
-            "classes": classes,
-            "splits": split_rows,
-            "counts": counts,
-            "normalization": _lineage_state(ws, vid, "normalization.json"),
-            "formats": list(cfg.formats),
-            "shard_rows": cfg.shard_rows,
-            "shard_bytes": cfg.shard_bytes,
-            "columns": ["sample_id", "image", "label", "label_name", *[c for c in meta_cols if c != "sample_id"]],
-            "webdataset": {"key": "sample_id", "image": "<format ext>", "cls": "class index (-1 unlabeled)", "json": "metadata"},
-        }
+        index_rows.sort(key=lambda r: (r["format"], _split_key(r["split"]), r["file"]))
+        (tmp / INDEX).write_text(json.dumps(index_rows, indent=1) + "\n")
+        card = _card(ws, vid, cfg, inc, split_rows, classes, meta_cols)
         (tmp / "dataset.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         if out.exists():
             trash = out.parent / f".trash-{uuid.uuid4().hex[:8]}"
@@ -338,6 +387,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     secs = time.perf_counter() - t0
+    total_bytes = sum(r["bytes"] for r in index_rows)
     return {
         "version": vid,
         "out": str(out),

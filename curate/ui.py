@@ -1,4 +1,9 @@
-"""Progress bars and summaries on the terminal. Stages only see a ``progress(n)`` callback."""
+"""Progress bars and summaries on the terminal. Stages only see a ``progress(n)`` callback.
+
+Text from data (labels, paths, URLs, error messages) is never read as rich markup or emoji codes: a class named
+``p[red]x`` or a file ``a[/]b.png`` prints literally, and ``--ratios a:b:c`` stays ``a:b:c`` (``:b:`` is an emoji
+code). So both consoles have ``emoji=False``, and styled lines build ``rich.text.Text`` objects or ``escape`` data.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,9 @@ from typing import Any
 
 from rich.console import Console
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)
 # Piped output (logs, CI, `| less`) gets wide lines instead of 80-column tables with truncated ids.
-out_console = Console(width=None if sys.stdout.isatty() else 160)
+out_console = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
 
 Advance = Callable[[int], None]
 CrawlUpdate = Callable[[int, "int | None", int, int], None]
@@ -41,7 +46,7 @@ def progress(description: str, total: int | None, *, enabled: bool = True) -> It
             return Text(f"{task.speed or 0:>9,.0f}/s")
 
     cols = [
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(),
@@ -70,12 +75,12 @@ def crawl_progress(total: int | None, *, enabled: bool = True) -> Iterator[Crawl
     from curate.cli_common import human_bytes
 
     cols = [
-        TextColumn("[bold]crawl"),
+        TextColumn("crawl", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>8,.0f} URLs/s"),
-        TextColumn("[red]{task.fields[errors]:,} failed[/]"),
-        TextColumn("{task.fields[received]}"),
+        TextColumn("{task.fields[rate]:>8,.0f} URLs/s", markup=False),
+        TextColumn("{task.fields[errors]:,} failed", style="red", markup=False),
+        TextColumn("{task.fields[received]}", markup=False),
         TimeElapsedColumn(),
     ]
     with Progress(*cols, console=err_console, transient=True) as bar:
@@ -89,3 +94,10 @@ def crawl_progress(total: int | None, *, enabled: bool = True) -> Iterator[Crawl
             bar.update(task, completed=done, total=known, rate=rate, errors=errors, received=human_bytes(nbytes))
 
         yield update
+
+
+def cell(value: object) -> Any:
+    """A table cell or line part from data: a ``rich.text.Text`` (never parsed as markup or emoji)."""
+    from rich.text import Text
+
+    return Text("" if value is None else str(value))

@@ -58,10 +58,15 @@ class Workspace:
 
     Args:
         root: the workspace folder; ``--workspace`` / ``CURATE_WORKSPACE``, default ``./data``.
+
+    Raises:
+        CurateError: ``root`` is a file.
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise CurateError(f"{self.root}: the workspace path is a file, not a folder", hint="give --workspace a folder")
         self.versions_dir = self.root / "versions"
         self.blobs = BlobStore(self.root / "blobs")
         self._lock_fh: Any = None

@@ -154,7 +154,7 @@ def test_oversample_meets_the_target_and_export_writes_rows_repeat_times(ws: Wor
     with ws.writer():
         res = export_version(ws, ws.head(), ExportConfig())
     out = Path(res["out"])
-    train = pq.read_table(sorted(out.glob("train-*.parquet"))).to_pylist()
+    train = pq.read_table(sorted((out / "parquet").glob("train-*.parquet"))).to_pylist()
     assert Counter(r["label_name"] for r in train) == {"a": 27, "b": 27, "c": 27}
     keys = [r["sample_id"] for r in train]
     assert len(set(keys)) == len(keys) == 81
@@ -164,12 +164,12 @@ def test_oversample_meets_the_target_and_export_writes_rows_repeat_times(ws: Wor
     for r in train:
         images.setdefault(r["sample_id"].split("_r")[0], set()).add(r["image"]["bytes"])
     assert all(len(v) == 1 for v in images.values())  # every copy holds its row's own bytes
-    val = pq.read_table(sorted(out.glob("val-*.parquet"))).num_rows
+    val = pq.read_table(sorted((out / "parquet").glob("val-*.parquet"))).num_rows
     assert val == 10 and json.loads((out / "dataset.json").read_text())["counts"]["train"] == {"a": 27, "b": 27, "c": 27}
     import tarfile
 
     members = []
-    for p in sorted(out.glob("train-*.tar")):
+    for p in sorted((out / "webdataset").glob("train-*.tar")):
         with tarfile.open(p) as tf:
             members += tf.getnames()
     assert sum(m.endswith(".cls") for m in members) == 81

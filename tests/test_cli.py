@@ -121,7 +121,7 @@ def test_every_command_prints_json(tmp_path, folders):
     r = invoke_json("samples", "--out", tmp_path / "t.parquet", "-w", ws)
     assert r["rows"] == 7 and len(pd.read_parquet(tmp_path / "t.parquet")) == 7
     r = invoke_json("export", "--out", tmp_path / "shards", "-w", ws)
-    assert (r["version"], r["splits"], r["shards"], r["formats"]) == (V2, {"all": 7}, 2, ["parquet", "webdataset"])
+    assert (r["version"], r["splits"], r["shards"], r["formats"]) == (V2, {"all": 7}, 8, ["parquet", "webdataset"])  # 4 per split
     r = invoke_json("gc", "--dry-run", "-w", ws)
     assert r == {"dry_run": True, "removed_dirs": [], "removed_packs": [], "freed_bytes": 0}
     r = invoke_json("gc", "-w", ws)

@@ -1,5 +1,6 @@
-"""Export: shards per split (Parquet + WebDataset), index.parquet, dataset.json, shard sizes, byte-for-byte
-reproducibility, and loading the shards with webdataset and pandas/pyarrow only (no curate on the read side)."""
+"""Export: shards per split (Parquet + WebDataset, one folder per format), index.json, dataset.json, shard sizes,
+at least --min-shards per split, byte-for-byte reproducibility, and loading the shards with webdataset,
+pandas/pyarrow and the obvious globs only (no curate on the read side)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,14 @@ def ws13(tmp_path, image_folder, ingest) -> dict:
 
 
 def _shards(out: Path, suffix: str) -> list[Path]:
-    return sorted(p for p in out.iterdir() if p.suffix == suffix and p.name != "index.parquet")
+    return sorted((out / ("parquet" if suffix == ".parquet" else "webdataset")).glob(f"*{suffix}"))
+
+
+def _index(out: Path) -> pd.DataFrame:
+    return pd.DataFrame(json.loads((out / "index.json").read_text()))
+
+
+ONE = ExportConfig(min_shards=1)  # the shard counts of the size limits alone
 
 
 def _read_parquet_shards(out: Path) -> pd.DataFrame:
@@ -71,21 +79,22 @@ def _read_wds(urls: list[Path], decode: str | None = None) -> list[dict]:
 
 def test_export_without_splits_writes_one_all_split(ws13):
     ws = ws13["ws"]
-    res = export_version(ws, V1, ExportConfig())
+    res = export_version(ws, V1, ONE)
     out = ws.root / "exports" / V1
     assert res["out"] == str(out) and res["version"] == V1
     assert res["splits"] == {"all": 13} and res["shards"] == 2
-    assert sorted(p.name for p in out.iterdir()) == ["all-000000.parquet", "all-000000.tar", "dataset.json", "index.parquet"]
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert names == ["dataset.json", "index.json", "parquet/all-000000.parquet", "webdataset/all-000000.tar"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
     assert res["bytes"] == sum(p.stat().st_size for p in _shards(out, ".parquet") + _shards(out, ".tar"))
 
 
 def test_index_lists_every_shard_with_true_sizes_and_checksums(ws13):
     ws = ws13["ws"]
-    out = Path(export_version(ws, V1, ExportConfig(shard_rows=5))["out"])
-    index = pd.read_parquet(out / "index.parquet")
+    out = Path(export_version(ws, V1, ExportConfig(shard_rows=5, min_shards=1))["out"])
+    index = _index(out)
     assert list(index.columns) == ["file", "split", "format", "rows", "bytes", "sha256"]
-    on_disk = {p.name for p in _shards(out, ".parquet") + _shards(out, ".tar")}
+    on_disk = {str(p.relative_to(out)) for p in _shards(out, ".parquet") + _shards(out, ".tar")}
     assert set(index["file"]) == on_disk and len(index) == 6
     for row in index.itertuples():
         path = out / row.file
@@ -96,7 +105,7 @@ def test_index_lists_every_shard_with_true_sizes_and_checksums(ws13):
     for fmt in ("parquet", "webdataset"):
         sub = index[index["format"] == fmt]
         assert list(sub["rows"]) == [5, 5, 3]
-        assert list(sub["file"]) == [f"all-{k:06d}.{'parquet' if fmt == 'parquet' else 'tar'}" for k in range(3)]
+        assert list(sub["file"]) == [f"{fmt}/all-{k:06d}.{'parquet' if fmt == 'parquet' else 'tar'}" for k in range(3)]
     # The rows column is the truth: each Parquet shard has that many rows.
     for row in index[index["format"] == "parquet"].itertuples():
         assert pq.read_metadata(out / row.file).num_rows == row.rows
@@ -178,8 +187,8 @@ def test_webdataset_shards_load_with_webdataset(ws13):
 def test_tar_members_are_plain_and_ordered(ws13):
     import tarfile
 
-    out = Path(export_version(ws13["ws"], V1, ExportConfig(formats=("webdataset",)))["out"])
-    with tarfile.open(out / "all-000000.tar") as tf:
+    out = Path(export_version(ws13["ws"], V1, ExportConfig(formats=("webdataset",), min_shards=1))["out"])
+    with tarfile.open(out / "webdataset" / "all-000000.tar") as tf:
         members = tf.getmembers()
     names = [m.name for m in members]
     assert len(names) == 3 * 13
@@ -231,14 +240,16 @@ def test_export_with_train_val_test_splits(tmp_path, ingest):
     src, truth = manifest_with_splits(tmp_path / "m", plan)
     ws = Workspace(tmp_path / "ws")
     ingest(ws, src, assign_split=True)
-    res = cli_json("export", "--shard-size", "3", "-w", ws.root)
+    res = cli_json("export", "--shard-size", "3", "--min-shards", "1", "-w", ws.root)
     out = Path(res["out"])
     assert res["splits"] == {"train": 7, "val": 2, "test": 3}
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     shards = (("test", 1), ("train", 3), ("val", 1))
-    expected = [f"{s}-{k:06d}.{ext}" for s, n in shards for k in range(n) for ext in ("parquet", "tar")]
-    assert names == sorted([*expected, "dataset.json", "index.parquet"])
-    index = pd.read_parquet(out / "index.parquet")
+    expected = [
+        f"{d}/{s}-{k:06d}.{ext}" for s, n in shards for k in range(n) for d, ext in (("parquet", "parquet"), ("webdataset", "tar"))
+    ]
+    assert names == sorted([*expected, "dataset.json", "index.json"])
+    index = _index(out)
     pidx = index[index["format"] == "parquet"]
     assert list(pidx["split"]) == ["train", "train", "train", "val", "test"]
     assert list(pidx["rows"]) == [3, 3, 1, 2, 3]
@@ -253,7 +264,7 @@ def test_export_with_train_val_test_splits(tmp_path, ingest):
         assert set(df["split"]) == {split}
         assert all(row.image["bytes"] == truth[row.sample_id]["bytes"] for row in df.itertuples())
         assert all(card["classes"][row.label] == truth[row.sample_id]["label"] for row in df.itertuples())
-        tars = [out / f.replace(".parquet", ".tar") for f in pidx[pidx["split"] == split]["file"]]
+        tars = [out / f.replace("parquet", "webdataset", 1).replace(".parquet", ".tar") for f in pidx[pidx["split"] == split]["file"]]
         assert [s["__key__"] for s in _read_wds(tars)] == want
 
 
@@ -285,9 +296,9 @@ def test_parse_shard_size():
 def test_shard_size_gives_expected_shards(ws13, tmp_path, size, per_format, rows):
     ws = ws13["ws"]
     assert {r["nbytes"] for r in ws.samples(V1).to_pylist() if r["status"] == "ok"} == {IMAGE_BYTES}
-    res = cli_json("export", "--shard-size", size, "--out", tmp_path / "out", "-w", ws.root)
+    res = cli_json("export", "--shard-size", size, "--min-shards", "1", "--out", tmp_path / "out", "-w", ws.root)
     assert res["shards"] == 2 * per_format
-    index = pd.read_parquet(tmp_path / "out" / "index.parquet")
+    index = _index(tmp_path / "out")
     for fmt in ("parquet", "webdataset"):
         assert list(index[index["format"] == fmt]["rows"]) == rows
     assert len(_shards(tmp_path / "out", ".tar")) == per_format
@@ -301,7 +312,7 @@ def test_export_is_byte_for_byte_reproducible(ws13, tmp_path, ingest):
     ws = ws13["ws"]
     first = tree_digest(export_version(ws, V1, ExportConfig(shard_rows=4))["out"])
     again = tree_digest(export_version(ws, V1, ExportConfig(shard_rows=4))["out"])  # replaces the default folder
-    assert first == again and len(first) == 2 * 4 + 2
+    assert first == again and len(first) == 2 * 4 + 2  # 4 shards per format, index.json, dataset.json
     a = cli_json("export", "--shard-size", "4", "--out", tmp_path / "a", "-w", ws.root)
     b = cli_json("export", "--shard-size", "4", "--out", tmp_path / "b", "-w", ws.root)
     assert a["shards"] == b["shards"] == 8
@@ -320,12 +331,10 @@ def test_export_is_byte_for_byte_reproducible(ws13, tmp_path, ingest):
     ("fmt", "suffixes"), [("parquet", {".parquet"}), ("webdataset", {".tar"}), ("webdataset,parquet", {".parquet", ".tar"})]
 )
 def test_format_option(ws13, tmp_path, fmt, suffixes):
-    res = cli_json("export", "--format", fmt, "--out", tmp_path / "o", "-w", ws13["ws"].root)
-    shards = {p.suffix for p in (tmp_path / "o").iterdir() if p.name not in ("index.parquet", "dataset.json")}
+    res = cli_json("export", "--format", fmt, "--min-shards", "1", "--out", tmp_path / "o", "-w", ws13["ws"].root)
+    shards = {p.suffix for p in (tmp_path / "o").rglob("*") if p.is_file() and p.name not in ("index.json", "dataset.json")}
     assert shards == suffixes and res["shards"] == len(suffixes)
-    assert set(pd.read_parquet(tmp_path / "o" / "index.parquet")["format"]) == {
-        "parquet" if s == ".parquet" else "webdataset" for s in suffixes
-    }
+    assert set(_index(tmp_path / "o")["format"]) == {"parquet" if s == ".parquet" else "webdataset" for s in suffixes}
 
 
 def test_export_refuses_to_overwrite_a_foreign_folder(ws13, tmp_path):
@@ -360,3 +369,73 @@ def test_export_of_a_version_without_included_rows_fails(ws13):
     res = CliRunner().invoke(app, ["export", "-w", str(ws.root)])
     assert res.exit_code == 1
     assert "no included samples" in assert_one_error_line(res.stderr)
+
+
+# ----------------------------------------------------------------------------------------------- what readers glob
+
+
+def _gray_split_ws(tmp_path: Path, n: int) -> Workspace:
+    """A workspace whose HEAD has ``n`` grayscale train rows and normalization over them (1 channel)."""
+    from curate.pipeline import run_stage
+    from curate.stages.normalize import NormalizeConfig, run_normalize
+    from curate.stages.split import SplitConfig, run_split
+    from tests.conftest import ingest, make_png
+
+    for i in range(n):
+        make_png(tmp_path / "gray" / ("a" if i % 2 else "b") / f"{i}.png", seed=1000 + i, mode="L")
+    ws = Workspace(tmp_path / "ws")
+    ingest(ws, tmp_path / "gray")
+    run_stage(ws, "split", {"seed": 0}, lambda parent, _pid: run_split(parent, SplitConfig(ratios=(("train", 1.0),))))
+    run_stage(ws, "normalize", {}, lambda parent, _pid: run_normalize(ws, parent, NormalizeConfig()))
+    return ws
+
+
+def test_the_obvious_globs_read_exactly_the_shards(ws13):
+    """DuckDB/pandas/HF glob ``*.parquet`` of the Parquet folder, WebDataset the tars: only shard rows, each once."""
+    import glob
+
+    import pyarrow.dataset as ds
+
+    out = Path(cli_json("export", "-w", ws13["ws"].root)["out"])
+    for pattern in ("parquet/*.parquet", "parquet/**/*.parquet", "*.parquet", "**/*.parquet"):
+        files = sorted(glob.glob(str(out / pattern), recursive=True))
+        rows = sum(pq.read_metadata(f).num_rows for f in files)
+        assert rows in (0, 13), (pattern, files)  # a glob finds the shards or nothing, never the index
+    assert ds.dataset(out / "parquet", format="parquet").count_rows() == 13
+    assert sorted(ds.dataset(out / "parquet", format="parquet").to_table().column("sample_id").to_pylist()) == sorted(ws13["truth"])
+    # Only shards in each format folder (load_dataset("parquet", data_dir=...) must see no .tar or index).
+    assert {p.suffix for p in (out / "parquet").iterdir()} == {".parquet"}
+    assert {p.suffix for p in (out / "webdataset").iterdir()} == {".tar"}
+    assert sum(1 for _ in _read_wds(sorted((out / "webdataset").glob("all-*.tar")))) == 13
+
+
+def test_min_shards_per_split_and_channels_in_the_card(tmp_path):
+    """100 rows of a split make at least 4 shards (a DataLoader with 2 workers needs 2); gray data says 1 channel and
+    how to decode it so WebDataset gives what the normalization was computed over."""
+    ws = _gray_split_ws(tmp_path, 100)
+    res = cli_json("export", "-w", ws.root)
+    out = Path(res["out"])
+    tars = sorted((out / "webdataset").glob("train-*.tar"))
+    assert len(tars) >= 2 and len(tars) == 4 and res["splits"] == {"train": 100}
+    assert [pq.read_metadata(p).num_rows for p in sorted((out / "parquet").glob("train-*.parquet"))] == [25] * 4
+    card = json.loads((out / "dataset.json").read_text())
+    assert card["normalization"]["channels"] == 1
+    assert card["image"]["channels"] == 1 and card["image"]["mode"] == "L"
+    decoded = _read_wds(tars, card["image"]["webdataset_decode"])
+    assert len(decoded) == 100 and {s["png"].mode for s in decoded} == {"L"}
+    few = cli_json("export", "--min-shards", "2", "--shard-size", "10000", "--out", tmp_path / "two", "-w", ws.root)
+    assert few["shards"] == 2 * 2
+
+
+def test_webdataset_over_two_loader_workers(tmp_path):
+    """The README's reader: wds.WebDataset(...) in a DataLoader with num_workers=2 reads every row once."""
+    import torch
+    import webdataset as wds
+
+    ws = _gray_split_ws(tmp_path, 40)
+    out = Path(cli_json("export", "-w", ws.root)["out"])
+    card = json.loads((out / "dataset.json").read_text())
+    urls = [str(p) for p in sorted((out / "webdataset").glob("train-*.tar"))]
+    data = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode(card["image"]["webdataset_decode_numpy"])
+    keys = [k for batch in torch.utils.data.DataLoader(data.to_tuple("__key__"), num_workers=2, batch_size=None) for k in batch]
+    assert len(keys) == len(set(keys)) == 40

@@ -239,7 +239,7 @@ def test_nan_loss_stops_training_with_a_clear_error(ws, tmp_path: Path) -> None:
 
 def test_sanity_passes_on_learnable_data_and_fails_on_shuffled_labels_or_zero_lr(ws) -> None:
     from curate.learn.data import workspace_data
-    from curate.learn.train import sanity_check
+    from curate.learn.sanity import sanity_check
 
     res = train(ws, FAST, sanity=True)
     assert res["sanity"]["passed"] and res["sanity"]["loss_last"] < 0.25 * res["sanity"]["loss_first"]
@@ -327,3 +327,108 @@ def test_mixed_sizes_are_resized_to_a_common_size(tmp_path: Path) -> None:
 def test_cli_help_does_not_import_torch() -> None:
     code = "import sys, curate.cli; print(any(m in sys.modules for m in ('torch', 'albumentations', 'matplotlib')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------------------------- outside data, damage
+
+
+def _cli(*args: object):  # noqa: ANN202
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_predict_keeps_an_undecodable_file_as_a_row_and_scores_labels(trained, tmp_path: Path) -> None:
+    """The bad file sorts first (error rows came first and fixed the table's schema: KeyError 'predicted')."""
+    import pandas as pd
+
+    out, _res = trained
+    src = planted_folder(tmp_path / "held", per_class=5, seed=11)
+    (src / "a" / "000-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    r = _cli("predict", out, src, "--out", tmp_path / "p.csv", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert (res["rows"], res["errors"]) == (21, 1)
+    preds = pd.read_csv(tmp_path / "p.csv")
+    bad = preds[preds["source"].str.endswith("000-broken.png")]
+    assert len(bad) == 1 and bad["predicted"].isna().all() and bad["error"].notna().all() and bad["label"].iloc[0] == "a"
+    good = preds[preds["error"].isna()]
+    assert len(good) == 20 and good["predicted"].notna().all()
+    m = res["metrics"]
+    assert m["n"] == 20 and m["accuracy"] == pytest.approx((good["predicted"] == good["label"]).mean())
+    from sklearn.metrics import f1_score
+
+    assert m["macro_f1"] == pytest.approx(f1_score(good["label"], good["predicted"], average="macro", labels=CLASSES))
+    r = _cli("predict", out, src, "--out", tmp_path / "p.parquet")
+    assert r.exit_code == 0 and "accuracy" in r.stdout and "macro-F1" in r.stdout
+
+
+def test_evaluate_a_labeled_source_outside_the_workspace(ws, trained, tmp_path: Path) -> None:
+    import pandas as pd
+
+    out, _res = trained
+    src = planted_folder(tmp_path / "held-out", per_class=6, seed=12)
+    r = _cli("evaluate", out, "--src", src, "-w", ws.root, "--json")
+    assert r.exit_code == 0, r.output
+    ev = json.loads(r.stdout)
+    folder = out / "eval-held-out"
+    assert ev["n"] == 24 and ev["path"] == str(folder / "eval_held-out.json")
+    assert (folder / "eval_held-out.json").exists() and (folder / "eval_confusion_held-out.png").exists()
+    saved = json.loads((folder / "eval_held-out.json").read_text())["splits"]["held-out"]
+    assert saved["accuracy"] == ev["accuracy"] and set(saved["per_class"]) == set(CLASSES)
+    preds = pd.read_parquet(folder / "predictions.parquet")
+    assert ev["accuracy"] == pytest.approx((preds["predicted"] == preds["label"]).mean())
+    # a manifest with labels works too, and scores the same images the same
+    manifest = tmp_path / "list.csv"
+    rows = [(str(p), p.parent.name) for p in sorted(src.rglob("*.png"))]
+    manifest.write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
+    r = _cli("evaluate", out, "--src", manifest, "-w", ws.root, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["accuracy"] == ev["accuracy"] and (out / "eval-list" / "eval_list.json").exists()
+    # the split path still works beside it, and --src with --version is bad usage
+    assert _cli("evaluate", out, "--src", src, "--version", "1", "-w", ws.root).exit_code == 2
+
+
+def _tampered(trained_dir: Path, dest: Path, how: str) -> Path:
+    dest.mkdir(parents=True)
+    ckpt = torch.load(trained_dir / "model_best.pt", weights_only=True)
+    meta = json.loads(ckpt["meta_json"])
+    if how == "no-meta":
+        del ckpt["meta_json"]
+    elif how == "wrong-shape":
+        key = next(k for k, v in ckpt["model"].items() if v.ndim == 2)
+        ckpt["model"][key] = torch.zeros(3, 3)
+    elif how == "huge-size":
+        ckpt["meta_json"] = json.dumps({**meta, "size": [10**6, 10**6]})
+    elif how == "garbage":
+        (dest / "model_best.pt").write_bytes(b"not a zip" * 100)
+        return dest
+    torch.save(ckpt, dest / "model_best.pt")
+    return dest
+
+
+@pytest.mark.parametrize("how", ["no-meta", "wrong-shape", "huge-size", "garbage"])
+def test_a_tampered_checkpoint_is_one_line_naming_it(ws, trained, tmp_path: Path, how: str) -> None:
+    from helpers import assert_one_error_line
+
+    run = _tampered(trained[0], tmp_path / "run", how)
+    src = planted_folder(tmp_path / "src", per_class=1, seed=13)
+    for args in (["predict", run, src, "--out", tmp_path / "p.csv"], ["evaluate", run, "-w", ws.root]):
+        r = _cli(*args)
+        assert r.exit_code == 1, (how, r.output)
+        line = assert_one_error_line(r.stderr)
+        assert str(run / "model_best.pt") in line and "internal error" not in line, line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_the_autocast_log_line_says_what_training_used(ws, tmp_path: Path) -> None:
+    lines: list[str] = []
+    for amp in (False, True):
+        cfg = replace(FAST, epochs=1, schedule="constant", amp=amp, out=str(tmp_path / f"amp-{amp}"))
+        res = train(ws, cfg, log=lines.append)
+        said = [ln for ln in lines if "autocast" in ln][-1]
+        assert said.endswith(f"autocast {res['amp']}"), said
+        assert "None" not in said
+    assert res["amp"] in ("off", "bfloat16", "float16")

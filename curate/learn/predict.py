@@ -8,7 +8,6 @@ images and predicts the held-out fold, so every sample gets probabilities from a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ import pyarrow as pa
 import torch
 
 from curate.errors import CurateError
+from curate.learn.checkpoint import load_model
 from curate.learn.data import Normalizer
-from curate.learn.nets import build
-from curate.learn.runtime import load_checkpoint, pick_device
+from curate.learn.runtime import pick_device
 from curate.learn.shards import read_bytes
 from curate.learn.train import TrainConfig
 
@@ -47,17 +46,14 @@ def load_run(run: str | Path, which: str = "best", device: str = "auto") -> Load
     """Load ``<run>/model_<which>.pt`` (falls back to ``model_last.pt``) with ``torch.load(weights_only=True)``.
 
     Raises:
-        CurateError: no checkpoint in ``run``, or not a curate checkpoint.
+        CurateError: no checkpoint in ``run``, not a curate checkpoint, or a damaged one (``curate.learn.checkpoint``).
     """
     run = Path(run)
     path = run / f"model_{which}.pt" if run.is_dir() else run
     if run.is_dir() and not path.exists():
         path = run / "model_last.pt"
-    ckpt = load_checkpoint(path)
-    meta = json.loads(ckpt["meta_json"])
+    model, meta = load_model(path)
     dev = pick_device(device)
-    model = build(meta["arch"], int(meta["channels"]), len(meta["classes"]), (int(meta["size"][0]), int(meta["size"][1])))
-    model.load_state_dict(ckpt["model"])
     model.to(dev).eval()
     return LoadedRun(model, meta, dev, path)
 
@@ -107,12 +103,43 @@ def predict_table(run: LoadedRun, table: pa.Table, *, bytes_column: str | None =
     )
 
 
+def _decode_item(item: dict[str, Any], channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One source item -> uint8 ``(H, W, C)`` at the run's size.
+
+    Raises:
+        CurateError: no local bytes (an unsafe archive member, a URL) or undecodable bytes (the reason).
+    """
+    if item.get("pre_reason"):
+        raise CurateError(f"{item['pre_reason']}: {item.get('pre_error') or 'not read'}")
+    if item.get("encode"):  # raw idx pixels "L:HxW"
+        from PIL import Image
+
+        h, w = (int(v) for v in item["encode"].split(":")[1].split("x"))
+        im = Image.frombytes("L", (w, h), item["data"]).convert("L" if channels == 1 else "RGB").resize((size[1], size[0]))
+        arr = np.asarray(im, np.uint8)
+        return arr[:, :, None] if arr.ndim == 2 else arr
+    if item.get("data") is None and not item.get("path"):
+        raise CurateError(f"unsupported_url: predict reads local files only ({item.get('url') or item['source']})")
+    try:
+        data = item["data"] if item.get("data") is not None else Path(item["path"]).read_bytes()
+    except OSError as exc:
+        raise CurateError(f"unreadable: {exc.strerror or exc}") from None
+    return read_bytes([data], channels, size)[0]
+
+
+def prediction_schema(classes: list[str]) -> pa.Schema:
+    """Columns of ``predict_source``: ``source``, ``label``, ``predicted``, ``confidence``, ``p_<class>``..., ``error``."""
+    fields = [("source", pa.string()), ("label", pa.string()), ("predicted", pa.string()), ("confidence", pa.float64())]
+    return pa.schema(fields + [(f"p_{c}", pa.float64()) for c in classes] + [("error", pa.string())])
+
+
 def predict_source(run: LoadedRun, src: str, *, batch_size: int = 512, progress: Any = None) -> pa.Table:
     """Predict a folder, manifest (csv/parquet/jsonl), idx file or archive (anything ``curate ingest`` reads).
 
     Returns:
-        Columns ``source``, ``label`` (given, when the source has one), ``predicted``, ``confidence`` and one
-        ``p_<class>`` column per class. Files that cannot be decoded get an ``error`` and null probabilities.
+        ``prediction_schema(run.classes)``: one row per input in source order; ``label`` is the given label
+        (null without one). A file that cannot be read or decoded keeps its row with null predictions and the
+        reason in ``error`` (null on every predicted row), so one bad file never stops the rest.
     """
     import contextlib
 
@@ -120,41 +147,65 @@ def predict_source(run: LoadedRun, src: str, *, batch_size: int = 512, progress:
 
     source = open_source(src, "auto", SourceOptions())
     rows: list[dict[str, Any]] = []
-    pending: list[tuple[dict[str, Any], np.ndarray]] = []
+    pending: list[tuple[int, np.ndarray]] = []
     classes, ch, size = run.classes, int(run.meta["channels"]), run.size
 
     def flush() -> None:
         if not pending:
             return
         probs = predict_images(run, np.stack([a for _, a in pending]), batch_size)
-        for (row, _), p in zip(pending, probs, strict=True):
+        for (at, _), p in zip(pending, probs, strict=True):
             k = int(p.argmax())
-            probs_cols = {f"p_{c}": float(v) for c, v in zip(classes, p, strict=True)}
-            rows.append({**row, "predicted": classes[k], "confidence": float(p[k]), **probs_cols})
+            rows[at].update(
+                predicted=classes[k], confidence=float(p[k]), **{f"p_{c}": float(v) for c, v in zip(classes, p, strict=True)}
+            )
         pending.clear()
 
     with progress(source.total) if progress else contextlib.nullcontext(None) as advance:
         for item in source.items():
-            row = {"source": item["source"], "label": item.get("label")}
+            rows.append({"source": item["source"], "label": item.get("label")})
             try:
-                if item.get("encode"):  # raw idx pixels "L:HxW"
-                    h, w = (int(v) for v in item["encode"].split(":")[1].split("x"))
-                    from PIL import Image
-
-                    im = Image.frombytes("L", (w, h), item["data"]).convert("L" if ch == 1 else "RGB").resize((size[1], size[0]))
-                    arr = np.asarray(im, np.uint8)
-                    pending.append((row, arr[:, :, None] if arr.ndim == 2 else arr))
-                else:
-                    data = item.get("data") or Path(item["path"]).read_bytes()
-                    pending.append((row, read_bytes([data], ch, size)[0]))
-            except (CurateError, OSError, TypeError) as exc:
-                rows.append({**row, "error": str(exc)[:200]})
+                pending.append((len(rows) - 1, _decode_item(item, ch, size)))
+            except (CurateError, OSError, TypeError, ValueError) as exc:
+                rows[-1]["error"] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             if len(pending) >= batch_size:
                 flush()
             if advance:
                 advance(1)
         flush()
-    return pa.Table.from_pylist(rows)
+    return pa.Table.from_pylist(rows, schema=prediction_schema(classes))
+
+
+def labeled_scores(run: LoadedRun, table: pa.Table) -> dict[str, Any] | None:
+    """The rows of a ``predict_source`` table that were predicted and carry one of the run's classes as label.
+
+    Returns:
+        None when no row has such a label, else ``{"ids" (sources), "y" int64 (N,), "probs" float32 (N, K),
+        "unlabeled" (predicted rows without a label), "unknown_labels" (label -> rows whose label is no class of the run),
+        "errors" (rows not predicted)}``; ``ids``/``y``/``probs`` are what ``curate.learn.metrics.write_report`` scores.
+    """
+    index = {c: i for i, c in enumerate(run.classes)}
+    ids: list[str] = []
+    y: list[int] = []
+    probs: list[list[float]] = []
+    unknown: dict[str, int] = {}
+    unlabeled = errors = 0
+    cols = [f"p_{c}" for c in run.classes]
+    for row in table.select(["source", "label", "error", *cols]).to_pylist():
+        if row["error"] is not None:
+            errors += 1
+        elif row["label"] is None:
+            unlabeled += 1
+        elif row["label"] not in index:
+            unknown[row["label"]] = unknown.get(row["label"], 0) + 1
+        else:
+            ids.append(row["source"])
+            y.append(index[row["label"]])
+            probs.append([row[c] for c in cols])
+    if not y:
+        return None
+    return {"ids": ids, "y": np.asarray(y, np.int64), "probs": np.asarray(probs, np.float32), "unlabeled": unlabeled,
+            "unknown_labels": unknown, "errors": errors}  # fmt: skip
 
 
 @torch.no_grad()

@@ -99,7 +99,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is a user error
-        raise CurateError(f"{path}: not a loadable curate checkpoint ({type(exc).__name__}: {exc})") from exc
+        # torch's unpickling errors span many lines; the CLI promises one
+        why = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CurateError(f"{path}: not a loadable curate checkpoint ({type(exc).__name__}: {why})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise CurateError(f"{path}: not a curate checkpoint (format {CKPT_FORMAT} expected)")
     return ckpt

@@ -1,8 +1,8 @@
 """Reading curate's export folders without curate's workspace code: shard files, rows, and decoding.
 
-An export (``<workspace>/exports/<version>/``) holds ``{split}-NNNNNN.parquet`` (columns ``sample_id``,
-``image{bytes,path}``, ``label`` int, ...) and/or ``{split}-NNNNNN.tar`` (WebDataset: ``<key>.<ext>``,
-``<key>.cls``, ``<key>.json``), ``index.parquet`` and ``dataset.json`` (see ``curate.export``).
+An export (``<workspace>/exports/<version>/``) holds ``parquet/{split}-NNNNNN.parquet`` (columns ``sample_id``,
+``image{bytes,path}``, ``label`` int, ...) and/or ``webdataset/{split}-NNNNNN.tar`` (``<key>.<ext>``,
+``<key>.cls``, ``<key>.json``), ``index.json`` and ``dataset.json`` (see ``curate.export``).
 """
 
 from __future__ import annotations
@@ -49,8 +49,25 @@ class ExportInfo:
 
     def files(self, split: str, fmt: str) -> list[Path]:
         """Shard files of ``split`` in ``fmt`` (``parquet`` or ``webdataset``), in index order."""
-        index = pq.read_table(self.root / "index.parquet").to_pylist()
-        return [self.root / r["file"] for r in index if r["split"] == split and r["format"] == fmt]
+        return [self.root / r["file"] for r in read_index(self.root) if r["split"] == split and r["format"] == fmt]
+
+
+def read_index(root: Path) -> list[dict[str, Any]]:
+    """The ``index.json`` entries of an export folder (``file`` relative to ``root``, ``split``, ``format``, ``rows``,
+    ``bytes``, ``sha256``).
+
+    Raises:
+        CurateError: no index (an export of an older curate: export the version again) or a damaged one.
+    """
+    from curate.export import INDEX
+
+    try:
+        index = json.loads((root / INDEX).read_text())
+    except FileNotFoundError:
+        raise CurateError(f"{root}: no {INDEX} (an export of an older curate?)", hint="run `curate export` again") from None
+    except ValueError as exc:
+        raise CurateError(f"{root / INDEX}: damaged ({exc})") from None
+    return list(index)
 
 
 def open_export(ws: Any, version: str | None, fmt: str = "parquet") -> ExportInfo:
@@ -63,7 +80,7 @@ def open_export(ws: Any, version: str | None, fmt: str = "parquet") -> ExportInf
     root = ws.root / "exports" / vid
     card_path = root / "dataset.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else None
-    if card is None or fmt not in card.get("formats", []):
+    if card is None or fmt not in card.get("formats", []) or not (root / "index.json").exists():
         formats = tuple(dict.fromkeys([*(card or {}).get("formats", []), fmt]))
         with ws.writer():
             export_version(ws, vid, ExportConfig(formats=formats))

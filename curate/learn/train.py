@@ -14,7 +14,6 @@ uninterrupted run would have had (on CPU with a fixed seed; the batch order depe
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -27,19 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from curate.errors import CurateError
+from curate.learn.checkpoint import load_model, read_meta, restore, save_epoch
 from curate.learn.data import TrainingData, set_epoch
 from curate.learn.nets import build, count_params
-from curate.learn.runtime import (
-    CKPT_FORMAT,
-    NanLoss,
-    amp_dtype,
-    load_checkpoint,
-    make_optimizer,
-    make_schedule,
-    pick_device,
-    save_checkpoint,
-    write_json,
-)
+from curate.learn.runtime import CKPT_FORMAT, NanLoss, amp_dtype, load_checkpoint, make_optimizer, make_schedule, pick_device
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
@@ -170,14 +160,7 @@ def fit(
     start, bad_epochs, elapsed = 0, 0, 0.0
     last_path = run_dir / "model_last.pt" if run_dir else None
     if cfg.resume and last_path is not None and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if cuda and ckpt.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"])
+        ckpt = restore(last_path, model, {"optimizer": opt, "scheduler": sched, "scaler": scaler}, cuda)
         history, best, bad_epochs, elapsed = ckpt["history"], ckpt["best"], ckpt["bad_epochs"], ckpt["elapsed"]
         start = len(history)
         log(f"resumed {run_dir} after epoch {start} of {cfg.epochs}, with the run's saved settings")
@@ -250,30 +233,10 @@ def fit(
         # --- checkpoint: weights, meta; last also the full training state for --resume
         if run_dir is not None:
             epoch_meta = {**meta, "epoch": epoch + 1, "metrics": row, "best": best, "history": history}
-            if improved:
-                save_checkpoint(
-                    run_dir / "model_best.pt",
-                    {"format": CKPT_FORMAT, "model": model.state_dict(), "meta_json": json.dumps(epoch_meta)},
-                )
-                write_json(run_dir / "meta_best.json", epoch_meta)
-            save_checkpoint(
-                last_path,
-                {
-                    "format": CKPT_FORMAT,
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),  # type: ignore[arg-type]
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
-                    "history": history,
-                    "best": best,
-                    "bad_epochs": bad_epochs,
-                    "elapsed": time.perf_counter() - t0,
-                    "meta_json": json.dumps(epoch_meta),
-                },
-            )
-            write_json(run_dir / "meta_last.json", epoch_meta)
+            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                     "rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state() if cuda else None,
+                     "history": history, "best": best, "bad_epochs": bad_epochs, "elapsed": time.perf_counter() - t0}  # fmt: skip
+            save_epoch(run_dir, improved, epoch_meta, model, state)
         if on_epoch_end is not None:
             on_epoch_end(row)
         if cfg.patience and bad_epochs >= cfg.patience:
@@ -282,7 +245,7 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     elif run_dir is not None and (run_dir / "model_best.pt").exists():  # resumed after the last improvement
-        model.load_state_dict(load_checkpoint(run_dir / "model_best.pt")["model"])
+        model.load_state_dict(load_model(run_dir / "model_best.pt")[0].state_dict())
     return {
         "model": model,
         "history": history,
@@ -290,9 +253,14 @@ def fit(
         "meta": meta,
         "stopped": stopped,
         "device": str(device),
-        "amp": str(amp).replace("torch.", "") if amp else "off",
+        "amp": _amp_name(amp),
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _amp_name(dtype: torch.dtype | None) -> str:
+    """``bfloat16`` / ``float16``, or ``off`` for fp32 (what the log line and ``amp`` in the result say)."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "off"
 
 
 def _epoch_line(row: dict[str, Any], epochs: int, star: bool) -> str:
@@ -309,57 +277,6 @@ def config_from_meta(saved: dict[str, Any], given: TrainConfig) -> TrainConfig:
     merged = {k: v for k, v in saved.items() if k in names}
     merged.update({k: getattr(given, k) for k in RUNTIME})
     return TrainConfig(**merged)
-
-
-def sanity_check(
-    cfg: TrainConfig,
-    data: TrainingData,
-    *,
-    steps: int = 60,
-    rows: int = 32,
-    shuffle_labels: bool = False,
-    log: Callable[[str], None] = lambda s: None,
-) -> dict[str, Any]:
-    """Overfit one small train batch: the loss must fall below a quarter of its start within ``steps`` steps.
-
-    The first debugging step of any training setup: if a net cannot memorize 32 images, the labels, the
-    learning rate or the input pipeline is broken. ``shuffle_labels`` permutes the labels at every step (a
-    negative control: nothing can be learned).
-
-    Raises:
-        CurateError: the loss did not fall enough (or became NaN).
-    """
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    x, y, _ = next(iter(data.loaders["train"]))
-    x, y = x[:rows].to(device), y[:rows].to(device)
-    model = build(cfg.arch, data.channels, len(data.classes), data.size).to(device)
-    opt = make_optimizer(model, cfg.optimizer, cfg.lr, 0.0)
-    g = torch.Generator().manual_seed(cfg.seed)
-    losses = []
-    model.train()
-    for _ in range(steps):
-        target = y[torch.randperm(len(y), generator=g).to(device)] if shuffle_labels else y
-        loss = F.cross_entropy(model(x), target)
-        if not torch.isfinite(loss):
-            raise NanLoss(f"sanity check: the loss became {float(loss):.4g} after {len(losses)} steps", hint="lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    first, last = losses[0], float(np.mean(losses[-5:]))
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(x).argmax(1) == y).float().mean())
-    res = {"passed": last < 0.25 * first, "rows": len(y), "steps": steps, "loss_first": first, "loss_last": last, "batch_acc": acc}
-    log(f"sanity: loss on one batch of {len(y)}: {first:.4f} -> {last:.4f} in {steps} steps (batch accuracy {acc:.2f})")
-    if not res["passed"]:
-        raise CurateError(
-            f"sanity check FAILED: the loss on one batch of {len(y)} went from {first:.4f} to {last:.4f} in {steps} "
-            "steps (it must fall below a quarter)",
-            hint="check that labels match images, the --lr (not 0, not huge) and the normalization",
-        )
-    return res
 
 
 def default_run_dir(cfg: TrainConfig, version: str) -> Path:
@@ -392,7 +309,8 @@ def train(
         if (run_dir / "model_last.pt").exists() and not cfg.resume:
             raise CurateError(f"{run_dir} already holds a training run", hint="pass --resume to continue it, or --out for a new run")
         if cfg.resume and (run_dir / "model_last.pt").exists():
-            saved = json.loads(load_checkpoint(run_dir / "model_last.pt")["meta_json"])
+            last = run_dir / "model_last.pt"
+            saved = read_meta(load_checkpoint(last), last)
             cfg = config_from_meta(saved["config"], cfg)
             vid = saved["dataset_version"]
         elif cfg.resume:
@@ -415,13 +333,15 @@ def train(
         progress=progress,
     )
     if sanity:
+        from curate.learn.sanity import sanity_check
+
         return {"sanity": sanity_check(cfg, data, log=log), "version": vid, "arch": cfg.arch}
     run_dir.mkdir(parents=True, exist_ok=True)
     log(
         f"train {cfg.arch} on {vid}: {data.rows.get('train', 0):,} train / {data.rows.get('val', 0):,} val images "
         f"{data.channels}x{data.size[0]}x{data.size[1]}, {len(data.classes)} classes, {data.mode} loader"
         f"{' (weighted by sample_weight)' if data.sampler == 'weighted' else ''}, device {device}, "
-        f"autocast {str(amp_dtype(cfg, device)).replace('torch.', '')}"
+        f"autocast {_amp_name(amp_dtype(cfg.amp, device))}"
     )
     res = fit(cfg, data, run_dir, log=log, on_epoch_end=on_epoch_end, progress=progress)
     from curate.learn.metrics import write_report

@@ -23,30 +23,29 @@ from curate.workspace import config_sha256
 
 
 def check_export(cfg: Any) -> None:
-    """Reject unknown shard formats and shard sizes below 1 (exit code 2)."""
+    """Reject unknown shard formats, and shard sizes or a minimum shard count below 1 (exit code 2)."""
     from curate.export import FORMATS
 
     bad = [f for f in cfg.formats if f not in FORMATS]
     if bad or not cfg.formats:
         raise UsageError(f"export formats {list(cfg.formats)}: choose from {', '.join(FORMATS)}")
-    if any(v is not None and v < 1 for v in (cfg.shard_rows, cfg.shard_bytes)):
-        raise UsageError("shard_rows and shard_bytes must be at least 1")
+    if any(v is not None and v < 1 for v in (cfg.shard_rows, cfg.shard_bytes, cfg.min_shards)):
+        raise UsageError("shard_rows, shard_bytes and min_shards must be at least 1")
 
 
 def finished_export(ws: Any, vid: str, cfg: Any) -> dict[str, Any] | None:
     """The result of an export of ``vid`` with these settings that is already complete on disk, else None."""
-    import pyarrow.parquet as pq
+    from curate.export import INDEX
 
     out = Path(cfg.out) if cfg.out else ws.root / "exports" / vid
     try:
         card = json.loads((out / "dataset.json").read_text())
-        index = pq.read_table(out / "index.parquet").to_pylist()
+        index = json.loads((out / INDEX).read_text())
     except (OSError, ValueError):
         return None
     lineage = [{"id": i["id"], "stage": i["stage"], "config_sha256": i["config_sha256"]} for i in map(ws.info, ws.lineage(vid))]
-    same = (card.get("version"), card.get("lineage"), card.get("formats"), card.get("shard_rows"), card.get("shard_bytes")) == (
-        vid, lineage, list(cfg.formats), cfg.shard_rows, cfg.shard_bytes,
-    )  # fmt: skip
+    keys = ("version", "lineage", "formats", "shard_rows", "shard_bytes", "min_shards")
+    same = tuple(card.get(k) for k in keys) == (vid, lineage, list(cfg.formats), cfg.shard_rows, cfg.shard_bytes, cfg.min_shards)
     if not same or not all((out / r["file"]).is_file() and (out / r["file"]).stat().st_size == r["bytes"] for r in index):
         return None
     return {"version": vid, "out": str(out), "formats": card["formats"], "splits": card["splits"], "shards": len(index),
@@ -132,22 +131,63 @@ class EvaluateConfig:
         split: the split scored.
         which: ``best`` or ``last`` checkpoint.
         version: the dataset version scored (default: the one the run was trained on).
+        src: instead of a split: a labeled folder or manifest outside the workspace (anything ingest reads),
+            scored the same way; its files go to ``<run>/eval-<name>/``.
     """
 
     run: str | None = None
     split: str = "test"
     which: str = "best"
     version: str | None = None
+    src: str | None = None
 
 
 def check_evaluate(cfg: EvaluateConfig) -> None:
-    """Reject an unknown checkpoint choice (exit code 2)."""
+    """Reject an unknown checkpoint choice, and ``src`` with ``version`` (exit code 2)."""
     if cfg.which not in ("best", "last"):
         raise UsageError(f"--which {cfg.which!r}: choose best or last")
+    if cfg.src is not None and cfg.version is not None:
+        raise UsageError("--src scores a source outside the workspace: drop --version")
+
+
+def source_name(src: str) -> str:
+    """A file-name-safe name for a source: its folder or file name without suffixes (``held-out``, ``list``)."""
+    import re
+
+    name = Path(str(src)).resolve().name.split(".")[0]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "src"
+
+
+def _evaluate_source(loaded: Any, run: Path, cfg: EvaluateConfig, ctx: StepContext) -> dict[str, Any]:
+    """Score ``cfg.src`` (a labeled source outside the workspace): ``<run>/eval-<name>/eval_<name>.json``, its
+    confusion plot and ``predictions.parquet`` (every input, failed ones with their reason)."""
+    import pyarrow.parquet as pq
+
+    from curate.learn.metrics import write_report
+    from curate.learn.predict import labeled_scores, predict_source
+
+    table = predict_source(loaded, str(cfg.src), progress=ctx.bar("predict"))
+    scores = labeled_scores(loaded, table)
+    if scores is None:
+        raise CurateError(
+            f"{cfg.src}: no readable image has a label among the run's classes ({', '.join(loaded.classes)})",
+            hint="give a labeled folder (SRC/<class>/...) or a manifest with a label column",
+        )
+    name = source_name(str(cfg.src))
+    out_dir = (run if run.is_dir() else run.parent) / f"eval-{name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out_dir / "predictions.parquet")
+    skipped = {"errors": scores["errors"], "unlabeled": scores["unlabeled"], "unknown_labels": scores["unknown_labels"]}
+    extra = {"run": str(run), "checkpoint": str(loaded.path), "source": str(cfg.src), "split": name, "skipped": skipped}
+    m = write_report(out_dir, {name: scores}, loaded.classes, None, name=f"eval_{name}.json", extra=extra)[name]
+    keys = ("n", "accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error", "per_class", "worst")
+    return {"run": str(run), "version": None, "source": str(cfg.src), "split": name, "path": str(out_dir / f"eval_{name}.json"),
+            "skipped": skipped, **{k: m[k] for k in keys}}  # fmt: skip
 
 
 def evaluate_step(ws: Any, cfg: EvaluateConfig, ctx: StepContext) -> dict[str, Any]:
-    """``curate evaluate``: score a run on a split; writes ``eval_SPLIT.json`` and its confusion plot into the run."""
+    """``curate evaluate``: score a run on a split (or on ``cfg.src``); writes ``eval_SPLIT.json`` and its confusion plot
+    into the run."""
     from curate.learn.data import eval_loader, load_split
     from curate.learn.metrics import write_report
     from curate.learn.predict import load_run
@@ -160,6 +200,8 @@ def evaluate_step(ws: Any, cfg: EvaluateConfig, ctx: StepContext) -> dict[str, A
         raise CurateError("evaluate needs a run folder", hint="set run, or put a train step before evaluate")
     run = Path(run)
     loaded = load_run(run, cfg.which)
+    if cfg.src is not None:
+        return _evaluate_source(loaded, run, cfg, ctx)
     info = open_export(ws, cfg.version or loaded.meta["dataset_version"])
     if cfg.split not in info.card["splits"]:
         raise CurateError(
@@ -174,7 +216,8 @@ def evaluate_step(ws: Any, cfg: EvaluateConfig, ctx: StepContext) -> dict[str, A
     extra = {"run": str(run), "checkpoint": str(loaded.path), "dataset_version": info.card["version"], "split": cfg.split}
     m = write_report(out_dir, {cfg.split: ev}, loaded.classes, None, name=f"eval_{cfg.split}.json", extra=extra)[cfg.split]
     keys = ("n", "accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error", "per_class", "worst")
-    return {"run": str(run), "version": info.card["version"], "split": cfg.split, **{k: m[k] for k in keys}}
+    path = str(out_dir / f"eval_{cfg.split}.json")
+    return {"run": str(run), "version": info.card["version"], "split": cfg.split, "path": path, **{k: m[k] for k in keys}}
 
 
 @dataclass(frozen=True)

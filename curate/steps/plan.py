@@ -13,13 +13,11 @@ import dataclasses
 import hashlib
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.config import resolve
+from curate.config import coerce, resolve
 from curate.errors import CurateError, UsageError
 from curate.steps import Step, get
 from curate.workspace import config_sha256
@@ -83,28 +81,6 @@ def parse_sets(items: list[str]) -> list[tuple[str, int | None, str, Any]]:
     return out
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether a TOML value fits a Config field's type (strings stand in for tuples: ``"a,b"``)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return value is None or any(_type_ok(value, a) for a in args if a is not type(None))
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, str | list | tuple)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str | int | float) and not isinstance(value, bool)
-    return True
-
-
-def _kind(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
 def load_plan(path: Path, sets: list[str] | None = None, *, workers: int | None = None) -> Plan:
     """Read, override and validate a pipeline file.
 
@@ -138,8 +114,7 @@ def load_plan(path: Path, sets: list[str] | None = None, *, workers: int | None 
     for key, value in head.items():
         if key not in PIPELINE_KEYS:
             raise UsageError(f"{path}: [pipeline]: unknown key {key!r}; known: {', '.join(PIPELINE_KEYS)}")
-        if not _type_ok(value, PIPELINE_KEYS[key]):
-            raise UsageError(f"{path}: [pipeline]: {key} = {value!r} must be {_kind(PIPELINE_KEYS[key])}")
+        coerce(value, PIPELINE_KEYS[key], key, f"{path}: [pipeline]")
     stages = [s.get("stage") for s in steps]
     for target, n, key, _value in overrides:
         if target != "pipeline" and (stages.count(target) == 0 or (n is not None and not 1 <= n <= stages.count(target))):
@@ -178,19 +153,15 @@ def _plan_step(path: Path, i: int, label: str, step: Step, values: dict[str, Any
         values = {**values, "seed": head["seed"]}
     for key in list(values):
         if key in step.options:
-            options[key] = values.pop(key)
-            if not _type_ok(options[key], step.options[key]):
-                raise UsageError(f"{origin}: {key} = {options[key]!r} must be {_kind(step.options[key])}")
-        elif key not in fields:
-            known = sorted([*fields, *step.options])
-            raise UsageError(f"{origin}: unknown setting {key!r}; known: {', '.join(known)}")
+            options[key] = coerce(values.pop(key), step.options[key], key, origin)
     try:
         prepare = step.load("prepare")
         if prepare is not None:
             values = prepare(values)
-        for key, value in values.items():
-            if not _type_ok(value, fields[key]):
-                raise UsageError(f"{origin}: {key} = {value!r} must be {_kind(fields[key])}")
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            known = sorted([*fields, *step.options])
+            raise UsageError(f"{origin}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
         cfg = resolve(step.load("config"), values, {}, origin=origin)
         check = step.load("check")
         if check is not None:
