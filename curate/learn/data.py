@@ -197,8 +197,8 @@ class StreamBatches(IterableDataset):
         wid, nw = (wi.id, wi.num_workers) if wi else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, wid])
         files = list(self.files)
-        if self.shuffle:
-            rng.shuffle(files)
+        if self.shuffle:  # one order for all workers (seeded without the worker id), so they split the shards
+            np.random.default_rng([self.seed, self.epoch]).shuffle(files)
         mine = files[wid::nw]
         buf: list[tuple[np.ndarray, int, str]] = []
         batch: list[tuple[np.ndarray, int, str]] = []
