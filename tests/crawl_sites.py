@@ -75,7 +75,7 @@ class _Server(ThreadingHTTPServer):
 class Site:
     """``with Site(routes) as site: site.url("/a.png")``; ``hits`` / ``served`` count per path, ``times`` when."""
 
-    def __init__(self, routes: dict[str, Route] | None = None) -> None:
+    def __init__(self, routes: dict[str, Route] | None = None, *, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Route] = dict(routes or {})
         self.hits: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
@@ -83,12 +83,13 @@ class Site:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         handler = type("Handler", (_Handler,), {"site": self})
-        self.server = _Server(("127.0.0.1", 0), handler)
+        self.server = _Server((host, 0), handler)
+        self.host = host
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def __enter__(self) -> Site:
         self.thread.start()

@@ -71,7 +71,7 @@ class RobotsCache:
         self.fetch = fetch
         self.token = agent_token(user_agent)
         self.max_delay = max_delay
-        self._rules: dict[str, asyncio.Future[_Rules]] = {}
+        self._rules: dict[str, asyncio.Future[_Rules]] = {}  # origin -> the task reading its robots.txt
 
     @staticmethod
     def origin(url: str) -> str:
@@ -94,19 +94,12 @@ class RobotsCache:
 
     async def rules(self, url: str) -> _Rules:
         origin = self.origin(url)
-        fut = self._rules.get(origin)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._rules[origin] = fut
-            try:
-                fut.set_result(await self._load(origin))
-            except BaseException as exc:
-                # A cancelled or crashed first reader must not leave the others waiting forever.
-                del self._rules[origin]
-                fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("robots.txt read cancelled"))
-                fut.exception()  # mark retrieved: waiters get it, nobody logs "never retrieved"
-                raise
-        return await asyncio.shield(fut)
+        task = self._rules.get(origin)
+        if task is None:
+            # A task of its own, awaited through a shield: a reader that gives up (its URL's deadline passed, or it was
+            # cancelled) never cancels the read the other URLs of the origin are waiting for.
+            task = self._rules[origin] = asyncio.ensure_future(self._load(origin))
+        return await asyncio.shield(task)
 
     async def check(self, url: str) -> tuple[str, str] | None:
         """None when allowed; else ``(status, error)``: ``robots`` when the rules disallow ``url``, the failure of
@@ -121,6 +114,6 @@ class RobotsCache:
     def delay(self, url: str) -> float | None:
         """The ``Crawl-delay`` for ``url``'s origin once its robots.txt is known (None when none or not yet read)."""
         fut = self._rules.get(self.origin(url))
-        if fut is None or not fut.done() or fut.exception() is not None:
+        if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
             return None
         return fut.result().delay
