@@ -7,6 +7,22 @@ from typing import Annotated, Any
 import typer
 
 from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, human_bytes, say
+from curate.crawl import DEFAULT_CONCURRENCY, DEFAULT_PER_HOST
+
+# The network options ``curate crawl`` and ``curate ingest`` (its URL rows) share: one definition, one meaning.
+ConcurrencyOpt = Annotated[
+    int | None, typer.Option("--concurrency", "-c", help=f"Fetches at once, in all. Default {DEFAULT_CONCURRENCY}.")
+]
+PerHostOpt = Annotated[int | None, typer.Option("--per-host", help=f"Fetches at once per host. Default {DEFAULT_PER_HOST}.")]
+IgnoreRobotsOpt = Annotated[
+    bool | None,
+    typer.Option("--ignore-robots/--respect-robots", help="Do not read robots.txt (only for your own sites). Default: respect."),
+]
+AllowNoaiOpt = Annotated[bool | None, typer.Option("--allow-noai", help="Keep images marked X-Robots-Tag noai/noimageai.")]
+AllowPrivateOpt = Annotated[
+    bool | None, typer.Option("--allow-private", help="Allow loopback/private/link-local addresses (never cloud metadata).")
+]
+AllowHostOpt = Annotated[list[str] | None, typer.Option("--allow-host", help="Host or IP exempt from the address checks.")]
 
 
 def _size(text: str | None) -> int | None:
@@ -34,8 +50,8 @@ def crawl(
     label_from: Annotated[str | None, typer.Option(help="Label images by dir:K (URL folder), regex:PATTERN or seed.")] = None,
     url_col: Annotated[str | None, typer.Option(help="URL column of a CSV/Parquet/JSONL list (default: url, image_url ...).")] = None,
     label_col: Annotated[str | None, typer.Option(help="Label column of the list (default: label, class ...).")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Fetches at once, in all. Default 32.")] = None,
-    per_host: Annotated[int | None, typer.Option(help="Fetches at once per host. Default 4.")] = None,
+    concurrency: ConcurrencyOpt = None,
+    per_host: PerHostOpt = None,
     timeout: Annotated[float | None, typer.Option(help="Total seconds per attempt (connect, headers, body). Default 60.")] = None,
     connect_timeout: Annotated[float | None, typer.Option(help="Seconds to connect. Default 10.")] = None,
     read_timeout: Annotated[float | None, typer.Option(help="Seconds without a byte before giving up. Default 20.")] = None,
@@ -52,14 +68,10 @@ def crawl(
     max_pixels: Annotated[int | None, typer.Option(help="Largest width*height decoded (decompression-bomb guard).")] = None,
     max_pages: Annotated[int | None, typer.Option(help="Most HTML pages queued per crawl. Default 10000.")] = None,
     user_agent: Annotated[str | None, typer.Option(help="User-Agent sent; its first word is matched against robots.txt.")] = None,
-    ignore_robots: Annotated[
-        bool | None, typer.Option("--ignore-robots", help="Do not read robots.txt (only for your own sites).")
-    ] = None,
-    allow_noai: Annotated[bool | None, typer.Option("--allow-noai", help="Keep images marked X-Robots-Tag noai/noimageai.")] = None,
-    allow_private: Annotated[
-        bool | None, typer.Option("--allow-private", help="Allow loopback/private/link-local addresses (never cloud metadata).")
-    ] = None,
-    allow_host: Annotated[list[str] | None, typer.Option("--allow-host", help="Host or IP exempt from the address checks.")] = None,
+    ignore_robots: IgnoreRobotsOpt = None,
+    allow_noai: AllowNoaiOpt = None,
+    allow_private: AllowPrivateOpt = None,
+    allow_host: AllowHostOpt = None,
     retry_failed: Annotated[
         bool | None, typer.Option("--retry-failed", help="Fetch again only the URLs that failed (timeouts, resets, HTTP errors).")
     ] = None,

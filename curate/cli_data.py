@@ -17,6 +17,7 @@ from curate.cli_common import (
     human_bytes,
     say,
 )
+from curate.cli_crawl import AllowHostOpt, AllowNoaiOpt, AllowPrivateOpt, ConcurrencyOpt, IgnoreRobotsOpt, PerHostOpt
 
 
 def _size(text: str | None, what: str) -> int | None:
@@ -47,6 +48,15 @@ def ingest(
     max_pixels: Annotated[int | None, typer.Option(help="Largest width*height decoded (decompression-bomb guard).")] = None,
     max_error_fraction: Annotated[float | None, typer.Option(help="Fail and commit nothing above this failed share.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-j", help="Processes for decode/hash (default: cores).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="URL rows: seconds each URL may take in all, retries included. Default 30.")
+    ] = None,
+    concurrency: ConcurrencyOpt = None,
+    per_host: PerHostOpt = None,
+    allow_private: AllowPrivateOpt = None,
+    allow_host: AllowHostOpt = None,
+    ignore_robots: IgnoreRobotsOpt = None,
+    allow_noai: AllowNoaiOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -55,6 +65,8 @@ def ingest(
 
     Every file is read, sha256-hashed and fully decoded. Corrupt, truncated, empty, non-image and too-large
     files become rows with status=excluded and a reason; the same bytes twice are one sample.
+    http(s) URLs in a manifest are fetched like `curate crawl` fetches them: concurrently, robots.txt obeyed,
+    only public addresses unless --allow-private (cloud metadata never), no proxy, --timeout per URL in all.
 
     Examples:
 
@@ -86,6 +98,13 @@ def ingest(
         "max_bytes": _size(max_bytes, "max-bytes"),
         "max_pixels": max_pixels,
         "max_error_fraction": max_error_fraction,
+        "timeout": timeout,
+        "concurrency": concurrency,
+        "per_host": per_host,
+        "allow_private": allow_private,
+        "allow_hosts": tuple(allow_host) if allow_host else None,
+        "ignore_robots": ignore_robots,
+        "allow_noai": allow_noai,
     }
     cfg = command_config(IngestConfig, "ingest", ws.root, cli)
     res = ingest_step(ws, cfg, StepContext(workers=workers, progress=not json_out))

@@ -195,6 +195,44 @@ def test_robots_rules_are_read_once_per_origin():
     )
 
 
+def _robots_verdicts(text: str, agent: str, paths: list[str]) -> dict[str, bool]:
+    """``{path: allowed}`` under robots.txt ``text`` for ``agent``, through RobotsCache as the crawler asks."""
+
+    async def fetch(url: str) -> tuple[str, int | None, str | None, str | None]:
+        return "ok", 200, text, None
+
+    async def go() -> dict[str, bool]:
+        rc = RobotsCache(fetch, agent)
+        return {p: await rc.check(f"http://a.org{p}") is None for p in paths}
+
+    return asyncio.run(go())
+
+
+def test_robots_wildcards_and_end_anchor_follow_rfc_9309():
+    text = "User-agent: *\nDisallow: /*.jpg$\nDisallow: /private*/\n"
+    paths = ["/a/b.jpg", "/b.jpg?x=1", "/a.jpgx", "/a.png", "/private1/x.png", "/privatex", "/pub/x.png"]
+    got = _robots_verdicts(text, "curate/1.0", paths)
+    assert got == {
+        "/a/b.jpg": False,  # `*` spans folders and `$` anchors the end
+        "/b.jpg?x=1": True,  # `$`: the query string is part of the path matched
+        "/a.jpgx": True,
+        "/a.png": True,
+        "/private1/x.png": False,
+        "/privatex": True,  # `/private*/` needs the slash
+        "/pub/x.png": True,
+    }
+
+
+def test_robots_longest_match_wins_and_agent_groups():
+    text = (
+        "User-agent: curate\nDisallow: /img/\nAllow: /img/public/\nDisallow: /img/public/*.tmp$\nCrawl-delay: 2\n\n"
+        "User-agent: *\nDisallow: /\n"
+    )
+    got = _robots_verdicts(text, "curate/1.0 (+x)", ["/img/a.png", "/img/public/a.png", "/img/public/a.tmp", "/other.png"])
+    assert got == {"/img/a.png": False, "/img/public/a.png": True, "/img/public/a.tmp": False, "/other.png": True}
+    assert _robots_verdicts(text, "otherbot/2", ["/other.png"]) == {"/other.png": False}, "others get the * group"
+
+
 # --------------------------------------------------------------------------------------------- inputs
 
 

@@ -10,6 +10,7 @@
 - ``inputs``: URL lists, seeds and the ``--label-from`` rules.
 - ``engine``: the async loop that ties them together; ``parallel``: a URL list over several processes.
 - ``rows``: journal records -> sample rows (what ``curate.stages.crawl`` commits).
+- ``batchfetch``: the URL rows of ``curate ingest`` manifests, fetched through the same fetcher and frontier.
 
 Every URL the crawl touches ends with exactly one record whose ``status`` is one of ``STATUSES``.
 """
@@ -17,6 +18,12 @@ Every URL the crawl touches ends with exactly one record whose ``status`` is one
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from curate import __version__
+
+DEFAULT_USER_AGENT = f"curate/{__version__} (image dataset crawler; obeys robots.txt and X-Robots-Tag noai)"
+#: Fetches at once in all / per host (``--concurrency`` / ``--per-host`` of crawl and ingest).
+DEFAULT_CONCURRENCY, DEFAULT_PER_HOST = 32, 4
 
 #: An image fetched, validated and stored.
 DOWNLOADED = "downloaded"

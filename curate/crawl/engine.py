@@ -75,6 +75,26 @@ class Plan:
     delay_scale: float = 1.0  # workers sharing a host: each waits Crawl-delay x workers
 
 
+def open_fetcher(plan: Plan, *, on_pause: Callable[[str, float], None] | None = None) -> Fetcher:
+    """A ``Fetcher`` on a new guarded transport (``async with fetcher.transport``) under ``plan``'s address rules,
+    reading robots.txt unless ``plan.respect_robots`` is off; ``curate crawl`` and ingest's URL rows both use it."""
+    lim = plan.limits
+    guard = AddressGuard(allow_private=plan.allow_private, allow_hosts=plan.allow_hosts, resolve_timeout=lim.connect_timeout)
+    fetcher = Fetcher(make_transport(guard, max_connections=plan.concurrency + 8), guard, lim, on_pause=on_pause)
+    if plan.respect_robots:
+        from curate.crawl.robots import RobotsCache
+
+        fetcher.robots = RobotsCache(fetcher.fetch_text, lim.user_agent)
+    return fetcher
+
+
+def honour_crawl_delay(fetcher: Fetcher, frontier: Frontier, url: str, scale: float = 1.0) -> None:
+    """Once ``url``'s robots.txt is known, its ``Crawl-delay`` (times ``scale``) spaces the host's fetches."""
+    delay = fetcher.robots.delay(url) if fetcher.robots is not None else None
+    if delay and host_of(url) not in frontier.delays:
+        frontier.set_delay(host_of(url), delay * scale)
+
+
 @dataclass
 class RunStats:
     """What this run did (resumed records are not counted here)."""
@@ -205,20 +225,11 @@ class Crawler:
         """Crawl until the frontier is empty; the journal holds every finished URL even after Ctrl-C."""
         _fast_async_detection()
         t0 = time.perf_counter()
-        lim = self.plan.limits
-        guard = AddressGuard(
-            allow_private=self.plan.allow_private, allow_hosts=self.plan.allow_hosts, resolve_timeout=lim.connect_timeout
-        )
-        transport = make_transport(guard, max_connections=self.plan.concurrency + 8)
+        self.fetcher = open_fetcher(self.plan, on_pause=self.frontier.pause)
         self.pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="curate-validate")
         ticker = asyncio.create_task(self._tick())
         try:
-            async with transport:
-                self.fetcher = Fetcher(transport, guard, lim, on_pause=self.frontier.pause)
-                if self.plan.respect_robots:
-                    from curate.crawl.robots import RobotsCache
-
-                    self.fetcher.robots = self.robots = RobotsCache(self.fetcher.fetch_text, lim.user_agent)
+            async with self.fetcher.transport:
                 await self._dispatch()
         finally:
             ticker.cancel()
@@ -272,10 +283,7 @@ class Crawler:
             self._finish(task, t0, "noai", None, error="the linking page says noai/noimageai", row=True)
             return
         res = await self.fetcher.fetch(task.url, task.kind)
-        if self.plan.respect_robots:
-            delay = self.robots.delay(task.url)
-            if delay and host_of(task.url) not in self.frontier.delays:
-                self.frontier.set_delay(host_of(task.url), delay * self.plan.delay_scale)
+        honour_crawl_delay(self.fetcher, self.frontier, task.url, self.plan.delay_scale)
         if res.status != "ok":
             self._finish(task, t0, res.status, res, row=task.kind == IMAGE)
         elif res.html:

@@ -3,7 +3,8 @@
 - Redirects are followed by hand (at most ``max_redirects``) so each hop's scheme, address (``netsafety``) and
   robots.txt are checked; a hop back to an earlier URL is ``redirect_loop``.
 - Each attempt has connect and read timeouts plus a total one (``asyncio.timeout``), so a server that drips one
-  byte a second cannot hold a worker longer than ``total_timeout``.
+  byte a second cannot hold a worker longer than ``total_timeout``. ``deadline`` (ingest's ``--timeout``) bounds
+  the whole URL: every attempt, backoff and the wait for robots.txt; no retry starts that could not finish in time.
 - Timeouts, connection errors and HTTP 408/425/429/5xx are retried up to ``retries`` times after an exponential
   backoff with jitter (deterministic per URL); a ``Retry-After`` on 429/503 is honoured and pauses the whole host
   (``on_pause``), and one longer than ``max_retry_wait`` ends the URL instead of being ignored.
@@ -54,6 +55,7 @@ class FetchLimits:
     max_redirects: int = 5
     max_bytes: int = 64 << 20
     respect_noai: bool = True
+    deadline: float | None = None  # seconds for the whole URL, retries included; None: only total_timeout per attempt
 
 
 @dataclass
@@ -164,22 +166,26 @@ class Fetcher:
     async def fetch(self, url: str, kind: str) -> FetchResult:
         """Fetch ``url`` as ``kind`` (``image`` or ``page``), retrying what may succeed on a second try."""
         lim = self.limits
+        loop = asyncio.get_running_loop()
+        end = None if lim.deadline is None else loop.time() + lim.deadline
         attempt, robots_ok = 0, self.robots is None
         while True:
             attempt += 1
+            left = None if end is None else end - loop.time()
             try:
-                await self.guard.check_url(url)
+                async with asyncio.timeout(left):  # the address check and the robots.txt wait count against the deadline
+                    blocked = await self._admit(url, robots_ok)
+            except TimeoutError:
+                return FetchResult("timeout", error=self._late(), final_url=url, attempts=attempt - 1)
             except RefusedAddress as exc:
                 return FetchResult("refused", error=str(exc), final_url=url, attempts=attempt - 1)
             except OSError as exc:  # the name does not resolve (now): a connection failure like any other
                 res = FetchResult("fetch_error", error=f"cannot resolve {url}: {exc}"[:300])
             else:
-                if not robots_ok:  # outside the total timeout: other tasks may be reading robots.txt for us
-                    blocked = await self.robots.check(url)  # type: ignore[union-attr]
-                    if blocked:
-                        return FetchResult(blocked[0], error=blocked[1], final_url=url, attempts=attempt - 1)
-                    robots_ok = True
-                res = await self._attempt(url, kind)
+                if blocked:
+                    return FetchResult(blocked[0], error=blocked[1], final_url=url, attempts=attempt - 1)
+                robots_ok = True
+                res = await self._attempt(url, kind, None if end is None else end - loop.time())
             res.attempts = attempt
             retryable = res.retry and (res.status in ("timeout", "fetch_error") or res.http_status in RETRY_HTTP)
             if not retryable or attempt > lim.retries:
@@ -195,7 +201,20 @@ class Fetcher:
                 delay = max(delay, res.retry_after)
                 if self.on_pause is not None:
                     self.on_pause(urlsplit(res.final_url or url).netloc, res.retry_after)
+            if end is not None and loop.time() + delay >= end:
+                res.error = f"{res.error}; no time left for another try within the {lim.deadline:g}s deadline"
+                return res
             await asyncio.sleep(delay)
+
+    async def _admit(self, url: str, robots_ok: bool) -> tuple[str, str] | None:
+        """Check the address (raises ``RefusedAddress`` / ``OSError``), then robots.txt unless done: the block or None."""
+        await self.guard.check_url(url)
+        if robots_ok:
+            return None
+        return await self.robots.check(url)  # type: ignore[union-attr]
+
+    def _late(self) -> str:
+        return f"no complete answer within the deadline of {self.limits.deadline:g}s, retries included"
 
     async def fetch_text(self, url: str) -> tuple[str, int | None, str | None, str | None]:
         """One attempt at a small text resource (robots.txt): ``(status, http_status, text, error)``."""
@@ -203,13 +222,16 @@ class Fetcher:
         text = res.body.decode("utf-8", errors="replace") if res.status == "ok" and res.body is not None else None
         return res.status, res.http_status, text, res.error
 
-    async def _attempt(self, url: str, kind: str) -> FetchResult:
-        httpx = self._httpx
+    async def _attempt(self, url: str, kind: str, left: float | None = None) -> FetchResult:
+        """One attempt, bounded by ``total_timeout`` and by ``left``, the seconds the deadline still allows."""
+        httpx, total = self._httpx, self.limits.total_timeout
         try:
-            async with asyncio.timeout(self.limits.total_timeout):
+            async with asyncio.timeout(total if left is None else max(0.0, min(total, left))):
                 return await self._follow(url, kind)
         except TimeoutError:
-            return FetchResult("timeout", error=f"no complete answer within the total timeout of {self.limits.total_timeout:g}s")
+            if left is not None and left < total:
+                return FetchResult("timeout", error=self._late())
+            return FetchResult("timeout", error=f"no complete answer within the total timeout of {total:g}s")
         except httpx.TimeoutException as exc:
             return FetchResult("timeout", error=f"{type(exc).__name__} ({self._which_timeout(exc)})")
         except RefusedAddress as exc:

@@ -1,4 +1,7 @@
-"""robots.txt per origin (``urllib.robotparser``) and the ``X-Robots-Tag`` noai directives.
+"""robots.txt per origin (RFC 9309, parsed by ``protego``) and the ``X-Robots-Tag`` noai directives.
+
+``protego`` implements RFC 9309 matching: ``*`` and ``$`` in paths, and the longest matching rule wins (``Allow``
+on a tie). The stdlib's ``urllib.robotparser`` does neither: ``Disallow: /*.jpg$`` allowed every JPEG.
 
 robots.txt is read once per origin (scheme, host, port), by the first task that needs it, while the others for that
 origin wait for the same answer. What an answer means follows RFC 9309: a 2xx file is parsed; a 4xx means no
@@ -12,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.robotparser
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 #: X-Robots-Tag directives that carry a value after a colon (``max-snippet: 20``), not a user-agent prefix.
@@ -50,7 +53,7 @@ def x_robots_noai(values: list[str], token: str) -> bool:
 
 @dataclass
 class _Rules:
-    parser: urllib.robotparser.RobotFileParser | None  # None: no rules, or nothing allowed (``blocked``)
+    parser: Any  # a ``protego.Protego``; None: no rules, or nothing allowed (``blocked``)
     blocked: tuple[str, str] | None = None  # (status, error) every URL of the origin gets
     delay: float | None = None
 
@@ -68,7 +71,7 @@ class RobotsCache:
         self.fetch = fetch
         self.token = agent_token(user_agent)
         self.max_delay = max_delay
-        self._rules: dict[str, asyncio.Future[_Rules]] = {}
+        self._rules: dict[str, asyncio.Future[_Rules]] = {}  # origin -> the task reading its robots.txt
 
     @staticmethod
     def origin(url: str) -> str:
@@ -83,26 +86,20 @@ class RobotsCache:
             why = f"HTTP {code}" if code is not None else (error or "no answer")
             failed = status if status in ("timeout", "fetch_error", "http_error") else "fetch_error"
             return _Rules(None, blocked=(failed, f"robots.txt unreachable ({why}): nothing is fetched from {origin}"))
-        parser = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
-        parser.parse(text.splitlines())
+        from protego import Protego
+
+        parser = Protego.parse(text)
         delay = parser.crawl_delay(self.token)
         return _Rules(parser, delay=min(float(delay), self.max_delay) if delay else None)
 
     async def rules(self, url: str) -> _Rules:
         origin = self.origin(url)
-        fut = self._rules.get(origin)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._rules[origin] = fut
-            try:
-                fut.set_result(await self._load(origin))
-            except BaseException as exc:
-                # A cancelled or crashed first reader must not leave the others waiting forever.
-                del self._rules[origin]
-                fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("robots.txt read cancelled"))
-                fut.exception()  # mark retrieved: waiters get it, nobody logs "never retrieved"
-                raise
-        return await asyncio.shield(fut)
+        task = self._rules.get(origin)
+        if task is None:
+            # A task of its own, awaited through a shield: a reader that gives up (its URL's deadline passed, or it was
+            # cancelled) never cancels the read the other URLs of the origin are waiting for.
+            task = self._rules[origin] = asyncio.ensure_future(self._load(origin))
+        return await asyncio.shield(task)
 
     async def check(self, url: str) -> tuple[str, str] | None:
         """None when allowed; else ``(status, error)``: ``robots`` when the rules disallow ``url``, the failure of
@@ -110,13 +107,13 @@ class RobotsCache:
         rules = await self.rules(url)
         if rules.blocked:
             return rules.blocked
-        if rules.parser is not None and not rules.parser.can_fetch(self.token, url):
+        if rules.parser is not None and not rules.parser.can_fetch(url, self.token):
             return "robots", f"robots.txt disallows {urlsplit(url).path or '/'} for {self.token}"
         return None
 
     def delay(self, url: str) -> float | None:
         """The ``Crawl-delay`` for ``url``'s origin once its robots.txt is known (None when none or not yet read)."""
         fut = self._rules.get(self.origin(url))
-        if fut is None or not fut.done() or fut.exception() is not None:
+        if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
             return None
         return fut.result().delay

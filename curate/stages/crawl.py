@@ -31,15 +31,24 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import __version__
-from curate.crawl import DOWNLOADED, DUPLICATE, IMAGE, NOT_FAILURES, PAGE, Task, rows
+from curate.crawl import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_PER_HOST,
+    DEFAULT_USER_AGENT,
+    DOWNLOADED,
+    DUPLICATE,
+    IMAGE,
+    NOT_FAILURES,
+    PAGE,
+    Task,
+    rows,
+)
 from curate.errors import CurateError, TooManyErrors, UsageError
 from curate.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from curate.schema import OK, SAMPLE_SCHEMA, conform
 from curate.stages import StageResult
 
 STAGE = "crawl"
-DEFAULT_USER_AGENT = f"curate/{__version__} (image dataset crawler; obeys robots.txt and X-Robots-Tag noai)"
 #: Settings that decide what is crawled and which answers count: a change starts another journal.
 IDENTITY_FIELDS = (
     "seeds", "depth", "same_host", "include", "exclude", "label_from", "url_col", "label_col",
@@ -69,8 +78,8 @@ class CrawlConfig:
     label_from: str | None = None
     url_col: str | None = None
     label_col: str | None = None
-    concurrency: int = 32
-    per_host: int = 4
+    concurrency: int = DEFAULT_CONCURRENCY
+    per_host: int = DEFAULT_PER_HOST
     connect_timeout: float = 10.0
     read_timeout: float = 20.0
     timeout: float = 60.0

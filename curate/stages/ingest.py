@@ -22,14 +22,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.blobs import PackWriter
+from curate.crawl import DEFAULT_CONCURRENCY, DEFAULT_PER_HOST
 from curate.errors import CurateError, TooManyErrors
 from curate.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, inspect_image
 from curate.schema import EXCLUDED, OK, RESERVED, SAMPLE_SCHEMA, conform, placeholder_id, sha256_hex
 from curate.stages import StageResult
 
 STAGE = "ingest"
-#: Exclusion reasons that are decisions the user asked for, not failures counted against max_error_fraction.
-NOT_FAILURES = frozenset({"unknown_label"})
+#: Exclusion reasons that are decisions the user or the site asked for, not failures counted against max_error_fraction.
+NOT_FAILURES = frozenset({"unknown_label", "robots", "noai"})
 
 OUT_SCHEMA = pa.schema(
     [
@@ -64,6 +65,9 @@ class IngestConfig:
         class_names: idx only: names for label ids 0..K-1 (default: the ids as text).
         assign_split: also set ``split`` from the origin split (idx file name, ``--split-name``, split column).
         max_error_fraction: fail (commit nothing) when more than this share of inputs is excluded.
+        timeout: seconds one URL may take in all (connect, redirects, body, retries and their waits).
+        concurrency, per_host, allow_private, allow_hosts, ignore_robots, allow_noai: URL rows, as ``curate crawl``
+            (``curate.crawl.batchfetch`` fetches them through the crawler).
     """
 
     source: str
@@ -81,6 +85,12 @@ class IngestConfig:
     max_error_fraction: float = 0.05
     timeout: float = 30.0
     batch_size: int = 512
+    concurrency: int = DEFAULT_CONCURRENCY
+    per_host: int = DEFAULT_PER_HOST
+    allow_private: bool = False
+    allow_hosts: tuple[str, ...] = ()
+    ignore_robots: bool = False
+    allow_noai: bool = False
 
 
 def _read_path(path: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
@@ -116,7 +126,7 @@ def _encode_raw(data: bytes, spec: str) -> bytes:
 
 
 def process_items(batch: pa.Table, cfg: IngestConfig) -> pa.Table:
-    """Per-sample work: get the bytes, hash them, decode them fully.
+    """Per-sample work: get the bytes, hash them, decode them fully (URL rows arrive fetched, see ``run_ingest``).
 
     Args:
         batch: rows of ``curate.sources.ITEM_SCHEMA``.
@@ -132,11 +142,6 @@ def process_items(batch: pa.Table, cfg: IngestConfig) -> pa.Table:
         if reason is None:
             if item["path"] is not None:
                 data, reason, error = _read_path(item["path"], cfg.max_bytes)
-            elif item["url"] is not None:
-                from curate.fetch import fetch_url
-
-                got = fetch_url(item["url"], timeout=cfg.timeout, max_bytes=cfg.max_bytes)
-                data, reason, error = got.data, got.reason, got.error
             elif item["encode"] is not None:
                 data = _encode_raw(item["data"], item["encode"])
             else:
@@ -176,6 +181,7 @@ def run_ingest(
     Raises:
         CurateError: the source cannot be opened, is empty, or (``TooManyErrors``) too many inputs failed.
     """
+    from curate.crawl.batchfetch import prefetch_urls
     from curate.executors import map_batches
     from curate.sources import SourceOptions, open_source
 
@@ -196,8 +202,9 @@ def run_ingest(
     )
     bar = progress(source.total) if progress else contextlib.nullcontext(None)
     try:
-        with bar as advance:
-            for out in map_batches(process_items, source.batches(cfg.batch_size), cfg, workers=workers):
+        # URL rows are fetched here in the driver, concurrently, through the crawler (its address checks and limits).
+        with bar as advance, contextlib.closing(prefetch_urls(source.batches(cfg.batch_size), cfg)) as batches:
+            for out in map_batches(process_items, batches, cfg, workers=workers):
                 acc.add(out)
                 if advance:
                     advance(out.num_rows)
