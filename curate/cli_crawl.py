@@ -53,6 +53,9 @@ def crawl(
     concurrency: ConcurrencyOpt = None,
     per_host: PerHostOpt = None,
     timeout: Annotated[float | None, typer.Option(help="Total seconds per attempt (connect, headers, body). Default 60.")] = None,
+    deadline: Annotated[
+        float | None, typer.Option(help="Seconds for one URL in all: attempts, backoff, Retry-After waits. Default 180.")
+    ] = None,
     connect_timeout: Annotated[float | None, typer.Option(help="Seconds to connect. Default 10.")] = None,
     read_timeout: Annotated[float | None, typer.Option(help="Seconds without a byte before giving up. Default 20.")] = None,
     retries: Annotated[
@@ -119,6 +122,7 @@ def crawl(
         "concurrency": concurrency,
         "per_host": per_host,
         "timeout": timeout,
+        "deadline": deadline,
         "connect_timeout": connect_timeout,
         "read_timeout": read_timeout,
         "retries": retries,

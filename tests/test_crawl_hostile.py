@@ -296,3 +296,16 @@ def test_ignore_robots_and_allow_noai(tmp_path, png_bytes):
         row = _crawl_one(tmp_path, site, "/a.png", ignore_robots=True, allow_noai=True)
         assert site.hits["/robots.txt"] == 0
     assert row["crawl_status"] == "downloaded"
+
+
+def test_deadline_bounds_a_url_across_retries(tmp_path, png_bytes_module):
+    """``--deadline`` covers every attempt: a drip that would take (retries + 1) x timeout gets fewer attempts."""
+    with Site({"/drip.png": drip(every=0.1)}) as site:
+        lst = tmp_path / "urls.txt"
+        lst.write_text(site.url("/drip.png") + "\n")
+        ws = Workspace(tmp_path / "ws")
+        crawl(ws, hostile_config(str(lst), deadline=TIMEOUT + 1.0, ignore_robots=True))
+        hits = site.hits["/drip.png"]
+    (row,) = ws.samples().to_pylist()
+    assert row["reason"] == "timeout" and "deadline" in row["error"], row["error"]
+    assert hits <= 2 < RETRIES + 1, "without a deadline each of the retries + 1 attempts runs its full timeout"

@@ -65,6 +65,8 @@ class CrawlConfig:
         depth: link hops followed from a seed (0: the seed page and its images only).
         per_host / concurrency: fetches at once per host / in all.
         timeout: total seconds per attempt (connect + headers + body); connect/read_timeout bound each step.
+        deadline: seconds for one URL in all: every attempt, backoff and Retry-After wait (a drip server or a
+            flapping one cannot hold a worker for ``timeout`` x ``retries``).
         max_error_fraction: commit nothing when more than this share of the URLs failed (the journal keeps them).
         workers: processes for a URL list (default: one per core); a seed crawl runs in one process.
     """
@@ -83,6 +85,7 @@ class CrawlConfig:
     connect_timeout: float = 10.0
     read_timeout: float = 20.0
     timeout: float = 60.0
+    deadline: float = 180.0
     retries: int = 3
     backoff: float = 0.5
     max_retry_wait: float = 120.0
@@ -121,7 +124,7 @@ def check_config(cfg: CrawlConfig) -> Any:
                 re.compile(pattern)
             except re.error as exc:
                 raise UsageError(f"--{name} {pattern!r}: bad regular expression ({exc})") from None
-    for name in ("concurrency", "per_host", "timeout", "connect_timeout", "read_timeout", "max_bytes", "max_pages"):
+    for name in ("concurrency", "per_host", "timeout", "deadline", "connect_timeout", "read_timeout", "max_bytes", "max_pages"):
         if getattr(cfg, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.depth < 0 or cfg.retries < 0 or cfg.max_redirects < 0:
@@ -254,6 +257,7 @@ def run_crawl(
         connect_timeout=cfg.connect_timeout,
         read_timeout=cfg.read_timeout,
         total_timeout=cfg.timeout,
+        deadline=cfg.deadline,
         retries=cfg.retries,
         backoff=cfg.backoff,
         max_retry_wait=cfg.max_retry_wait,
