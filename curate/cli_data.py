@@ -45,7 +45,12 @@ def ingest(
     class_names: Annotated[str | None, typer.Option(help="idx: comma-separated names for label ids 0..K-1.")] = None,
     max_bytes: Annotated[str | None, typer.Option(help="Largest file accepted, e.g. 64MB.")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Largest width*height decoded (decompression-bomb guard).")] = None,
-    max_error_fraction: Annotated[float | None, typer.Option(help="Fail and commit nothing above this failed share.")] = None,
+    max_error_fraction: Annotated[
+        float | None, typer.Option(help="Fail and commit nothing when more than this share of inputs failed (default 0.5).")
+    ] = None,
+    follow_links: Annotated[
+        bool | None, typer.Option("--follow-links", help="Read symbolic links that point outside the source folder.")
+    ] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-j", help="Processes for decode/hash (default: cores).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
@@ -87,6 +92,7 @@ def ingest(
         "max_bytes": _size(max_bytes, "max-bytes"),
         "max_pixels": max_pixels,
         "max_error_fraction": max_error_fraction,
+        "follow_links": follow_links,
     }
     cfg = resolve(IngestConfig, load_section(cfg_file, "ingest"), cli, origin=str(cfg_file))
     res = ingest_step(ws, cfg, StepContext(workers=workers, progress=not json_out))
