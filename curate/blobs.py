@@ -21,6 +21,9 @@ import pyarrow.parquet as pq
 
 PACK_SCHEMA = pa.schema([pa.field("sample_id", pa.string()), pa.field("data", pa.binary())])
 ROW_GROUP_ROWS = 1024
+#: A row group also ends at this many bytes of blobs: the Parquet writer holds a whole row group in memory
+#: (six 60 MB blobs in one group cost several times their size while being written).
+ROW_GROUP_BYTES = 16 << 20
 
 
 class PackWriter:
@@ -52,12 +55,18 @@ class PackWriter:
         return f"pack-{self.token}-{self._seq:05d}"
 
     def add(self, sample_id: str, data: bytes) -> str:
-        """Buffer one blob and return the name of the pack it will live in."""
+        """Buffer one blob and return the name of the pack it will live in.
+
+        A pack holds at most ``target_bytes`` unless one blob alone is larger: flushing only after the
+        buffer overflowed let one pack take the target plus a whole large blob.
+        """
+        if self._ids and self._size + len(data) > self.target_bytes:
+            self.flush()
         name = self.current
         self._ids.append(sample_id)
         self._data.append(data)
         self._size += len(data)
-        if self._size >= self.target_bytes:
+        if self._size >= self.target_bytes or len(data) >= ROW_GROUP_BYTES:  # a large blob is written, not held
             self.flush()
         return name
 
@@ -66,10 +75,18 @@ class PackWriter:
             return
         name = self.current
         table = pa.table({"sample_id": self._ids, "data": pa.array(self._data, pa.binary())}, schema=PACK_SCHEMA)
+        sizes = [len(d) for d in self._data]
+        self._data = []  # the table holds the bytes now: do not keep a second copy while writing
         tmp = self.root / f".tmp-{name}.parquet"
         # recorded before the file exists: a Ctrl-C anywhere below still lets ``discard`` find what was written
         self.written.append(name)
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="snappy")
+        # No dictionary and no min/max statistics for the blobs: every blob is distinct (its id is its hash),
+        # and both would copy the bytes once more while writing.
+        with pq.ParquetWriter(
+            tmp, PACK_SCHEMA, compression="snappy", use_dictionary=["sample_id"], write_statistics=["sample_id"]
+        ) as out:
+            for start, rows in _row_groups(sizes):
+                out.write_table(table.slice(start, rows), row_group_size=rows)
         os.replace(tmp, self.root / f"{name}.parquet")
         self._ids, self._data, self._size = [], [], 0
         self._seq += 1
@@ -86,6 +103,18 @@ class PackWriter:
             (self.root / f"{name}.parquet").unlink(missing_ok=True)
             (self.root / f".tmp-{name}.parquet").unlink(missing_ok=True)
         self.written = []
+
+
+def _row_groups(sizes: list[int]) -> Iterator[tuple[int, int]]:
+    """``(first row, rows)`` of each row group: at most ``ROW_GROUP_ROWS`` rows and about ``ROW_GROUP_BYTES``."""
+    start = held = 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= ROW_GROUP_ROWS or held + size > ROW_GROUP_BYTES):
+            yield start, i - start
+            start, held = i, 0
+        held += size
+    if sizes:
+        yield start, len(sizes) - start
 
 
 class BlobStore:

@@ -46,7 +46,12 @@ def ingest(
     class_names: Annotated[str | None, typer.Option(help="idx: comma-separated names for label ids 0..K-1.")] = None,
     max_bytes: Annotated[str | None, typer.Option(help="Largest file accepted, e.g. 64MB.")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Largest width*height decoded (decompression-bomb guard).")] = None,
-    max_error_fraction: Annotated[float | None, typer.Option(help="Fail and commit nothing above this failed share.")] = None,
+    max_error_fraction: Annotated[
+        float | None, typer.Option(help="Fail and commit nothing when more than this share of inputs failed (default 0.5).")
+    ] = None,
+    follow_links: Annotated[
+        bool | None, typer.Option("--follow-links", help="Read symbolic links that point outside the source folder.")
+    ] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-j", help="Processes for decode/hash (default: cores).")] = None,
     timeout: Annotated[
         float | None, typer.Option(help="URL rows: seconds each URL may take in all, retries included. Default 30.")
@@ -105,6 +110,7 @@ def ingest(
         "allow_hosts": tuple(allow_host) if allow_host else None,
         "ignore_robots": ignore_robots,
         "allow_noai": allow_noai,
+        "follow_links": follow_links,
     }
     cfg = command_config(IngestConfig, "ingest", ws.root, cli)
     res = ingest_step(ws, cfg, StepContext(workers=workers, progress=not json_out))

@@ -281,6 +281,16 @@ def test_jsonl_that_is_a_json_array(two_images, text):
     assert "jq" in exc.value.hint
 
 
+@pytest.mark.parametrize("lead", ["\n", "\n\n  \n"])
+def test_jsonl_blank_lines_then_an_array_says_array(two_images, lead):
+    man = two_images / "m.jsonl"
+    man.write_text(lead + json.dumps([{"path": "img/a.png"}]) + "\n")
+    with pytest.raises(CurateError) as exc:
+        items(man)
+    assert str(exc.value).startswith(f"{man}:{lead.count(chr(10)) + 1}: the file is a JSON array"), exc.value
+    assert "blank line" not in str(exc.value) and "jq" in exc.value.hint
+
+
 def test_jsonl_blank_line_in_the_middle(two_images):
     man = two_images / "m.jsonl"
     man.write_text('{"path": "img/a.png"}\n{"path": "img/b.png"}\n\n{"path": "img/a.png"}\n')
@@ -321,6 +331,47 @@ def test_manifest_empty_path_cell_is_missing(two_images):
     assert rows[1]["pre_reason"] == "missing"
     assert rows[1]["source"] == f"{two_images / 'm.csv'}:line 3"
     assert rows[1]["label"] == "dog"
+
+
+@pytest.mark.parametrize(
+    ("label", "shown"), [(["bag", "dark"], '["bag", "dark"]'), ({"x": 0}, '{"x": 0}'), ([], "[]")]
+)
+def test_jsonl_list_or_object_label_is_refused(two_images, label, shown):
+    """Multi-label / structured labels must not become a class named "['bag', 'dark']"."""
+    man = two_images / "m.jsonl"
+    man.write_text(json.dumps({"path": "img/a.png", "label": "cat"}) + "\n" + json.dumps({"path": "img/b.png", "label": label}) + "\n")
+    with pytest.raises(CurateError) as exc:
+        items(man)
+    msg = str(exc.value)
+    assert msg.startswith(f"{man}:2: 'label' is a") and shown in msg and "\n" not in msg
+
+
+def test_parquet_list_and_struct_labels_are_refused_naming_the_row(two_images):
+    lists = pa.table({"path": ["img/a.png", "img/b.png"], "label": [["cat"], ["bag", "dark"]]})
+    structs = pa.table({"path": ["img/a.png"], "label": [{"x": 0}]})
+    pq.write_table(lists, two_images / "l.parquet")
+    pq.write_table(structs, two_images / "s.parquet")
+    with pytest.raises(CurateError, match=r"l\.parquet: row 1: 'label' is a list \(\[\"cat\"\]\)"):
+        items(two_images / "l.parquet")
+    with pytest.raises(CurateError, match=r"s\.parquet: row 1: 'label' is an object \(\{\"x\": 0\}\)"):
+        items(two_images / "s.parquet")
+    # other columns may hold lists: they are kept as text columns
+    pq.write_table(pa.table({"path": ["img/a.png"], "label": ["cat"], "tags": [["a", "b"]]}), two_images / "t.parquet")
+    assert [r["label"] for r in items(two_images / "t.parquet")] == ["cat"]
+
+
+def test_cli_multi_label_manifest_is_one_line_and_commits_nothing(two_images, tmp_path):
+    from helpers import assert_one_error_line, run_curate
+
+    from curate.workspace import Workspace
+
+    man = two_images / "m.jsonl"
+    man.write_text(json.dumps({"path": "img/a.png", "label": ["bag", "dark"]}) + "\n")
+    res = run_curate(["ingest", str(man), "-w", str(tmp_path / "ws"), "-j", "1"], cwd=tmp_path)
+    assert res.returncode == 1
+    line = assert_one_error_line(res.stderr)
+    assert f"{man}:1:" in line and '["bag", "dark"]' in line
+    assert Workspace(tmp_path / "ws").head() is None
 
 
 def test_manifest_urls_are_urls(two_images):

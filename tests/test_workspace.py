@@ -3,6 +3,7 @@ crash safety (a real ``curate ingest`` process killed with SIGKILL or interrupte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -479,6 +480,94 @@ def test_sigkill_mid_ingest_keeps_previous_version(tmp_path, big_folder, image_f
     res = ingest(ws, image_folder({"fish": 2}, name="more", seed0=700))
     assert res["version"] == V2 and res["parent"] == V1
     assert ws.head() == V2 and ws.samples(V2).num_rows == 6 + 2
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie (dead; an init that does not reap leaves it in /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the workers")
+def test_sigkill_with_workers_leaves_no_lock_holder(tmp_path, big_folder, image_folder, ingest):
+    """kill -9 of an ingest with 2 worker processes: the workers die with it, and the next writer works at once
+    (forked workers used to inherit the lock and keep it, under PID 1, forever)."""
+    ws, state = _baseline(tmp_path, image_folder, ingest)
+    cmd = [sys.executable, "-m", "curate.cli", "ingest", str(big_folder), "-w", str(ws.root), "--workers", "2"]
+    proc, _ = _start_ingest_and_wait_for_pack(cmd, ws, tmp_path)
+    workers = _children(proc.pid)
+    try:
+        _kill_then_next_writer_works(proc, workers, ws, state, image_folder, tmp_path)
+    finally:  # a regression must not leave orphans behind the test suite
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+
+
+def _kill_then_next_writer_works(proc, workers, ws, state, image_folder, tmp_path) -> None:  # noqa: ANN001
+    assert proc.poll() is None and len(workers) >= 2, workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    proc.stdout.close()  # not communicate(): workers that outlived it would hold the pipes open
+    proc.stderr.close()
+    _assert_untouched(ws, state)
+    more = image_folder({"fish": 2}, name="more", seed0=700)
+    res = run_curate(["ingest", str(more), "-w", str(ws.root), "--json"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["version"] == V2 and ws.head() == V2 and ws.samples(V2).num_rows == 6 + 2
+    assert ws.samples(V1).to_pylist() == state["rows"]
+    deadline = time.monotonic() + 60  # an event, not a speed: the kernel kills them when their parent dies
+    while time.monotonic() < deadline and not all(_gone(w) for w in workers):
+        time.sleep(0.05)
+    assert all(_gone(w) for w in workers), "orphan workers outlived the killed ingest"
+
+
+_ORPHANED_HOLDER = """
+import subprocess, sys
+from curate.workspace import Workspace
+ws = Workspace(sys.argv[1])
+with ws.writer():
+    fd = ws._lock_fh.fileno()
+    # a process that inherited the lock and outlives us (what forked workers of a killed curate used to be)
+    keeper = subprocess.Popen(["sleep", "600"], pass_fds=(fd,))
+    print(keeper.pid, flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_lock_of_a_dead_holder_is_taken_over_with_a_notice(two_versions, tmp_path):
+    ws: Workspace = two_versions["ws"]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _ORPHANED_HOLDER, str(ws.root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=clean_env(),
+    )  # fmt: skip
+    keeper = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait(30)
+        assert (ws.root / ".lock").read_text() == f"pid {holder.pid}"  # a dead pid, in a file still locked
+        res = run_curate(["checkout", "1", "-w", str(ws.root)], cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        notice = [ln for ln in res.stderr.splitlines() if "lock" in ln]
+        assert len(notice) == 1 and f"pid {holder.pid}" in notice[0] and "no longer running" in notice[0], res.stderr
+        assert ws.head() == V1 and ws.version_ids() == [V1, V2]
+        # the lock is really ours now: a live holder still refuses a second writer
+        with ws.writer(), pytest.raises(WorkspaceBusy, match=f"pid {os.getpid()}"), Workspace(ws.root).writer():
+            pass
+    finally:
+        os.kill(keeper, signal.SIGKILL)
+    res = run_curate(["checkout", "2", "-w", str(ws.root)], cwd=tmp_path)
+    assert res.returncode == 0 and "lock" not in res.stderr, res.stderr
+    assert ws.head() == V2
 
 
 def test_sigint_mid_ingest_commits_nothing(tmp_path, big_folder, image_folder, ingest):

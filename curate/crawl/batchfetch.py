@@ -211,14 +211,27 @@ def prefetch_urls(batches: Iterable[pa.Table], cfg: Any, *, budget: int = BUDGET
                     loop = loop or FetchLoop(plan, budget)
                     futs[i] = loop.submit(url)
             pending.append((batch, futs))
+            # Not held while suspended at a yield: a batch of large archive members would stay in memory twice.
+            del batch
             # One batch with URLs stays ahead: its URLs are fetched while the one before is decoded.
             while len(pending) > (1 if futs else 0):
-                yield from _finish(*pending.popleft(), loop, budget // 4)
+                yield from _next(pending, loop, budget // 4)
         while pending:
-            yield from _finish(*pending.popleft(), loop, budget // 4)
+            yield from _next(pending, loop, budget // 4)
     finally:
         if loop is not None:
             loop.close()
+
+
+_Pending = deque[tuple[pa.Table, dict[int, concurrent.futures.Future]]]
+
+
+def _next(pending: _Pending, loop: FetchLoop | None, cut: int) -> Iterator[pa.Table]:
+    """The first pending batch, finished; one without URL rows is yielded straight from the queue (no local keeps it)."""
+    if not pending[0][1] and pending[0][0].column("url").null_count == pending[0][0].num_rows:
+        yield pending.popleft()[0]
+    else:
+        yield from _finish(*pending.popleft(), loop, cut)
 
 
 def _finish(batch: pa.Table, futs: dict[int, concurrent.futures.Future], loop: FetchLoop | None, cut: int) -> Iterator[pa.Table]:

@@ -33,6 +33,9 @@ ITEM_SCHEMA = pa.schema(
     ]
 )
 
+#: Bytes of data one item batch carries at most (one item larger than this is a batch of its own).
+BATCH_BYTES = 16 << 20
+
 FORMATS = ("auto", "folder", "csv", "parquet", "jsonl", "idx", "tar", "zip")
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -48,6 +51,7 @@ class SourceOptions:
     split_name: str | None = None
     class_names: tuple[str, ...] | None = None  # idx: names for label ids 0..K-1
     max_bytes: int = 64 << 20
+    follow_links: bool = False  # folder: read symbolic links that point outside the folder
     notes: dict[str, int] = field(default_factory=dict)  # counters sources report (hidden files skipped ...)
 
 
@@ -60,16 +64,33 @@ class Source(abc.ABC):
     def items(self) -> Iterator[dict]:
         """Yield one dict per input with keys of ``ITEM_SCHEMA`` (missing keys are null)."""
 
-    def batches(self, batch_size: int) -> Iterator[pa.Table]:
-        """Group ``items()`` into ``ITEM_SCHEMA`` tables of at most ``batch_size`` rows."""
+    def batches(self, batch_size: int, max_batch_bytes: int = BATCH_BYTES) -> Iterator[pa.Table]:
+        """Group ``items()`` into ``ITEM_SCHEMA`` tables of at most ``batch_size`` rows.
+
+        A batch also ends once the bytes it carries (archive members, idx pixels) reach ``max_batch_bytes``:
+        a count alone let 512 members of 60 MB each make one 30 GB batch. A single larger item is a batch
+        of its own.
+        """
         buf: list[dict] = []
+        held = 0
         for item in self.items():
+            data = item.get("data")
+            held += len(data) if data is not None else 0
             buf.append(item)
-            if len(buf) >= batch_size:
-                yield pa.Table.from_pylist(buf, schema=ITEM_SCHEMA)
-                buf = []
+            del item, data  # only the buffer may hold a member's bytes: a large one must not linger twice
+            if len(buf) >= batch_size or held >= max_batch_bytes:
+                held = 0
+                yield _drain(buf)
         if buf:
-            yield pa.Table.from_pylist(buf, schema=ITEM_SCHEMA)
+            yield _drain(buf)
+
+
+def _drain(buf: list[dict]) -> pa.Table:
+    """``buf`` as an ``ITEM_SCHEMA`` table, emptying it: the caller yields the table without keeping a name for
+    it or for the items, so while the consumer works on a batch of large members only one copy exists."""
+    table = pa.Table.from_pylist(buf, schema=ITEM_SCHEMA)
+    buf.clear()
+    return table
 
 
 def detect_format(path: Path) -> str:

@@ -2,7 +2,9 @@
 
 Columns are resolved before any work starts, so a wrong ``--path-col`` fails in milliseconds with the list of
 columns the file does have. JSONL is strictly one object per line: a JSON array, a blank line in the middle
-or a broken line fails with the line number.
+or a broken line fails with the line number. A list or object in the path, label or split column (a
+multi-label or structured label) fails with the line or row and the value instead of becoming a class like
+``"['bag', 'dark']"``.
 """
 
 from __future__ import annotations
@@ -55,26 +57,42 @@ def _clean(value: Any) -> str | None:
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)``; strict about the format, tolerant of trailing blank lines."""
     blank_at: int | None = None
+    seen = False
     with open(path, encoding="utf-8-sig") as fh:  # -sig: tolerate the BOM some Windows tools write
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+            stripped = line.strip()
+            if not stripped:
                 blank_at = blank_at or lineno
                 continue
-            if blank_at is not None:
-                raise CurateError(f"{path}:{blank_at}: blank line inside a JSONL file", hint="remove the empty line")
-            stripped = line.lstrip()
-            if lineno == 1 and stripped.startswith("["):
+            # Before the blank-line check: blank lines then `[` is still a JSON array, and saying so is the fix.
+            if not seen and stripped.startswith("["):
                 raise CurateError(
-                    f"{path}:1: the file is a JSON array; JSONL needs one JSON object per line",
+                    f"{path}:{lineno}: the file is a JSON array; JSONL needs one JSON object per line",
                     hint="convert it, e.g. `jq -c '.[]' file.json > file.jsonl`",
                 )
+            if blank_at is not None:
+                raise CurateError(f"{path}:{blank_at}: blank line inside a JSONL file", hint="remove the empty line")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise CurateError(f"{path}:{lineno}: broken JSON line ({exc.msg} at column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise CurateError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            seen = True
             yield lineno, obj
+
+
+def _scalar(value: Any, column: str, where: str) -> Any:
+    """``value`` if it is one value; a list or object (multi-label, structured) fails, naming row and value."""
+    if isinstance(value, list | tuple | dict):
+        shown = json.dumps(value, default=str)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        kind = "an object" if isinstance(value, dict) else "a list"
+        raise CurateError(
+            f"{where}: {column!r} is {kind} ({shown}); curate takes one label per image",
+            hint="multi-label and structured labels are not supported: give one class per row",
+        )
+    return value
 
 
 class ManifestSource(Source):
@@ -143,9 +161,10 @@ class ManifestSource(Source):
         used = {self.path_col, self.label_col, self.split_col}
         where = "line" if self.fmt in ("csv", "jsonl") else "row"
         for row, rec in self._records():
-            ref = _clean(rec.get(self.path_col))
-            label = _clean(rec.get(self.label_col)) if self.label_col else None
-            split = (_clean(rec.get(self.split_col)) if self.split_col else None) or self.opts.split_name
+            at = f"{self.path}:{row}" if where == "line" else f"{self.path}: row {row}"
+            ref = _clean(_scalar(rec.get(self.path_col), self.path_col, at))
+            label = _clean(_scalar(rec.get(self.label_col), self.label_col, at)) if self.label_col else None
+            split = (_clean(_scalar(rec.get(self.split_col), self.split_col, at)) if self.split_col else None) or self.opts.split_name
             item = {"label": label, "origin_split": split}
             other = {k: _clean(v) for k, v in rec.items() if k not in used}
             if other:
