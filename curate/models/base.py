@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,10 +222,13 @@ def describe_input(x: np.ndarray) -> str:
 
 
 def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception (runtimes print pages), at most 200 characters."""
-    text = str(exc).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
+    """The line of an exception that says what went wrong, at most 200 characters: the first non-empty line, or for
+    TorchScript's pages (a header, a Python trace, then ``RuntimeError: ...``) the last ``...Error:`` line."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    causes = [ln for ln in lines[1:] if re.match(r"^[A-Za-z_.]*Error: ", ln)]
+    return (causes[-1].split(": ", 1)[1] if causes else lines[0])[:200]
 
 
 def require(module: str, extra: str, spec: str) -> Any:
