@@ -361,3 +361,32 @@ def test_export_model_cli_errors(run, tmp_path: Path) -> None:
     r = _cli("export-model", run["dir"], "--format", "torchscript", "--out", tmp_path / "m.pt")
     assert r.exit_code == 0 and "exported" in r.stdout and (tmp_path / "m.pt").stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_linear_head_on_embeddings_finds_planted_label_errors_and_outliers() -> None:
+    """3 Gaussian classes in 32-D, 8 flipped labels, 2 points far from every class: the out-of-sample linear head
+    gives each flipped row a low probability for its given label (cleanlab flags 7 of 8, nothing else), and the far
+    points get the largest OOD z."""
+    from curate.labelissues import label_issues
+    from curate.models.heads import oof_linear
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (3, 32)) * 2.0
+    truth = np.repeat(np.arange(3), 50)
+    x = centers[truth] + rng.normal(0, 1, (150, 32))
+    flipped = rng.choice(150, 8, replace=False)
+    given = truth.copy()
+    given[flipped] = (truth[flipped] + rng.integers(1, 3, 8)) % 3
+    far = np.setdiff1d(np.arange(150), flipped)[:2]
+    x[far] += 25.0
+    res = oof_linear(x, given, 4, folds=5, seed=0, ood=True)  # 4: an empty class gets zeros
+    assert res.probs.shape == (150, 4) and np.allclose(res.probs.sum(1), 1, atol=1e-5) and np.all(res.probs[:, 3] == 0)
+    assert np.bincount(res.fold).tolist() == [30] * 5
+    assert (res.probs[flipped, given[flipped]] < 0.5).all() and (res.probs[flipped].argmax(1) == truth[flipped]).all()
+    assert set(np.flatnonzero(res.probs.argmax(1) != given)) == set(flipped.tolist())  # exactly the flipped rows disagree
+    found = set(np.flatnonzero(label_issues(given, res.probs[:, :3])["is_label_issue"]).tolist())
+    assert found <= set(flipped.tolist()) and len(found) >= 7  # cleanlab on these probabilities: no false alarm
+    assert set(np.argsort(res.ood_z)[-2:]) == set(far.tolist()) and res.ood_z[far].min() > 4
+    np.testing.assert_array_equal(oof_linear(x, given, 4, folds=5, seed=0).probs, res.probs)  # deterministic
+    with pytest.raises(CurateError, match="fewer than --folds 5"):
+        oof_linear(x[[0, 1, 2, 50, 51, 52]], np.array([0, 0, 0, 1, 1, 1]), 3)
