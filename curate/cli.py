@@ -82,6 +82,7 @@ from curate import (  # noqa: E402
     cli_dedupe,
     cli_filter,
     cli_learn,
+    cli_models,
     cli_pseudolabel,
     cli_report,
     cli_run,
@@ -99,6 +100,7 @@ for _module in (
     cli_pseudolabel,
     cli_versions,
     cli_learn,
+    cli_models,
     cli_report,
     cli_run,
 ):
