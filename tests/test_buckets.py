@@ -170,6 +170,35 @@ def test_ingest_tar_gz_on_bucket(s3, image_folder, tmp_path):
     assert_matches_truth(Workspace(tmp_path / "ws"), truth, reasons, member)
 
 
+def test_archive_is_streamed_in_ranged_reads(s3, tmp_path, monkeypatch):
+    """A 3 MB archive read with a 256 KB read-ahead: many small ranged GETs, never one for the whole object."""
+    import numpy as np
+    import s3fs
+
+    import curate.remote
+
+    blob = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()  # incompressible
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        info = tarfile.TarInfo("cat/noise.png")
+        info.size = len(blob)
+        tf.addfile(info, io.BytesIO(blob))
+    s3.pipe(f"{BUCKET}/big.tar.gz", buf.getvalue())
+    monkeypatch.setattr(curate.remote.open_input, "__defaults__", (256 << 10,))
+    ranges: list[int] = []
+    fetch = s3fs.core.S3File._fetch_range
+
+    def spy(self, start, end):  # noqa: ANN001, ANN202
+        ranges.append(end - start)
+        return fetch(self, start, end)
+
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", spy)
+    res = ok_json("ingest", f"s3://{BUCKET}/big.tar.gz", "-w", tmp_path / "ws", "--max-error-fraction", 1)
+    assert res["stats"]["new_excluded_by_reason"] == {"not_an_image": 1}
+    # Two passes over > 3 MB in reads of about one block (read-ahead adds what tarfile asked for): never the whole.
+    assert len(ranges) >= 2 * 11 and max(ranges) <= 2 * (256 << 10) < len(buf.getvalue()) // 4
+
+
 def test_key_deleted_after_listing_is_a_missing_row(s3, bucket_folder, tmp_path, monkeypatch):
     from curate.sources.remote import RemoteFolderSource
 
@@ -192,11 +221,28 @@ def test_key_deleted_after_listing_is_a_missing_row(s3, bucket_folder, tmp_path,
 # --------------------------------------------------------------------------------------------- export
 
 
-def test_export_to_bucket_is_byte_identical_to_local(s3, image_folder, ingest, tmp_path):
+def test_export_to_bucket_is_byte_identical_to_local(s3, image_folder, ingest, tmp_path, monkeypatch):
+    import s3fs
+
     ws = Workspace(tmp_path / "ws")
     ingest(ws, image_folder({"cat": 5, "dog": 4}))
     local = ok_json("export", "-w", ws.root, "--out", tmp_path / "local", "--min-shards", 2)
+    writes: list[tuple[str, str]] = []
+    put, rm_file = s3fs.S3FileSystem._put_file, s3fs.S3FileSystem._rm_file  # the sync methods call these
+
+    async def spy_put(self, lpath, rpath, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        writes.append(("put", rpath.rsplit("/exp/v1/", 1)[1]))
+        return await put(self, lpath, rpath, *a, **kw)
+
+    async def spy_rm(self, path, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        writes.append(("rm", path.rsplit("/exp/v1/", 1)[1]))
+        return await rm_file(self, path, *a, **kw)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", spy_put)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_rm_file", spy_rm)
+    s3fs.S3FileSystem.clear_instance_cache()  # an instance binds its sync methods when it is made
     remote = ok_json("export", "-w", ws.root, "--out", f"s3://{BUCKET}/exp/v1", "--min-shards", 2)
+    assert writes[-2:] == [("put", "index.json"), ("put", "dataset.json")] and len(writes) == 6  # the card last
     assert remote["out"] == f"s3://{BUCKET}/exp/v1"
     assert remote["shards"] == local["shards"] == 4 and remote["bytes"] == local["bytes"]
     want = tree_digest(tmp_path / "local")
@@ -209,7 +255,9 @@ def test_export_to_bucket_is_byte_identical_to_local(s3, image_folder, ingest, t
     assert bucket_digest() == want
     assert not list((ws.root).glob(".tmp-export-*"))  # staging is cleaned up
     # Re-export with other settings over the old one: one shard per format now, the old ones are gone.
+    writes.clear()
     ok_json("export", "-w", ws.root, "--out", f"s3://{BUCKET}/exp/v1", "--min-shards", 1)
+    assert writes[0] == ("rm", "dataset.json") and writes[-1] == ("put", "dataset.json")  # old card first, new card last
     ok_json("export", "-w", ws.root, "--out", tmp_path / "local1", "--min-shards", 1)
     assert bucket_digest() == tree_digest(tmp_path / "local1")
     # A prefix holding other objects is never overwritten.
@@ -217,6 +265,23 @@ def test_export_to_bucket_is_byte_identical_to_local(s3, image_folder, ingest, t
     line = fail_line("export", "-w", ws.root, "--out", f"s3://{BUCKET}/mine")
     assert f"s3://{BUCKET}/mine" in line and "not a curate export" in line
     assert s3.cat_file(f"{BUCKET}/mine/notes.txt") == b"keep me"
+
+
+def test_pipeline_from_bucket_to_bucket_reruns_cached_until_a_key_changes(s3, bucket_folder, tmp_path):
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(
+        f'[pipeline]\nname = "b"\nworkspace = "ws"\n\n[[step]]\nstage = "ingest"\nsource = "s3://{BUCKET}/imgs/"\n\n'
+        f'[[step]]\nstage = "export"\nformats = ["parquet"]\nout = "s3://{BUCKET}/exp"\n'
+    )
+    first = ok_json("run", pipe, "--workers", 1)
+    assert [s["status"] for s in first["steps"]] == ["run", "run"]
+    again = ok_json("run", pipe, "--workers", 1)
+    assert [s["status"] for s in again["steps"]] == ["cached", "cached"]
+    s3.pipe(f"{BUCKET}/imgs/fox/new.png", s3.cat_file(f"{BUCKET}/imgs/cat/cat_000.png") + b"\0")  # new bytes: a new key
+    third = ok_json("run", pipe, "--workers", 1)
+    assert [s["status"] for s in third["steps"]] == ["run", "run"]
+    card = json.loads(s3.cat_file(f"{BUCKET}/exp/dataset.json"))
+    assert card["version"] == third["steps"][1]["version"] and "fox" in card["classes"]
 
 
 # --------------------------------------------------------------------------------------------- bad input
