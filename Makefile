@@ -9,7 +9,7 @@ $(BIN)/curate: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the CPU wheel; an unpinned resolve would pull GBs of CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,ray,onnx,hf]'
+	$(BIN)/pip install -q -e '.[dev,ray,onnx,hf,s3]'
 	touch $(BIN)/curate
 
 .PHONY: setup browser demo test test-fast lint clean-demo

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -80,6 +79,7 @@ def ingest(
         curate ingest list.csv --path-col file --label-col species
         curate ingest ../shared/datasets/fashion-mnist --assign-split
         curate ingest archive.tar.gz
+        curate ingest s3://bucket/photos/          # also s3://b/list.csv, s3://b/x.tar.gz (AWS_* variables)
     """
     from curate.config import command_config
     from curate.stages.ingest import IngestConfig
@@ -142,7 +142,9 @@ def export(
     min_shards: Annotated[
         int | None, typer.Option(help="At least this many shards per split when it has the rows (default 4: one per loader worker).")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default <workspace>/exports/<version>).")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Folder or bucket URL s3://b/prefix (default <workspace>/exports/<version>).")
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -158,6 +160,7 @@ def export(
 
         curate export
         curate export --format webdataset --shard-size 256MB --out shards/
+        curate export --out s3://bucket/datasets/v3      # credentials: AWS_* variables, ~/.aws, fsspec config
     """
     import dataclasses
 
@@ -173,7 +176,7 @@ def export(
     cli = {
         "formats": parse_formats(format) if format is not None else None,
         "min_shards": min_shards,
-        "out": str(out) if out else None,
+        "out": out or None,
     }
     cfg = command_config(ExportConfig, "export", ws.root, cli, prepare=prepare_export)
     if shard_size is not None:  # one size sets both limits: a row count clears the byte limit and vice versa

@@ -19,12 +19,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import shutil
 import tarfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate.errors import CurateError, UsageError
+from curate.exportsink import open_sink
 from curate.schema import RESERVED, included
 from curate.workspace import Workspace
 
@@ -59,7 +57,7 @@ class ExportConfig:
         shard_bytes: at most about this many image bytes per shard (None: no byte limit).
         min_shards: at least this many shards per split (fewer rows: one shard per row), so that a loader
             with that many workers gets a shard each.
-        out: output folder; default ``<workspace>/exports/<version>``.
+        out: output folder or fsspec URL (``s3://bucket/prefix``); default ``<workspace>/exports/<version>``.
         memory_bytes: image bytes held in memory at once while writing.
     """
 
@@ -325,8 +323,12 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
     Returns:
         ``{"version", "out", "formats", "splits" (split -> rows), "shards", "bytes", "seconds"}``.
 
+    ``cfg.out`` may be an fsspec URL (``s3://bucket/prefix``): the same files, uploaded with ``dataset.json`` last
+    (what a reader can rely on there: ``curate.exportsink``).
+
     Raises:
-        CurateError: the version has no included rows, or ``out`` is a non-empty folder that is not an export.
+        CurateError: the version has no included rows, ``out`` is a non-empty folder (prefix) that is not an
+            export, or the bucket cannot be written (missing, no credentials: one line naming the URL).
     """
     t0 = time.perf_counter()
     table = ws.samples(vid)
@@ -337,14 +339,9 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
     classes = class_list(inc.column("label").to_pylist())
     if inc.num_rows == 0:
         raise CurateError(f"version {vid} has no included samples to export")
-    out = Path(cfg.out) if cfg.out else ws.root / "exports" / vid
-    if out.exists() and not out.is_dir():
-        raise CurateError(f"{out}: exists and is not a folder", hint="give --out a folder (new, empty or a previous export)")
-    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").exists():  # never replace a folder of the user's
-        raise CurateError(f"{out}: folder is not empty and is not a curate export; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-export-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    sink = open_sink(cfg.out or str(ws.root / "exports" / vid), ws.root)
+    sink.check()
+    tmp = sink.staging()
     splits = pc.fill_null(inc.column("split"), "all")
     inc = inc.set_column(inc.schema.get_field_index("split"), "split", splits)
     meta_cols = _meta_columns(inc)
@@ -368,7 +365,9 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
                 lo, hi = ranges[i][0], ranges[j - 1][1]
                 chunk = part.slice(lo, hi - lo)
                 got = ws.blobs.get_many(chunk.column("_blob").to_pylist(), chunk.column("pack").to_pylist())
-                index_rows += _write_shards(tmp, split, part, ranges, range(i, j), got, classes, meta_cols, cfg.formats, vid)
+                done = _write_shards(tmp, split, part, ranges, range(i, j), got, classes, meta_cols, cfg.formats, vid)
+                sink.shards_done(tmp, [r["file"] for r in done])
+                index_rows += done
                 if advance:
                     advance(hi - lo)
                 i = j
@@ -376,21 +375,15 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
         (tmp / INDEX).write_text(json.dumps(index_rows, indent=1) + "\n")
         card = _card(ws, vid, cfg, inc, split_rows, classes, meta_cols)
         (tmp / "dataset.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            trash = out.parent / f".trash-{uuid.uuid4().hex[:8]}"
-            os.rename(out, trash)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        sink.commit(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        sink.abort(tmp)
         raise
     secs = time.perf_counter() - t0
     total_bytes = sum(r["bytes"] for r in index_rows)
     return {
         "version": vid,
-        "out": str(out),
+        "out": sink.where,
         "formats": list(cfg.formats),
         "splits": split_rows,
         "shards": len(index_rows),

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__, wslock
 from curate.blobs import BlobStore, PackWriter
-from curate.errors import CurateError
+from curate.errors import CurateError, UsageError
 from curate.schema import conform, validate
 
 DEFAULT_WORKSPACE = "data"
@@ -52,6 +52,31 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+#: ``s3://b/ws``, or ``s3:/b/ws`` as a Path option collapses it: a URL where a local workspace folder belongs.
+_URL_ROOT = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):/+")
+
+
+def _local_root(text: str) -> str:
+    """The workspace folder ``text`` names: a ``file://`` URL is its path; a bucket URL is refused.
+
+    A commit is a rename of a finished version folder and the single writer is an ``flock``: object stores have
+    neither an atomic rename of a prefix nor locks, so a workspace there could be seen half-committed or written
+    by two runs at once. Sources and exports can be on a bucket; the workspace stays local this release.
+    """
+    m = _URL_ROOT.match(text)
+    if m is None:
+        return text
+    if m.group(1).lower() == "file":
+        return "/" + text[m.end() :]
+    url = f"{m.group(1)}://{text[m.end() :]}"
+    raise UsageError(
+        f"{url}: the workspace must be on local disk (a commit is an atomic rename and the writer lock an flock; "
+        "object stores have neither)",
+        hint=f"use a local --workspace; read sources from the bucket (`curate ingest {m.group(1)}://...`) "
+        f"and export to it (`curate export --out {m.group(1)}://...`)",
+    )
+
+
 class Workspace:
     """Open a workspace folder (created on first write).
 
@@ -60,10 +85,11 @@ class Workspace:
 
     Raises:
         CurateError: ``root`` is a file.
+        UsageError: ``root`` is a bucket URL (``s3://...``): the workspace stays on local disk (``_local_root``).
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self.root = Path(_local_root(os.fspath(root)))
         if self.root.exists() and not self.root.is_dir():
             raise CurateError(f"{self.root}: the workspace path is a file, not a folder", hint="give --workspace a folder")
         self.versions_dir = self.root / "versions"

@@ -36,6 +36,7 @@ ITEM_SCHEMA = pa.schema(
 #: Bytes of data one item batch carries at most (one item larger than this is a batch of its own).
 BATCH_BYTES = 16 << 20
 
+SOURCE_SCHEMES = ("file://", "s3://", "gs://", "az://", "hf://")
 FORMATS = ("auto", "folder", "csv", "parquet", "jsonl", "idx", "tar", "zip")
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -95,11 +96,20 @@ def _drain(buf: list[dict]) -> pa.Table:
 
 def detect_format(path: Path) -> str:
     """Guess the source format from the path (``--format auto``)."""
-    name = path.name.lower()
     if path.is_dir():
         from curate.sources.idx import find_idx_pairs
 
         return "idx" if find_idx_pairs(path) else "folder"
+    return format_from_name(str(path))
+
+
+def format_from_name(src: str) -> str:
+    """The format a file's name says (``.csv``, ``.tar.gz`` ...), for a local path or a URL.
+
+    Raises:
+        UsageError: the name says nothing curate reads.
+    """
+    name = src.rsplit("/", 1)[-1].lower()
     if "idx3-ubyte" in name:
         return "idx"
     if name.endswith((".csv", ".tsv")):
@@ -113,13 +123,13 @@ def detect_format(path: Path) -> str:
     if name.endswith(".zip"):
         return "zip"
     raise UsageError(
-        f"{path}: cannot tell the source format from the name",
+        f"{src}: cannot tell the source format from the name",
         hint="pass --format folder|csv|parquet|jsonl|idx|tar|zip",
     )
 
 
 def open_source(src: str, fmt: str, opts: SourceOptions) -> Source:
-    """Build the ``Source`` for ``src``.
+    """Build the ``Source`` for ``src``: a local path, a ``file://`` URL or an fsspec URL (``s3://bucket/prefix/``).
 
     Raises:
         CurateError: the path does not exist or the manifest lacks the needed columns.
@@ -127,6 +137,22 @@ def open_source(src: str, fmt: str, opts: SourceOptions) -> Source:
     """
     if fmt not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    from curate.remote import is_remote, local_path, scheme
+
+    if is_remote(src):
+        from curate.sources.remote import open_remote
+
+        return open_remote(src, fmt, opts)
+    if scheme(src) in ("http", "https"):
+        raise UsageError(
+            f"{src}: ingest takes http(s) URLs as rows of a manifest, not as the source",
+            hint="list them in a CSV or JSONL manifest (a path or url column), or use `curate crawl`",
+        )
+    if scheme(src) not in (None, "file"):
+        raise UsageError(
+            f"{src}: ingest does not read {scheme(src)}:// sources", hint=f"use a local path or one of {', '.join(SOURCE_SCHEMES)}"
+        )
+    src = local_path(src)
     # Absolute and normalised: a row's source must still mean something after a `cd`, and `imgs`, `./imgs/`
     # and `/home/me/imgs` are the same place (re-ingesting them must not record every file a second time).
     path = Path(os.path.abspath(Path(src).expanduser()))

@@ -8,6 +8,7 @@ row of its own rather than skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tarfile
@@ -131,23 +132,47 @@ def _read_capped(fh: zipfile.ZipExtFile, cap: int, chunk: int = 1 << 20) -> byte
 
 
 class ArchiveSource(Source):
-    """Members of a tar (any compression) or zip archive, labels from the folder under a wrapper folder."""
+    """Members of a tar (any compression) or zip archive, labels from the folder under a wrapper folder.
 
-    def __init__(self, path: Path, fmt: str, opts: SourceOptions) -> None:
+    ``path`` is a local ``Path`` or an fsspec URL (``s3://b/x.tar.gz``). A URL is streamed: a tar is read front to
+    back twice (member names first, for the total and the wrapper folder, then the members), a zip in ranged
+    reads of its directory and members; neither is ever held whole in memory or on disk.
+    """
+
+    def __init__(self, path: Path | str, fmt: str, opts: SourceOptions) -> None:
         self.path = path
         self.fmt = fmt
         self.opts = opts
         try:
             if fmt == "tar":
-                with tarfile.open(path, "r:*") as tf:
+                with self._tar() as tf:
                     names = [m.name for m in tf.getmembers() if not m.isdir()]
             else:
-                with zipfile.ZipFile(path) as zf:
+                with self._zip() as zf:
                     names = [i.filename for i in zf.infolist() if not i.is_dir()]
         except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
             raise CurateError(f"{path}: not a readable {fmt} archive ({exc})") from exc
         self.total = len(names)
         self._strip = self._common_prefix(names)
+
+    @contextlib.contextmanager
+    def _tar(self) -> Iterator[tarfile.TarFile]:
+        if isinstance(self.path, Path):
+            with tarfile.open(self.path, "r:*") as tf:
+                yield tf
+            return
+        from curate.remote import open_input
+
+        # Stream mode ("r|"): forward reads only, so the read-ahead cache serves every byte once.
+        with open_input(self.path) as fh, tarfile.open(fileobj=fh, mode="r|*") as tf:
+            yield tf
+
+    @contextlib.contextmanager
+    def _zip(self) -> Iterator[zipfile.ZipFile]:
+        from curate.remote import open_input
+
+        with open_input(self.path) as fh, zipfile.ZipFile(fh) as zf:
+            yield zf
 
     @staticmethod
     def _common_prefix(names: list[str]) -> int:
@@ -174,7 +199,7 @@ class ArchiveSource(Source):
     def items(self) -> Iterator[dict]:
         cap = self.opts.max_bytes
         if self.fmt == "tar":
-            with tarfile.open(self.path, "r:*") as tf:
+            with self._tar() as tf:
                 for m in tf:
                     why = _unsafe(m.name)  # before the hidden check: a '..' part also starts with '.'
                     if m.isdir() or (why is None and _hidden(PurePosixPath(m.name).parts)):
@@ -191,7 +216,7 @@ class ArchiveSource(Source):
                         fh = tf.extractfile(m)
                         yield self._item(m.name, data=fh.read() if fh else b"")
             return
-        with zipfile.ZipFile(self.path) as zf:
+        with self._zip() as zf:
             for info in zf.infolist():
                 why = _unsafe(info.filename)  # before the hidden check: a '..' part also starts with '.'
                 if info.is_dir() or (why is None and _hidden(PurePosixPath(info.filename).parts)):

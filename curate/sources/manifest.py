@@ -9,23 +9,26 @@ multi-label or structured label) fails with the line or row and the value instea
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import re
+import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
+from curate.remote import is_remote, join, open_input, scheme
 from curate.sources import Source, SourceOptions
 
 PATH_CANDIDATES = ("path", "filepath", "file_path", "file", "filename", "image", "image_path", "url", "image_url", "uri")
 LABEL_CANDIDATES = ("label", "class", "category", "target", "class_name")
 SPLIT_CANDIDATES = ("split",)
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-def _pick(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, path: Path, *, required: bool) -> str | None:
+def _pick(
+    columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, path: Path | str, *, required: bool
+) -> str | None:
     if given is not None:
         if given not in columns:
             raise CurateError(
@@ -54,11 +57,11 @@ def _clean(value: Any) -> str | None:
     return text or None
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _jsonl_rows(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)``; strict about the format, tolerant of trailing blank lines."""
     blank_at: int | None = None
     seen = False
-    with open(path, encoding="utf-8-sig") as fh:  # -sig: tolerate the BOM some Windows tools write
+    with io.TextIOWrapper(open_input(path), encoding="utf-8-sig") as fh:  # -sig: tolerate the BOM some Windows tools write
         for lineno, line in enumerate(fh, 1):
             stripped = line.strip()
             if not stripped:
@@ -96,9 +99,14 @@ def _scalar(value: Any, column: str, where: str) -> Any:
 
 
 class ManifestSource(Source):
-    """Rows of a CSV, Parquet or JSONL manifest."""
+    """Rows of a CSV, Parquet or JSONL manifest: a local ``Path`` or an fsspec URL (``s3://b/list.csv``).
 
-    def __init__(self, path: Path, fmt: str, opts: SourceOptions) -> None:
+    A relative path in a manifest on a bucket is a key under the manifest's folder, in the same bucket; a path
+    that would leave the bucket, an absolute local path or a ``file://`` URL there becomes a row with reason
+    ``outside_source``: a manifest from a bucket must not make ingest read this machine's files.
+    """
+
+    def __init__(self, path: Path | str, fmt: str, opts: SourceOptions) -> None:
         self.path = path
         self.fmt = fmt
         self.opts = opts
@@ -109,20 +117,25 @@ class ManifestSource(Source):
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            self.total = pq.ParquetFile(path).metadata.num_rows
+            with open_input(path) as fh:
+                self.total = pq.ParquetFile(fh).metadata.num_rows
+
+    def _tsv(self) -> bool:
+        return str(self.path).lower().endswith(".tsv")
 
     def _columns(self) -> list[str]:
         try:
             if self.fmt == "csv":
                 import pyarrow.csv as pacsv
 
-                delim = "\t" if self.path.suffix.lower() == ".tsv" else ","
-                reader = pacsv.open_csv(self.path, parse_options=pacsv.ParseOptions(delimiter=delim))
-                return reader.schema.names
+                delim = "\t" if self._tsv() else ","
+                with open_input(self.path) as fh:
+                    return pacsv.open_csv(fh, parse_options=pacsv.ParseOptions(delimiter=delim)).schema.names
             if self.fmt == "parquet":
                 import pyarrow.parquet as pq
 
-                return pq.ParquetFile(self.path).schema_arrow.names
+                with open_input(self.path) as fh:
+                    return pq.ParquetFile(fh).schema_arrow.names
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for unreadable files
             raise CurateError(f"{self.path}: cannot read {self.fmt} manifest ({str(exc).splitlines()[0]})") from exc
         for _, obj in _jsonl_rows(self.path):
@@ -133,31 +146,60 @@ class ManifestSource(Source):
         if self.fmt == "jsonl":
             yield from _jsonl_rows(self.path)
             return
-        if self.fmt == "csv":
-            import pyarrow as pa
-            import pyarrow.csv as pacsv
-
-            delim = "\t" if self.path.suffix.lower() == ".tsv" else ","
-            # Every column as text: a label "01" must stay "01", and paths are never numbers.
-            names = self._columns()
-            conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
-            reader = pacsv.open_csv(self.path, parse_options=pacsv.ParseOptions(delimiter=delim), convert_options=conv)
-            batches = iter(reader)
-        else:
-            import pyarrow.parquet as pq
-
-            batches = pq.ParquetFile(self.path).iter_batches(batch_size=8192)
+        names = self._columns() if self.fmt == "csv" else []
         row = 1 if self.fmt == "csv" else 0  # CSV line 1 is the header
-        try:
-            for batch in batches:
-                for rec in batch.to_pylist():
-                    row += 1
-                    yield row, rec
-        except Exception as exc:  # noqa: BLE001
-            raise CurateError(f"{self.path}: cannot read row near {row + 1} ({str(exc).splitlines()[0]})") from exc
+        with open_input(self.path) as fh:
+            if self.fmt == "csv":
+                import pyarrow as pa
+                import pyarrow.csv as pacsv
+
+                delim = "\t" if self._tsv() else ","
+                # Every column as text: a label "01" must stay "01", and paths are never numbers.
+                conv = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
+                batches = iter(pacsv.open_csv(fh, parse_options=pacsv.ParseOptions(delimiter=delim), convert_options=conv))
+            else:
+                import pyarrow.parquet as pq
+
+                batches = pq.ParquetFile(fh).iter_batches(batch_size=8192)
+            try:
+                for batch in batches:
+                    for rec in batch.to_pylist():
+                        row += 1
+                        yield row, rec
+            except Exception as exc:  # noqa: BLE001
+                raise CurateError(f"{self.path}: cannot read row near {row + 1} ({str(exc).splitlines()[0]})") from exc
+
+    def _place(self, ref: str) -> dict[str, Any]:
+        """Where a row's bytes come from: ``url`` for http(s) (the crawler fetches it), else a local path or fsspec
+        URL in ``path``, or the reason it is refused."""
+        kind = scheme(ref)
+        if kind in ("http", "https"):
+            return {"source": ref, "url": ref}
+        if isinstance(self.path, Path):  # a local manifest: local paths relative to it, file:// and bucket URLs
+            if kind == "file":
+                from curate.remote import local_path
+
+                ref = local_path(ref)
+            elif is_remote(ref):
+                return {"source": ref, "path": ref}
+            elif kind is not None:  # ftp:, data: ...: the crawler's fetch refuses it with reason unsupported_url
+                return {"source": ref, "url": ref}
+            p = Path(ref).expanduser()
+            p = p if p.is_absolute() else self.path.parent / p
+            return {"source": str(p), "path": str(p)}
+        if is_remote(ref):
+            return {"source": ref, "path": ref}
+        if kind == "file":
+            return {"source": ref, "pre_reason": "outside_source", "pre_error": "a manifest on a bucket may not name local files"}
+        if kind is not None:
+            return {"source": ref, "url": ref}
+        target = None if ref.startswith(("/", "~", "\\")) else join(posixpath.dirname(self.path), ref)
+        if target is None:
+            why = "absolute local path" if ref.startswith(("/", "~", "\\")) else "the path leaves the manifest's bucket"
+            return {"source": ref, "pre_reason": "outside_source", "pre_error": f"{why} in a manifest on a bucket"}
+        return {"source": target, "path": target}
 
     def items(self) -> Iterator[dict]:
-        base = self.path.parent
         used = {self.path_col, self.label_col, self.split_col}
         where = "line" if self.fmt in ("csv", "jsonl") else "row"
         for row, rec in self._records():
@@ -171,10 +213,6 @@ class ManifestSource(Source):
                 item["extra"] = json.dumps(other)
             if ref is None:
                 item.update(source=f"{self.path}:{where} {row}", pre_reason="missing", pre_error=f"empty {self.path_col!r}")
-            elif _URL.match(ref):
-                item.update(source=ref, url=ref)
             else:
-                p = Path(ref).expanduser()
-                p = p if p.is_absolute() else base / p
-                item.update(source=str(p), path=str(p))
+                item.update(self._place(ref))
             yield item

@@ -27,6 +27,7 @@ from curate.blobs import PackWriter
 from curate.crawl import DEFAULT_CONCURRENCY, DEFAULT_PER_HOST
 from curate.errors import CurateError, TooManyErrors
 from curate.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, inspect_image
+from curate.remote import is_remote, read_capped
 from curate.schema import EXCLUDED, OK, RESERVED, SAMPLE_SCHEMA, conform, placeholder_id, sha256_hex
 from curate.stages import StageResult
 
@@ -113,6 +114,8 @@ def _not_regular(mode: int) -> tuple[str, str] | None:
 
 
 def _read_path(path: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
+    if is_remote(path):  # s3://...: one capped ranged read through fsspec, opened from the URL in this process
+        return read_capped(path, max_bytes)
     # A FIFO would block open() until a writer comes (forever), a device can read without end: check the type
     # first, open without blocking, and check again on the open file (the path may have been swapped meanwhile).
     try:

@@ -35,20 +35,18 @@ def check_export(cfg: Any) -> None:
 
 def finished_export(ws: Any, vid: str, cfg: Any) -> dict[str, Any] | None:
     """The result of an export of ``vid`` with these settings that is already complete on disk, else None."""
-    from curate.export import INDEX
+    from curate.exportsink import open_sink, read_finished
 
-    out = Path(cfg.out) if cfg.out else ws.root / "exports" / vid
-    try:
-        card = json.loads((out / "dataset.json").read_text())
-        index = json.loads((out / INDEX).read_text())
-    except (OSError, ValueError):
+    sink = open_sink(cfg.out or str(ws.root / "exports" / vid), ws.root)
+    found = read_finished(sink)
+    if found is None:
         return None
+    card, index = found
     lineage = [{"id": i["id"], "stage": i["stage"], "config_sha256": i["config_sha256"]} for i in map(ws.info, ws.lineage(vid))]
     keys = ("version", "lineage", "formats", "shard_rows", "shard_bytes", "min_shards")
-    same = tuple(card.get(k) for k in keys) == (vid, lineage, list(cfg.formats), cfg.shard_rows, cfg.shard_bytes, cfg.min_shards)
-    if not same or not all((out / r["file"]).is_file() and (out / r["file"]).stat().st_size == r["bytes"] for r in index):
+    if tuple(card.get(k) for k in keys) != (vid, lineage, list(cfg.formats), cfg.shard_rows, cfg.shard_bytes, cfg.min_shards):
         return None
-    return {"version": vid, "out": str(out), "formats": card["formats"], "splits": card["splits"], "shards": len(index),
+    return {"version": vid, "out": sink.where, "formats": card["formats"], "splits": card["splits"], "shards": len(index),
             "bytes": sum(r["bytes"] for r in index), "seconds": 0.0, "mb_per_s": None, "cached": True}  # fmt: skip
 
 

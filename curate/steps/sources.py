@@ -27,9 +27,13 @@ def input_fingerprint(source: str) -> str:
     """sha256 over the sorted (relative path, size, mtime_ns) of every file below ``source`` (or of the file itself).
 
     Stat calls only (no reading), so it costs a small fraction of the ingest it may save. A manifest is fingerprinted
-    by its own file: the images it lists elsewhere are not visited.
+    by its own file: the images it lists elsewhere are not visited. On a bucket: (key, size, ETag) from one listing.
     """
-    path = Path(os.path.abspath(Path(source).expanduser()))
+    from curate.remote import is_remote, listing, local_path
+
+    if is_remote(source):
+        return _digest(listing(source))
+    path = Path(os.path.abspath(Path(local_path(source)).expanduser()))
     entries: list[tuple[str, int, int]] = []
     if path.is_dir():
         for dirpath, _dirs, files in os.walk(path):
@@ -43,6 +47,10 @@ def input_fingerprint(source: str) -> str:
     elif path.exists():
         st = path.stat()
         entries.append((path.name, st.st_size, st.st_mtime_ns))
+    return _digest(entries)
+
+
+def _digest(entries: list[tuple[str, int, Any]]) -> str:
     digest = hashlib.sha256()
     for rel, size, mtime in sorted(entries):
         digest.update(f"{rel}\0{size}\0{mtime}\n".encode())
