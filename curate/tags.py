@@ -64,14 +64,15 @@ def read_tags_csv(path: str | Path, table: pa.Table) -> dict[str, list[str]]:
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            lines = list(csv.DictReader(f))
-            header = [h.strip() for h in (lines[0].keys() if lines else [])]
+            reader = csv.DictReader(f)
+            header = [(h or "").strip() for h in reader.fieldnames or []]
+            lines = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CurateError(f"tags file {path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from exc
     key = "sample_id" if "sample_id" in header else "source" if "source" in header else None
     if key is None or "cause" not in header:
         raise CurateError(
-            f"tags file {path}: needs a cause column and a sample_id or source column (has: {', '.join(header) or 'no rows'})"
+            f"tags file {path}: needs a cause column and a sample_id or source column (has: {', '.join(header) or 'no header'})"
         )
     known = set(table.column("sample_id").to_pylist()) if key == "sample_id" else None
     by_source = _source_index(table) if key == "source" else {}

@@ -30,11 +30,11 @@ def _per(table: pa.Table) -> Counter:
 def test_train_dev_takes_its_share_of_each_class_from_train_only() -> None:
     t = _table({"a": 400, "b": 200, "c": 57})
     plain = run_split(t, SplitConfig()).table
-    carved = run_split(t, SplitConfig(train_dev=0.1)).table
+    carved = run_split(t, SplitConfig(train_dev=0.17)).table
     before, after = _per(plain), _per(carved)
     for cls in ("a", "b", "c"):
         train_rows = before[(cls, "train")]
-        assert after[(cls, "train_dev")] == int(train_rows * 0.1 + 0.5), (cls, after)
+        assert after[(cls, "train_dev")] == int(train_rows * 0.17 + 0.5), (cls, after)  # rounded, not floored
         assert after[(cls, "train")] + after[(cls, "train_dev")] == train_rows
         assert after[(cls, "val")] == before[(cls, "val")] and after[(cls, "test")] == before[(cls, "test")]
     moved = pc.equal(carved.column("split"), "train_dev")
