@@ -198,3 +198,13 @@ def test_report_html_has_the_bias_variance_table(built: dict[str, Any], tmp_path
     assert [r[0][0] for r in rows if r[1]] == [marked]
     assert rows[levels.index("train")][0][1] == f"{100 * errors['train']:.2f}%"
     assert res["diagnosis"]["largest"] in rows[levels.index(marked)][0][2]
+
+
+def test_bad_human_error_and_train_dev_options_are_usage_errors(built: dict[str, Any], tmp_path: Path) -> None:
+    from curate.cli import app
+
+    w = ["-w", str(built["ws"].root)]
+    res = CliRunner().invoke(app, ["report", *w, "--human-error", "1.5", "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 2 and "--human-error" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["split", *w, "--train-dev", "lots"])
+    assert res.exit_code == 2 and "--train-dev" in res.output and "Traceback" not in res.output

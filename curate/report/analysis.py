@@ -90,12 +90,13 @@ def causes(ctx: Context, tags: dict[str, list[str]], source: str) -> Section:
         totals = [sum(1 for s in tags if (labels.get(s) or "(unlabeled)") == c) for c in classes]
         rows.append(["all tagged rows", counts["tagged"], "100.00%", *totals])
     top = counts["causes"][0]
+    ties = [r["cause"] for r in counts["causes"][1:] if r["rows"] == top["rows"]]
     lead = (
-        f"Top cause: {top['cause']}: {top['rows']} of {counts['tagged']} tagged rows ({_pct(top['share'])}). "
-        "Fixing it removes the largest share of these errors: start there."
+        f"Top cause: {top['cause']}{' (tied with ' + ', '.join(ties) + ')' if ties else ''}: {top['rows']} of "
+        f"{counts['tagged']} tagged rows ({_pct(top['share'])}). Fixing it removes the largest share of these errors: start there."
     )
     blocks = [
-        {"kind": "table", "head": head, "rows": rows, "mark": [0],
+        {"kind": "table", "head": head, "rows": rows, "mark": list(range(1 + len(ties))),
          "caption": "a row with several causes counts under each; per class: the rows' labels in this version"},  # fmt: skip
         {"kind": "text", "text": lead},
     ]
