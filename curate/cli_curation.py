@@ -15,6 +15,8 @@ def split(
     group_col: Annotated[str | None, typer.Option(help="Column whose equal values must share a split (e.g. patient_id).")] = None,
     keep_existing: Annotated[bool | None, typer.Option("--keep-existing", help="Keep the source's own split (origin_split, "
                                                        "e.g. MNIST test) and carve val out of its train rows.")] = None,
+    train_dev: Annotated[str | None, typer.Option("--train-dev", help="Carve a train_dev split out of train: a fraction "
+                                                  "(0.05) of each class's train rows or a row count (500).")] = None,
     check: Annotated[bool, typer.Option("--check", help="Only report duplicate groups that cross splits; commit nothing.")] = False,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
@@ -31,9 +33,10 @@ def split(
         curate split --ratios 80:10:10 --seed 1 --group-col patient_id
         curate split --keep-existing         # MNIST: official test stays test; val carved out of train
         curate split --check                 # leakage report only
+        curate split --train-dev 0.05        # 5% of train (per class) held out as train_dev
     """
     from curate.config import command_config
-    from curate.stages.split import SplitConfig, leakage, parse_ratios
+    from curate.stages.split import SplitConfig, leakage, parse_ratios, parse_train_dev
     from curate.steps import StepContext
     from curate.steps.curation import prepare_split, split_step
     from curate.ui import emit_json
@@ -51,7 +54,8 @@ def split(
         if res["groups_crossing"]:
             raise typer.Exit(1)
         return
-    cli = {"ratios": parse_ratios(ratios) if ratios else None, "seed": seed, "group_col": group_col, "keep_existing": keep_existing}
+    cli = {"ratios": parse_ratios(ratios) if ratios else None, "seed": seed, "group_col": group_col, "keep_existing": keep_existing,
+           "train_dev": parse_train_dev(train_dev)}
     cfg = command_config(SplitConfig, "split", ws.root, cli, prepare=prepare_split)
     res = split_step(ws, cfg, StepContext(progress=not json_out))
     if json_out:
@@ -64,6 +68,8 @@ def split(
     if not res["cached"]:
         lk = st["leakage"]
         say(f"  newly assigned {st['newly_assigned']:,}; groups crossing splits: {lk['groups_crossing']} of {lk['groups_checked']}")
+        if "train_dev" in st:
+            say(f"  train_dev: {st['train_dev']['rows']:,} rows ({st['train_dev']['moved']:,} moved from train now)")
 
 
 def normalize(

@@ -102,16 +102,27 @@ def train(
     )
     for split, m in res["metrics"].items():
         say(_fmt_metrics(split, m))
+    if res.get("diagnosis"):
+        from curate.learn.gaps import summary_line
+
+        say(f"  {summary_line(res['diagnosis'])}")
 
 
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by `curate train` (or a model_*.pt file).")],
     version: VersionOpt = None,
-    split: Annotated[str | None, typer.Option("--split", help="Split to score: train | val | test (default test).")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="Split to score: train | train_dev | val | test, or all (every split + the bias/variance "
+                     "diagnosis) (default test)."),
+    ] = None,
     src: Annotated[
         str | None, typer.Option("--src", help="Score a labeled folder or manifest outside the workspace instead of a split.")
     ] = None,
     which: Annotated[str | None, typer.Option(help="Checkpoint: best (default) | last.")] = None,
+    human_error: Annotated[
+        float | None, typer.Option("--human-error", help="With --split all: the human-level error bias is measured against.")
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -127,6 +138,7 @@ def evaluate(
 
         curate evaluate models/000004-normalize-small-cnn --split test
         curate evaluate models/fm --src held-out/
+        curate evaluate models/fm --split all --human-error 0.02   # train / train_dev / val / test errors, largest gap
     """
     from curate.config import command_config
     from curate.steps import StepContext
@@ -134,12 +146,20 @@ def evaluate(
     from curate.ui import emit_json
     from curate.workspace import Workspace
 
-    cli = {"run": str(run), "split": split, "which": which, "version": version, "src": src}
+    cli = {"run": str(run), "split": split, "which": which, "version": version, "src": src, "human_error": human_error}
     cfg = command_config(EvaluateConfig, "evaluate", workspace, cli)
     check_evaluate(cfg)
     res = evaluate_step(Workspace(workspace), cfg, StepContext(progress=not json_out))
     if json_out:
         emit_json(res)
+        return
+    if res["split"] == "all":
+        from curate.learn.gaps import summary_line
+
+        say(f"evaluate {run} on every split of {res['version']} -> {res['path']}")
+        for name, m in res["metrics"].items():
+            say(_fmt_metrics(name, m))
+        say(f"  {summary_line(res['diagnosis'])}")
         return
     what = f"{cfg.src} ({res['n']:,} labeled images)" if cfg.src else f"{res['version']} {cfg.split} ({res['n']:,} images)"
     say(f"evaluate {run} on {what} -> {res['path']}")

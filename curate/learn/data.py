@@ -33,6 +33,7 @@ from curate.learn.shards import decode, image_geometry, iter_records, open_expor
 from curate.learn.stream import StreamBatches, augment_batch
 
 DEFAULT_CACHE_BYTES = 4 << 30
+SPLITS = ("train", "train_dev", "val", "test")  # the splits a training run reads; train_dev is scored, never trained on
 
 
 def augmenter(policy: str, size: tuple[int, int]) -> Any:
@@ -199,8 +200,11 @@ def fit_normalization(images: np.ndarray) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- assembly
 @dataclass
 class TrainingData:
-    """Loaders for the splits present (``train`` always; ``val``/``test`` when the version has them) plus the
-    facts a checkpoint must carry to reproduce the input: classes, channels, size ``(H, W)``, normalization."""
+    """Loaders for the splits present (``train`` always; ``train_dev``/``val``/``test`` when the version has them)
+    plus the facts a checkpoint must carry to reproduce the input: classes, channels, size ``(H, W)``, normalization.
+
+    ``scoring``: the train split again, in a fixed order and without augmentation, for measuring the training
+    error the way the other splits are measured (``loader("train", scoring=True)``)."""
 
     classes: list[str]
     channels: int
@@ -211,6 +215,11 @@ class TrainingData:
     rows: dict[str, int]
     mode: str = "memory"
     sampler: str = "shuffle"  # shuffle | weighted (sample_weight draws with replacement)
+    scoring: DataLoader | None = None
+
+    def loader(self, name: str, *, scoring: bool = False) -> DataLoader:
+        """The loader of split ``name``; with ``scoring`` the train split comes in order, unaugmented."""
+        return self.scoring if scoring and name == "train" and self.scoring is not None else self.loaders[name]
 
 
 def memory_data(
@@ -249,7 +258,8 @@ def memory_data(
         loaders[name] = make_loader(ds, sampler=sampler, workers=workers if is_train else 0, pin=pin)
     rows = {k: len(v) for k, v in splits.items()}
     weighted = "weighted" if train.weights is not None else "shuffle"
-    return TrainingData(classes, train.images.shape[3], size, norm_stats, version, loaders, rows, sampler=weighted)
+    scoring = make_loader(MemoryBatches(train, norm), sampler=EpochBatches(len(train), 512, shuffle=False), workers=0, pin=pin)
+    return TrainingData(classes, train.images.shape[3], size, norm_stats, version, loaders, rows, sampler=weighted, scoring=scoring)
 
 
 def workspace_data(
@@ -280,7 +290,7 @@ def workspace_data(
     import contextlib
 
     info = open_export(ws, version, fmt)
-    rows = {s: n for s, n in info.card["splits"].items() if s in ("train", "val", "test")}
+    rows = {s: n for s, n in info.card["splits"].items() if s in SPLITS}
     if not rows.get("train"):
         raise CurateError(f"version {info.card['version']} has no train split", hint="run `curate split` and `curate normalize` first")
     if not info.classes:
@@ -335,4 +345,6 @@ def workspace_data(
             seed=seed,
         )
         loaders[name] = make_loader(ds, sampler=None, workers=workers, pin=pin)
-    return TrainingData(info.classes, channels, size, norm, info.card["version"], loaders, rows, mode="stream")
+    plain = StreamBatches(info.files("train", fmt), fmt, channels, size, normalizer, 512, shuffle=False, aug=None, seed=seed)
+    scoring = make_loader(plain, sampler=None, workers=workers, pin=pin)
+    return TrainingData(info.classes, channels, size, norm, info.card["version"], loaders, rows, mode="stream", scoring=scoring)

@@ -104,17 +104,15 @@ def _plt() -> Any:
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """Loss and accuracy per epoch (train and val) side by side, written as PNG."""
+    """Loss and accuracy per epoch (train, train_dev when scored, val) side by side, written as PNG."""
     plt = _plt()
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    if any(h.get("val_loss") is not None for h in history):
-        a.plot(ep, [h.get("val_loss") for h in history], "o-", label="val")
+    for ax, metric in ((a, "loss"), (b, "acc")):
+        for split in ("train", "train_dev", "val"):
+            if any(h.get(f"{split}_{metric}") is not None for h in history):
+                ax.plot(ep, [h.get(f"{split}_{metric}", float("nan")) for h in history], "o-", label=split)
     a.set(xlabel="epoch", ylabel="loss", title="loss")
-    b.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
-    if any(h.get("val_acc") is not None for h in history):
-        b.plot(ep, [h.get("val_acc") for h in history], "o-", label="val")
     b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (a, b):
         ax.grid(alpha=0.3)

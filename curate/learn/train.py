@@ -2,8 +2,10 @@
 
 ``train(ws, cfg)`` reads the export of a version, then ``fit`` runs: for each epoch, train on shuffled (and
 optionally augmented) batches, evaluate on val, write ``model_last.pt`` + ``meta_last.json`` (and
-``model_best.pt`` + ``meta_best.json`` when val improved), stop early when val stops improving. At the end the
-best weights are scored on val and test (``metrics.json``, ``curves.png``, ``confusion_<split>.png``).
+``model_best.pt`` + ``meta_best.json`` when val improved), stop early when val stops improving. A ``train_dev``
+split (``curate split --train-dev``) is never trained on; it is scored each epoch next to val. At the end the best
+weights are scored on train (in order, unaugmented), train_dev, val and test (``metrics.json`` with ``errors``:
+1 - accuracy per split, ``curves.png``, ``confusion_<split>.png``).
 
 Checkpoints hold only tensors and plain containers, so ``torch.load(path, weights_only=True)`` loads them.
 ``model_last.pt`` also holds the optimizer, schedule, grad-scaler and RNG state: a run killed at any point
@@ -21,13 +23,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from curate.errors import CurateError
 from curate.learn.checkpoint import load_model, read_meta, restore, save_epoch
 from curate.learn.data import TrainingData, set_epoch
+from curate.learn.evaluation import amp_name, epoch_line, evaluate, score_splits
 from curate.learn.nets import build, count_params
 from curate.learn.runtime import CKPT_FORMAT, NanLoss, amp_dtype, load_checkpoint, make_optimizer, make_schedule, pick_device
 
@@ -81,28 +83,6 @@ def check_config(cfg: TrainConfig) -> None:
     for ok, message in bad:
         if not ok:
             raise CurateError(message, exit_code=2)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, amp: torch.dtype | None = None) -> dict[str, Any]:
-    """Run ``model`` over a loader in eval mode (under autocast to ``amp`` when given, else fp32).
-
-    Returns:
-        ``{"ids": N sample ids, "y": int64 (N,), "probs": float32 (N, K), "loss": mean NLL, "acc": accuracy}``.
-    """
-    model.eval()
-    ids: list[str] = []
-    ys, probs = [], []
-    for x, y, batch_ids in loader:
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x.to(device, non_blocking=True))
-        probs.append(torch.softmax(logits.float(), 1).cpu())
-        ys.append(y)
-        ids += batch_ids
-    p = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)
-    y = torch.cat(ys).numpy() if ys else np.zeros(0, np.int64)
-    nll = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else float("nan")
-    return {"ids": ids, "y": y, "probs": p, "loss": nll, "acc": float((p.argmax(1) == y).mean()) if len(y) else float("nan")}
 
 
 def fit(
@@ -213,6 +193,10 @@ def fit(
             "train_acc": float(correct) / max(seen, 1),
             "lr": opt.param_groups[0]["lr"],
         }
+        # --- score train_dev (held out, same distribution as train: its gap to train is variance), then val
+        if "train_dev" in data.loaders:
+            ev = evaluate(model, data.loaders["train_dev"], device, amp)
+            row.update(train_dev_loss=ev["loss"], train_dev_acc=ev["acc"])
         # --- evaluate on val, keep the best
         improved = val_loader is None
         if val_loader is not None:
@@ -229,7 +213,7 @@ def fit(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        log(_epoch_line(row, cfg.epochs, improved and val_loader is not None))
+        log(epoch_line(row, cfg.epochs, improved and val_loader is not None))
         # --- checkpoint: weights, meta; last also the full training state for --resume
         if run_dir is not None:
             epoch_meta = {**meta, "epoch": epoch + 1, "metrics": row, "best": best, "history": history}
@@ -253,22 +237,9 @@ def fit(
         "meta": meta,
         "stopped": stopped,
         "device": str(device),
-        "amp": _amp_name(amp),
+        "amp": amp_name(amp),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-
-
-def _amp_name(dtype: torch.dtype | None) -> str:
-    """``bfloat16`` / ``float16``, or ``off`` for fp32 (what the log line and ``amp`` in the result say)."""
-    return str(dtype).replace("torch.", "") if dtype is not None else "off"
-
-
-def _epoch_line(row: dict[str, Any], epochs: int, star: bool) -> str:
-    val = f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}" if "val_loss" in row else ""
-    return (
-        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}{val}"
-        f"  {row['seconds']:.1f}s{'  *' if star else ''}"
-    )
 
 
 def config_from_meta(saved: dict[str, Any], given: TrainConfig) -> TrainConfig:
@@ -341,13 +312,15 @@ def train(
         f"train {cfg.arch} on {vid}: {data.rows.get('train', 0):,} train / {data.rows.get('val', 0):,} val images "
         f"{data.channels}x{data.size[0]}x{data.size[1]}, {len(data.classes)} classes, {data.mode} loader"
         f"{' (weighted by sample_weight)' if data.sampler == 'weighted' else ''}, device {device}, "
-        f"autocast {_amp_name(amp_dtype(cfg.amp, device))}"
+        f"autocast {amp_name(amp_dtype(cfg.amp, device))}"
     )
     res = fit(cfg, data, run_dir, log=log, on_epoch_end=on_epoch_end, progress=progress)
+    from curate.learn.gaps import diagnose
     from curate.learn.metrics import write_report
 
     # Final scores in fp32, so that `curate evaluate` and `curate predict` reproduce them exactly.
-    splits = {name: evaluate(res["model"], data.loaders[name], device) for name in ("val", "test") if name in data.loaders}
+    splits = score_splits(res["model"], data, device)
+    errors = {name: 1.0 - ev["acc"] for name, ev in splits.items()}
     info = {
         "config": asdict(cfg),
         "dataset_version": vid,
@@ -357,6 +330,7 @@ def train(
         "best": res["best"],
         "train_seconds": res["seconds"],
         "params": res["meta"]["params"],
+        "errors": errors,  # 1 - accuracy per split: the bias / variance / mismatch ladder of the report
     }
     report = write_report(run_dir, splits, data.classes, res["history"], extra=info)
     keys = ("accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error")
@@ -371,4 +345,6 @@ def train(
         "best_epoch": res["best"].get("epoch"),
         "train_seconds": res["seconds"],
         "metrics": {k: {m: v[m] for m in keys} for k, v in report.items()},
+        "errors": errors,
+        "diagnosis": diagnose(errors),
     }

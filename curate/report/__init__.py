@@ -5,7 +5,9 @@ out, newly excluded by stage:reason); class distribution per split (before and a
 stage ran); excluded samples by stage and reason with sampled thumbnails; duplicate groups side by side; label
 issues (given vs suggested label, worst first); outliers, low-quality and filtered images; the normalization
 statistics and pixel histogram; pseudo-label rounds; the training run (curves, metrics, confusion matrices, the
-most confident mistakes). A section the workspace has nothing for is listed at the end with what to run.
+most confident mistakes); bias / variance / data mismatch (the run's train, train-dev, dev and test errors against
+an optional human-level error); error analysis by cause (tagged rows per cause and class). A section the workspace
+has nothing for is listed at the end with what to run.
 
 Size: thumbnails are at most 96 px a side and every gallery holds at most ``max_gallery`` images (a seeded sample,
 or the worst first where there is an order), so the page stays small (well under 20 MB) however large the dataset.
@@ -59,6 +61,8 @@ COLUMNS = (
     "filter_predicted",
     "repeat",
     "parent_id",
+    "extra_sources",
+    "review_tags",
 )
 
 Progress = Callable[[str, int | None], Any]
@@ -97,6 +101,8 @@ def write_report(
     seed: int = 0,
     models: Path | None = None,
     progress: Progress | None = None,
+    human_error: float | None = None,
+    tags: Path | None = None,
 ) -> dict[str, Any]:
     """Write the HTML report of ``version`` (default HEAD) of ``ws`` to ``out``.
 
@@ -109,27 +115,34 @@ def write_report(
         seed: the seed of the sampled galleries.
         models: where to look for runs when ``run`` is None (default ``./models``).
         progress: ``progress(description, total)`` -> context manager yielding ``advance(n)`` (the CLI's bar).
+        human_error: the human-level error (0..1) of the bias / variance / data-mismatch table; None: unknown.
+        tags: a tags CSV (``curate.tags.read_tags_csv``), counted with the version's ``review_tags`` by cause.
 
     Returns:
         ``{"path", "bytes", "version", "run", "sections" (ids rendered), "omitted" (id -> why), "images",
-        "images_failed", "seed", "max_gallery"}``, JSON-able.
+        "images_failed", "seed", "max_gallery", "diagnosis" (bias / variance / mismatch, or None), "causes" (counts
+        per cause and class, or None)}``, JSON-able.
 
     Raises:
-        CurateError: empty workspace or unknown version, ``run`` missing or not a run, ``out`` not writable.
+        CurateError: empty workspace or unknown version, ``run`` missing or not a run, ``out`` not writable, a tags
+            CSV that cannot be read or names a sample the version does not have.
         UsageError: a negative ``max_gallery``.
     """
     from curate import __version__
-    from curate.report import collect, issues, training
+    from curate.report import analysis, collect, issues, training
     from curate.report.gallery import fill_thumbnails
     from curate.report.html import render
 
     out = Path(out)
     if max_gallery < 0:
         raise UsageError(f"--max-gallery must be >= 0, not {max_gallery}")
+    if human_error is not None and not 0 <= human_error < 1:
+        raise UsageError(f"--human-error {human_error}: give an error rate in [0, 1), e.g. 0.02 for 2%")
     vid = ws.resolve(version)
     run_dir, run_why = training.find_run(vid, Path(run) if run is not None else None, models or Path("models"))
     _check_writable(out)
     ctx = collect.Context(ws, vid, ws.samples(vid, columns=_columns(ws, vid)), ws.lineage(vid), max_gallery, seed)
+    tagged, tag_source = _tags(ctx.table, tags)  # read before any work: a bad file fails at once
     builders: list[Callable[[collect.Context], dict[str, Any]]] = [
         collect.overview,
         collect.lineage,
@@ -141,6 +154,8 @@ def write_report(
         issues.normalization,
         issues.pseudolabels,
         lambda c: training.training(c, run_dir, run_why),
+        lambda c: analysis.bias_variance(c, run_dir, human_error, run_why),
+        lambda c: analysis.causes(c, tagged, tag_source),
     ]
     bar = progress or (lambda _d, _t: contextlib.nullcontext(lambda n=1: None))
     sections = []
@@ -178,7 +193,19 @@ def write_report(
         "images_failed": thumbs["failed"],
         "seed": seed,
         "max_gallery": max_gallery,
+        "diagnosis": next((s["diagnosis"] for s in sections if "diagnosis" in s), None),
+        "causes": next((s["counts"] for s in sections if "counts" in s), None),
     }
+
+
+def _tags(table: Any, path: Path | None) -> tuple[dict[str, list[str]], str]:
+    """sample_id -> causes from the version's ``review_tags`` and the CSV at ``path``, and a phrase naming the sources."""
+    from curate.tags import TAGS_COLUMN, merge_tags, read_tags_csv, tags_from_table
+
+    stored = tags_from_table(table)
+    given = read_tags_csv(path, table) if path is not None else {}
+    names = ([f"the {TAGS_COLUMN} column"] if stored else []) + ([str(path)] if path is not None else [])
+    return merge_tags(stored, given), " and ".join(names) or "nowhere"
 
 
 def _items(block: dict[str, Any]) -> list[dict[str, Any]]:

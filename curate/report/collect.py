@@ -8,7 +8,7 @@ with ``"omitted": why`` (and a hint what to run) when the workspace has nothing 
 | --- | --- |
 | text | ``text`` |
 | kv | ``pairs``: list of (name, value) |
-| table | ``head``: column names, ``rows``: lists of cells (numbers are right-aligned), optional ``caption`` |
+| table | ``head``: column names, ``rows``: lists of cells (numbers right-aligned), optional ``caption``, ``mark`` (rows highlighted) |
 | plot | ``uri`` (PNG data URI), ``alt`` |
 | gallery | ``items`` (``curate.report.gallery`` items), optional ``title`` |
 | groups | ``groups``: list of ``{"title", "items", "more"}`` shown one row per group |
@@ -190,7 +190,7 @@ def classes(ctx: Context) -> Section:
         title = f"{focus}: before and after balancing"
     else:
         per = summarize(ctx.table)["per_split_class"]
-        order = sorted(per, key=lambda s: ({"train": 0, "val": 1, "test": 2}.get(s, 3), s))
+        order = sorted(per, key=lambda s: ({"train": 0, "train_dev": 1, "val": 2, "test": 3}.get(s, 4), s))
         names, rows = _class_table(per, order)
         intro = "Included samples per class and split (no balance stage in the lineage: `curate balance` evens out train)."
         series = {s: [per[s].get(c, 0) for c in names] for s in order}

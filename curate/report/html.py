@@ -36,6 +36,7 @@ figure img,.noimg{image-rendering:pixelated;border:1px solid #cfd8dc;background:
 .noimg{width:96px;height:96px;color:#90a4ae;font-size:10px;display:flex;align-items:center;justify-content:center;text-align:center}
 .grp{border-left:3px solid #90caf9;padding:2px 0 2px 10px;margin:8px 0}.grp .t{font-size:12px;color:#455a64;margin-bottom:4px}
 .more{align-self:center;color:#78909c;font-size:12px}
+tr.top td{background:#fff3cd;font-weight:600}
 code{background:#f1f3f4;padding:0 3px;border-radius:3px;font-size:.92em}
 """
 
@@ -61,7 +62,10 @@ def _cell(value: Any) -> str:
 
 def _table(block: dict[str, Any]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in block["head"])
-    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in block["rows"])
+    mark = set(block.get("mark") or ())  # rows to highlight (the top cause, the largest gap)
+    body = "".join(
+        ('<tr class="top">' if i in mark else "<tr>") + "".join(_cell(c) for c in row) + "</tr>" for i, row in enumerate(block["rows"])
+    )
     caption = f"<caption>{esc(block['caption'])}</caption>" if block.get("caption") else ""
     return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -116,14 +116,14 @@ def pseudo_rounds(rounds: list[dict[str, Any]]) -> str:
 
 
 def curves(history: list[dict[str, Any]]) -> str:
-    """Loss and accuracy per epoch, train and val, side by side."""
+    """Loss and accuracy per epoch, train, train_dev (when scored) and val, side by side."""
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure(9, 3.2)
     ep = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     for pos, (metric, title) in enumerate((("loss", "loss"), ("acc", "accuracy"))):
         ax = fig.add_subplot(1, 2, pos + 1)
-        for split, color in (("train", _COLORS[0]), ("val", _COLORS[1])):
+        for split, color in (("train", _COLORS[0]), ("train_dev", _COLORS[2]), ("val", _COLORS[1])):
             ys = [h.get(f"{split}_{metric}") for h in history]
             if any(y is not None for y in ys):
                 ax.plot(ep, [float("nan") if y is None else y for y in ys], "o-", ms=3, color=color, label=split)

@@ -144,9 +144,9 @@ def imbalance_report(table: pa.Table, beta: float = 0.999) -> dict[str, Any]:
     """
     table = conform(table)
     out: dict[str, Any] = {}
-    order = {"train": 0, "val": 1, "test": 2}
+    order = {"train": 0, "train_dev": 1, "val": 2, "test": 3}
     weights = table.column("sample_weight").to_pylist() if "sample_weight" in table.column_names else None
-    for split in sorted({s for s in table.column("split").to_pylist() if s is not None}, key=lambda s: (order.get(s, 3), s)):
+    for split in sorted({s for s in table.column("split").to_pylist() if s is not None}, key=lambda s: (order.get(s, 4), s)):
         counts = class_counts(table, split)
         if not counts:
             continue

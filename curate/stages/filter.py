@@ -66,7 +66,7 @@ from curate.stages import StageResult
 STAGE = "filter"
 REASON = "classifier_filter"
 ACTIONS = ("exclude", "flag")
-SPLITS = ("train", "val", "test", "none")  # "none": rows without a split yet
+SPLITS = ("train", "train_dev", "val", "test", "none")  # "none": rows without a split yet
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINTS = ("best", "last")
 COLUMNS: dict[str, pa.DataType] = {

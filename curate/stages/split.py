@@ -8,6 +8,10 @@
   hash of the group key and the seed. Ingesting more data and splitting again moves nothing that was assigned.
 - ``keep_existing``: the source's own split (``origin_split``, e.g. MNIST's official test set) is respected and
   val is carved out of the source's train rows.
+- ``train_dev``: a ``train_dev`` split carved out of train after the assignment (a fraction of each class's train
+  rows, or a total count shared out over the classes in proportion): held out of training but drawn from the
+  training distribution, so that train -> train_dev error measures variance and train_dev -> val error measures
+  the mismatch between training data and the data that matters. Grouped, stratified and stable like the rest.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ class SplitConfig:
         seed: changes which samples go where; the same seed always gives the same assignment.
         group_col: a column whose equal values must share a split (patient id, video id, photographer ...).
         keep_existing: keep ``origin_split`` from the source and carve the other splits out of its train rows.
+        train_dev: carve a ``train_dev`` split out of train: a fraction in (0, 1) of each class's train rows, or a
+            whole number >= 1 of rows in all (shared out over the classes like the ratios). None: no train_dev.
     """
 
     ratios: tuple[tuple[str, float], ...] = DEFAULT_RATIOS
     seed: int = 0
     group_col: str | None = None
     keep_existing: bool = False
+    train_dev: float | None = None
 
 
 def parse_ratios(text: str) -> tuple[tuple[str, float], ...]:
@@ -65,6 +72,23 @@ def parse_ratios(text: str) -> tuple[tuple[str, float], ...]:
     if total <= 0 or any(v < 0 for _, v in named) or len({k for k, _ in named}) != len(named):
         raise UsageError(f"--ratios {text!r}: fractions must be non-negative, named once, and not all zero")
     return tuple((k, v / total) for k, v in named)
+
+
+def parse_train_dev(value: str | float | None) -> float | None:
+    """``"0.05"`` -> a fraction of train, ``"500"`` -> a count of rows; None stays None.
+
+    Raises:
+        UsageError: not a number, <= 0, or a count that is not a whole number.
+    """
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--train-dev {value!r}: give a fraction such as 0.05 or a row count such as 500") from None
+    if not v > 0 or (v >= 1 and v != int(v)) or v != v or v == float("inf"):
+        raise UsageError(f"--train-dev {value!r}: a fraction must be in (0, 1), a count a whole number >= 1")
+    return v
 
 
 def _targets(n: int, ratios: list[tuple[str, float]]) -> dict[str, int]:
@@ -217,6 +241,66 @@ def assign_splits(table: pa.Table, cfg: SplitConfig) -> tuple[list[str | None], 
     return out, {"kept_existing": kept_existing, "newly_assigned": sum(len(m) for m in pending)}
 
 
+def _units_by_class(members: list[list[int]], labels: list[Any], ok: list[bool]) -> dict[Any, list[list[int]]]:
+    """Units (groups of row indices) keyed by the majority label of their included rows (units with none left out)."""
+    by_class: dict[Any, list[list[int]]] = defaultdict(list)
+    for m in members:
+        votes: dict[Any, int] = defaultdict(int)
+        for i in m:
+            if ok[i]:
+                votes[labels[i]] += 1
+        if votes:
+            by_class[max(votes, key=lambda k: (votes[k], k is not None, str(k)))].append(m)
+    return by_class
+
+
+def carve_train_dev(table: pa.Table, splits: list[str | None], cfg: SplitConfig) -> tuple[list[str | None], dict[str, Any]]:
+    """Move whole groups from ``train`` to ``train_dev`` until each class holds its share of train_dev rows.
+
+    A class's target is ``round(fraction x its train + train_dev rows)`` (largest remainder over the classes for a
+    count). Rows already in ``train_dev`` stay (stable when data is added); groups are taken in the order of a hash
+    of the seed and their smallest ``sample_id``, a group only when it brings the class closer to its target, so a
+    big duplicate group does not overshoot. Excluded-only groups stay in train.
+
+    Returns:
+        The new split list and ``{"train_dev": {"requested", "rows", "moved"}}``.
+    """
+    ids = table.column("sample_id").to_pylist()
+    labels = table.column("label").to_pylist()
+    ok = [s == OK for s in table.column("status").to_pylist()]
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups_of(table, cfg.group_col)):
+        members[g].append(i)
+    pool = [m for m in members.values() if splits[m[0]] in ("train", "train_dev")]
+    # unlabeled rows are the pseudo-label pool, not something an error can be measured on: they stay in train
+    by_class = {c: u for c, u in _units_by_class(pool, labels, ok).items() if c is not None}
+    size = {id(m): sum(ok[i] for i in m) for units in by_class.values() for m in units}
+    total = {c: sum(size[id(m)] for m in units) for c, units in by_class.items()}
+    have = {c: sum(size[id(m)] for m in units if splits[m[0]] == "train_dev") for c, units in by_class.items()}
+    frac = float(cfg.train_dev or 0)
+    if frac >= 1:
+        n_rows = sum(total.values())
+        if frac >= n_rows:
+            raise UsageError(f"--train-dev {int(frac)}: train has only {n_rows} included rows", hint="give fewer rows or a fraction")
+        shares = _targets(int(frac), [(str(c), total[c] / n_rows) for c in sorted(total, key=str)])
+        target = {c: shares[str(c)] for c in total}
+    else:
+        target = {c: int(total[c] * frac + 0.5) for c in total}
+    out, moved = list(splits), 0
+    for c, units in by_class.items():
+        deficit = target[c] - have[c]
+        for m in sorted(units, key=lambda m: _order_key(cfg.seed, "train_dev:" + min(ids[i] for i in m))):
+            n = size[id(m)]
+            if out[m[0]] != "train" or deficit <= 0 or n >= 2 * deficit:
+                continue
+            for i in m:
+                out[i] = "train_dev"
+            deficit -= n
+            moved += n
+    rows = sum(1 for i, s in enumerate(out) if s == "train_dev" and ok[i])
+    return out, {"train_dev": {"requested": cfg.train_dev, "rows": rows, "moved": moved}}
+
+
 def run_split(parent: pa.Table, cfg: SplitConfig) -> StageResult:
     """Assign ``split`` to every row of ``parent`` and report the leakage check (must be 0 groups crossing)."""
     t0 = time.perf_counter()
@@ -225,6 +309,11 @@ def run_split(parent: pa.Table, cfg: SplitConfig) -> StageResult:
         raise UsageError(f"--group-col {cfg.group_col!r} is not a column of this version",
                          hint=f"columns: {', '.join(table.column_names)}")
     splits, counters = assign_splits(table, cfg)
+    if cfg.train_dev:
+        if any(k == "train_dev" for k, _ in cfg.ratios):
+            raise UsageError("--train-dev with a train_dev ratio: give one or the other")
+        splits, more = carve_train_dev(table, splits, cfg)
+        counters.update(more)
     table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits, pa.string()))
     check = leakage(table, cfg.group_col)
     stats = {**counters, "leakage": check, "seconds": round(time.perf_counter() - t0, 3)}

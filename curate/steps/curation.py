@@ -101,8 +101,10 @@ def _review_from_columns(table: Any) -> list[dict[str, Any]]:
 
 def prepare_split(values: dict[str, Any]) -> dict[str, Any]:
     """``ratios = "80:10:10"`` (or ``{train = 8, val = 1, test = 1}``) -> SplitConfig's ``((name, fraction), ...)``."""
-    from curate.stages.split import parse_ratios
+    from curate.stages.split import parse_ratios, parse_train_dev
 
+    if values.get("train_dev") is not None:
+        values = {**values, "train_dev": parse_train_dev(values["train_dev"])}
     ratios = values.get("ratios")
     if isinstance(ratios, dict):
         ratios = ",".join(f"{k}={v}" for k, v in ratios.items())
@@ -121,6 +123,8 @@ def split_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
         "group_col": cfg.group_col,
         "keep_existing": cfg.keep_existing,
     }
+    if cfg.train_dev:  # only when set, so versions split before train_dev existed stay cached
+        config["train_dev"] = cfg.train_dev
     return run_stage(ws, "split", config, lambda table, _pid: run_split(_need(table), cfg), parent=ctx.base)
 
 

@@ -89,7 +89,14 @@ def _finished_run(run_dir: Path, cfg: Any, vid: str) -> dict[str, Any] | None:
     return {"run": str(run_dir), "version": vid, "arch": m["config"]["arch"], "device": m.get("device"), "amp": m.get("amp"),
             "epochs_run": len(m.get("history", [])), "stopped": m.get("stopped"), "best_epoch": (m.get("best") or {}).get("epoch"),
             "train_seconds": m.get("train_seconds"), "cached": True,
-            "metrics": {s: {k: v.get(k) for k in keys} for s, v in m.get("splits", {}).items()}}  # fmt: skip
+            "metrics": {s: {k: v.get(k) for k in keys} for s, v in m.get("splits", {}).items()},
+            "errors": m.get("errors"), "diagnosis": _diagnosis(m.get("errors"))}  # fmt: skip
+
+
+def _diagnosis(errors: dict[str, Any] | None) -> dict[str, Any] | None:
+    from curate.learn.gaps import diagnose
+
+    return diagnose(errors) if errors else None
 
 
 def train_step(ws: Any, cfg: Any, ctx: StepContext, *, sanity: bool = False) -> dict[str, Any]:
@@ -126,11 +133,13 @@ class EvaluateConfig:
 
     Attributes:
         run: run folder or ``model_*.pt``; in a pipeline, default the run its train step made.
-        split: the split scored.
+        split: the split scored, or ``all``: every split of the version (train, train_dev, val, test) with the
+            bias / variance / data-mismatch diagnosis of their errors.
         which: ``best`` or ``last`` checkpoint.
         version: the dataset version scored (default: the one the run was trained on).
         src: instead of a split: a labeled folder or manifest outside the workspace (anything ingest reads),
             scored the same way; its files go to ``<run>/eval-<name>/``.
+        human_error: the human-level error (0..1) the diagnosis of ``split = "all"`` measures avoidable bias against.
     """
 
     run: str | None = None
@@ -138,6 +147,7 @@ class EvaluateConfig:
     which: str = "best"
     version: str | None = None
     src: str | None = None
+    human_error: float | None = None
 
 
 def check_evaluate(cfg: EvaluateConfig) -> None:
@@ -146,6 +156,13 @@ def check_evaluate(cfg: EvaluateConfig) -> None:
         raise UsageError(f"--which {cfg.which!r}: choose best or last")
     if cfg.src is not None and cfg.version is not None:
         raise UsageError("--src scores a source outside the workspace: drop --version")
+    check_human_error(cfg.human_error)
+
+
+def check_human_error(value: float | None) -> None:
+    """A human-level error is a rate in [0, 1) (exit code 2 otherwise)."""
+    if value is not None and not 0 <= value < 1:
+        raise UsageError(f"--human-error {value}: give an error rate in [0, 1), e.g. 0.02 for 2%")
 
 
 def source_name(src: str) -> str:
@@ -201,6 +218,8 @@ def evaluate_step(ws: Any, cfg: EvaluateConfig, ctx: StepContext) -> dict[str, A
     if cfg.src is not None:
         return _evaluate_source(loaded, run, cfg, ctx)
     info = open_export(ws, cfg.version or loaded.meta["dataset_version"])
+    if cfg.split == "all":
+        return _evaluate_all(loaded, run, info, cfg, ctx)
     if cfg.split not in info.card["splits"]:
         raise CurateError(
             f"version {info.card['version']} has no {cfg.split!r} split", hint=f"splits: {', '.join(info.card['splits'])}"
@@ -218,6 +237,32 @@ def evaluate_step(ws: Any, cfg: EvaluateConfig, ctx: StepContext) -> dict[str, A
     return {"run": str(run), "version": info.card["version"], "split": cfg.split, "path": path, **{k: m[k] for k in keys}}
 
 
+def _evaluate_all(loaded: Any, run: Path, info: Any, cfg: EvaluateConfig, ctx: StepContext) -> dict[str, Any]:
+    """Score every split of the version (``eval_all.json``) and diagnose bias / variance / data mismatch."""
+    from curate.learn.data import SPLITS, eval_loader, load_split
+    from curate.learn.evaluation import evaluate
+    from curate.learn.gaps import diagnose
+    from curate.learn.metrics import write_report
+    from curate.ui import progress
+
+    if info.classes != loaded.classes:
+        raise CurateError(f"the classes of {info.card['version']} differ from those {run} was trained on")
+    scored = {}
+    for split in (s for s in SPLITS if s in info.card["splits"]):
+        with progress(f"decode {split}", info.card["splits"][split], enabled=ctx.progress) as advance:
+            data = load_split(info.files(split, "parquet"), "parquet", int(loaded.meta["channels"]), loaded.size, advance=advance)
+        scored[split] = evaluate(loaded.model, eval_loader(data.labeled(), loaded.meta["normalization"]), loaded.device)
+    errors = {s: 1.0 - ev["acc"] for s, ev in scored.items()}
+    diag = diagnose(errors, cfg.human_error)
+    out_dir = run if run.is_dir() else run.parent
+    extra = {"run": str(run), "checkpoint": str(loaded.path), "dataset_version": info.card["version"], "split": "all",
+             "errors": errors, "human_error": cfg.human_error, "diagnosis": diag}  # fmt: skip
+    m = write_report(out_dir, scored, loaded.classes, None, name="eval_all.json", extra=extra)
+    keys = ("n", "accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error")
+    return {"run": str(run), "version": info.card["version"], "split": "all", "path": str(out_dir / "eval_all.json"),
+            "metrics": {s: {k: v[k] for k in keys} for s, v in m.items()}, "errors": errors, "diagnosis": diag}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     """Settings of a pipeline's ``report`` step (``curate.report.write_report``).
@@ -227,12 +272,17 @@ class ReportConfig:
         run: a training run folder (default: the run the pipeline's train step made, if any).
         max_gallery: most thumbnails per gallery.
         seed: the seed of the sampled galleries.
+        human_error: human-level error (0..1) for the bias / variance / data-mismatch table; None: unknown.
+        tags: a CSV of error-analysis tags (``sample_id`` or ``source``, ``cause``: one or several joined by ``;``)
+            counted per cause and per class, beside any ``review_tags`` the version carries.
     """
 
     out: str | None = None
     run: str | None = None
     max_gallery: int = 48
     seed: int = 0
+    human_error: float | None = None
+    tags: str | None = None
 
 
 def report_step(ws: Any, cfg: ReportConfig, ctx: StepContext) -> dict[str, Any]:
@@ -256,7 +306,8 @@ def report_step(ws: Any, cfg: ReportConfig, ctx: StepContext) -> dict[str, Any]:
             "mtime_ns": rec["mtime_ns"],
             "cached": True,
         }
-    optional = {"models": ws.root / "models", "progress": lambda d, t: progress(d, t, enabled=ctx.progress)}
+    optional = {"models": ws.root / "models", "progress": lambda d, t: progress(d, t, enabled=ctx.progress),
+                "human_error": cfg.human_error, "tags": Path(cfg.tags) if cfg.tags else None}  # fmt: skip
     params = inspect.signature(write_report).parameters
     res = write_report(ws, out, version=vid, run=Path(run) if run else None, max_gallery=cfg.max_gallery, seed=cfg.seed,
                        **{k: v for k, v in optional.items() if k in params})  # fmt: skip
@@ -270,6 +321,8 @@ def summary(res: dict[str, Any]) -> str:
     if "epochs_run" in res:
         scores = ", ".join(f"{s} acc {m['accuracy']:.3f}" for s, m in res["metrics"].items())
         return f"{res['arch']}, {res['epochs_run']} epochs{', ' + scores if scores else ''} -> {res['run']}"
+    if res.get("split") == "all":
+        return ", ".join(f"{s} err {e:.3f}" for s, e in res["errors"].items()) + f"; largest gap: {res['diagnosis']['largest']}"
     if "accuracy" in res:
         return f"{res['split']} acc {res['accuracy']:.3f}, macro-F1 {res['macro_f1']:.3f} ({res['n']:,} images)"
     return f"-> {res.get('path', '')}"
