@@ -57,7 +57,7 @@ def _idx_ws(name: str, images: Path) -> Path:
 
 
 def _plant(ws: Path, kind: str, seed: int = 0) -> set[str]:
-    """Flip 10% of the ok rows' labels in a new version (stage ``plant-noise``); returns the flipped sample_ids."""
+    """Flip 10% of the ok rows' labels in a new version (stage ``plant_noise``); returns the flipped sample_ids."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -81,7 +81,7 @@ def _plant(ws: Path, kind: str, seed: int = 0) -> set[str]:
         t = parent.set_column(parent.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
         return StageResult(table=t, stats={"flipped": len(pick)})
 
-    run_stage(w, "plant-noise", {"kind": kind, "seed": seed}, body, cacheable=False)
+    run_stage(w, "plant_noise", {"kind": kind, "seed": seed}, body, cacheable=False)
     return flipped
 
 

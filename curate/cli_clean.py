@@ -18,7 +18,11 @@ def clean(
         bool, typer.Option("--find-mislabels", help="Find label errors: cleanlab on k-fold out-of-sample probabilities.")
     ] = False,
     find_outliers: Annotated[
-        bool, typer.Option("--find-outliers", help="Find out-of-distribution samples: low max probability under the k-fold models.")
+        bool,
+        typer.Option(
+            "--find-outliers",
+            help="Find out-of-distribution samples: low max probability under the k-fold models (with --model: kNN distance).",
+        ),
     ] = False,
     find_low_quality: Annotated[
         bool,
@@ -51,6 +55,14 @@ def clean(
     pred_probs: Annotated[
         Path | None,
         typer.Option(help="Use your own probabilities (Parquet/CSV/JSONL: sample_id + one column per class, or a probs list)."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A model backend (curate:RUN, torchscript:FILE, onnx:FILE, hf:PATH, embeddings:FILE): label issues from a "
+            "k-fold linear head on its frozen embeddings, outliers from kNN distance; no CNN is trained.",
+            rich_help_panel=_MODEL,
+        ),
     ] = None,
     folds: Annotated[int | None, typer.Option(help="k of the k-fold models (default 5).", rich_help_panel=_MODEL)] = None,
     arch: Annotated[
@@ -95,9 +107,10 @@ def clean(
     """Find label errors, outliers and low-quality images; flag, exclude or relabel them.
 
     Label errors: every labeled sample is predicted by a model trained on the other k-1 folds (curate's own
-    networks, trained here), then cleanlab finds the samples whose given label is unlikely. Columns:
-    is_label_issue, label_quality (1 clean .. 0 issue), suggested_label, suggested_confidence. The out-of-sample
-    probabilities are cached: changing only --action, --method or thresholds reuses them. Rows of every split are
+    networks, trained here; with --model, a logistic regression on that model's frozen embeddings), then cleanlab
+    finds the samples whose given label is unlikely. Columns: is_label_issue, label_quality (1 clean .. 0 issue),
+    suggested_label, suggested_confidence. The out-of-sample probabilities (or the model's embeddings) are
+    cached: changing only --action, --method or thresholds reuses them. Rows of every split are
     checked; only train rows (and rows not split yet) are acted on unless --act-on all.
 
     Examples:
@@ -107,6 +120,7 @@ def clean(
         curate clean --find-mislabels --action relabel --relabel-threshold 0.95
         curate clean --find-outliers --find-low-quality --action exclude
         curate clean --find-mislabels --pred-probs my_probs.parquet
+        curate clean --find-mislabels --find-outliers --model hf:./dinov2-small
     """
     from curate.config import command_config
     from curate.stages.clean import CleanConfig, check_config
@@ -120,7 +134,7 @@ def clean(
         "find_mislabels": find_mislabels or None, "find_outliers": find_outliers or None, "find_low_quality": find_low_quality or None,
         "action": action, "act_on": act_on, "max_fraction": max_fraction, "relabel_threshold": relabel_threshold, "method": method,
         "outlier_threshold": outlier_threshold,
-        "pred_probs": str(pred_probs) if pred_probs else None, "folds": folds, "arch": arch, "epochs": epochs,
+        "pred_probs": str(pred_probs) if pred_probs else None, "model": model, "folds": folds, "arch": arch, "epochs": epochs,
         "batch_size": batch_size, "augment": augment, "image_size": image_size, "device": device, "seed": seed,
         "dark": dark, "bright": bright,
         "blurry": blurry, "low_information": low_information, "tiny": tiny, "odd_aspect": odd_aspect,
@@ -141,7 +155,14 @@ def _summary(res: dict[str, Any], cfg: Any) -> None:
         say(f"clean: same parent and settings as {res['version']}; HEAD moved there (nothing recomputed)")
     else:
         model = f"out-of-sample probabilities {st.get('oof', 'n/a')}"
-        if st.get("oof") == "computed":
+        if "model" in st:
+            emb = st["embeddings"]
+            got = f"{emb['computed']:,} embedded, {emb['cached']:,} cached"
+            got = f"{emb['from_file']:,} vectors read" if emb["from_file"] else got
+            model = f"model {st['model']['spec']}: {got}"
+            if st.get("oof") == "computed":
+                model += f"; {cfg.folds}-fold linear head {st['oof_seconds']:.1f}s"
+        elif st.get("oof") == "computed":
             model += f" ({cfg.folds} folds x {cfg.epochs} epochs {cfg.arch}, {st['oof_seconds']:.0f}s)"
         elif st.get("oof") == "cached":
             model += f" (from version {st['oof_version']})"

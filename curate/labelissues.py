@@ -1,11 +1,14 @@
 """The model side of ``curate clean``: images in, out-of-sample predictions and cleanlab's verdicts out.
 
+- ``cnn_oof``: k-fold out-of-sample probabilities from curate's own networks, trained on the checked rows.
 - ``load_images``: the checked rows' blobs decoded to one uint8 ``(N, H, W, C)`` array (the training geometry).
 - ``OOFCache``: out-of-sample probabilities are the expensive part (k models), so they are stored in the version's
   ``state/clean_oof.parquet`` under a key of the checked (sample_id, label) pairs and every setting that changes
   the models; any later run with the same key, from any version of the workspace, reuses them.
 - ``read_pred_probs``: users' own ``N x K`` probabilities (Parquet/CSV with ``sample_id``).
 - ``label_issues``: cleanlab's ``find_label_issues`` and ``get_label_quality_scores`` over the probabilities.
+- ``embedding_judgements``: ``--model``: a backend's frozen embeddings (cached per sample and model digest,
+  ``curate.models.cache``), a k-fold linear head for the probabilities and kNN distances for outliers.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,10 +83,46 @@ def oof_key(ids: Sequence[str], labels: Sequence[str], classes: Sequence[str], s
     """sha256 over the checked rows (sample_id and label, in sample_id order), the class list and the model settings."""
     h = hashlib.sha256(json.dumps({"classes": list(classes), "settings": settings}, sort_keys=True).encode())
     # sorted: a stage that reorders rows (split) must not invalidate the cache; the fold assignment follows
-    # the row order, so ``_oof`` also trains in sample_id order
+    # the row order, so ``cnn_oof`` also trains in sample_id order
     for sid, lab in sorted(zip(ids, labels, strict=True)):
         h.update(f"{sid}\t{lab}\n".encode())
     return h.hexdigest()
+
+
+MODEL_SETTINGS = ("folds", "arch", "epochs", "batch_size", "lr", "augment", "image_size", "seed")
+
+
+def cnn_oof(
+    ws: Any, rows: pa.Table, labels: np.ndarray, classes: list[str], cfg: Any, progress: Any
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Out-of-sample ``(probs, ood_z, info)`` for ``rows`` (``sample_id``, ``pack``, ``mode``, ``width``, ``height``)
+    from k of curate's own networks (``cfg``: ``CleanConfig``): cached, or trained now."""
+    from curate.learn.predict import oof_predict
+    from curate.learn.train import TrainConfig
+
+    ids = rows.column("sample_id").to_pylist()
+    channels, size = geometry(rows, cfg.image_size)
+    settings = {k: getattr(cfg, k) for k in MODEL_SETTINGS} | {"channels": channels, "size": list(size)}
+    key = oof_key(ids, [classes[i] for i in labels], classes, settings)
+    cache = OOFCache(ws)
+    hit = cache.find(key, ids)
+    if hit is not None:
+        return hit[0], hit[1], {"oof": "cached", "oof_version": hit[2], "state": {}}
+    # train in sample_id order: the folds then do not depend on the table's row order
+    order = np.argsort(np.array(ids), kind="stable")
+    rows, labels, ids = rows.take(pa.array(order)), labels[order], [ids[i] for i in order]
+    back = np.argsort(order, kind="stable")
+    images = load_images(ws, rows, channels, size, progress=(lambda total: progress("decode", total)) if progress else None)
+    tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment, device=cfg.device)
+    t0 = time.perf_counter()
+    if progress:
+        with progress(f"{cfg.folds}-fold models", cfg.folds) as advance:
+            res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True, on_fold=lambda f, k: advance(1))
+    else:
+        res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True)
+    info = {"oof": "computed", "oof_seconds": round(time.perf_counter() - t0, 1), "input": [channels, *size]}
+    state = OOFCache.state(key, ids, res.probs, res.ood_z, classes)
+    return res.probs[back], res.ood_z[back], {**info, "state": state}
 
 
 class OOFCache:
@@ -199,3 +239,55 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, method: str = "low_no
         "suggested": suggested,
         "suggested_confidence": probs[np.arange(len(probs)), suggested].astype(np.float64),
     }
+
+
+def embedding_judgements(
+    ws: Any, table: pa.Table, lpos: np.ndarray, ok_pos: np.ndarray, labels: np.ndarray, n_classes: int, cfg: Any, progress: Any
+) -> dict[str, Any]:
+    """``clean --model``: the model's embeddings of the checked rows, a k-fold linear head and kNN outlier scores.
+
+    Args:
+        table: the version's sample table; lpos: positions of the labeled ok rows (``labels`` int ``(L,)`` are
+            theirs); ok_pos: positions of every ok row (ascending, like ``lpos``).
+        cfg: ``CleanConfig`` (``model``, ``device``, ``batch_size``, ``folds``, ``seed``, ``find_*``, ``pred_probs``).
+        progress: optional ``progress(description, total)`` -> context manager yielding ``advance(n)``.
+
+    Returns:
+        ``probs`` float32 ``(L, K)`` out-of-sample (None when not needed), ``outlier_pos`` / ``outlier_score``
+        (the ok rows and their 0..1 kNN score; None without ``find_outliers``), ``info`` (stats) and ``state``
+        (the new embeddings and ``clean_model.json``: the backend's ``describe()``).
+    """
+    from curate.models import load_backend
+    from curate.models.cache import embed_samples
+    from curate.models.heads import KNN_K, knn_outliers, oof_linear
+
+    backend = load_backend(cfg.model, workspace=ws.root, device=cfg.device, batch_size=cfg.batch_size)
+    pos = ok_pos if cfg.find_outliers else lpos
+    ids = table.column("sample_id").take(pa.array(pos)).to_pylist()
+    t0 = time.perf_counter()
+    emb = embed_samples(ws, table.take(pa.array(pos)).select(["sample_id", "pack"]), backend, progress=progress)
+    counts = {"computed": emb.computed, "cached": emb.cached, "from_file": emb.from_file, "dim": int(emb.vectors.shape[1])}
+    info: dict[str, Any] = {
+        "oof": "not needed",
+        "model": backend.describe(),
+        "embeddings": {**counts, "seconds": round(time.perf_counter() - t0, 2)},
+    }
+    out: dict[str, Any] = {"probs": None, "outlier_pos": None, "outlier_score": None, "info": info}
+    if cfg.find_mislabels and not cfg.pred_probs:
+        x = emb.vectors[np.searchsorted(pos, lpos)]
+        # fit in sample_id order: the folds then do not depend on the table's row order (as the CNN path does)
+        lids = np.array(ids)[np.searchsorted(pos, lpos)]
+        order = np.argsort(lids, kind="stable")
+        t1 = time.perf_counter()
+        res = oof_linear(x[order], labels[order], n_classes, folds=cfg.folds, seed=cfg.seed)
+        out["probs"] = res.probs[np.argsort(order, kind="stable")]
+        info.update(oof="computed", head="linear", oof_seconds=round(time.perf_counter() - t1, 2))
+    if cfg.find_outliers:
+        split = table.column("split").to_pylist()
+        ref = np.array([split[p] in (None, "train") for p in pos.tolist()], bool)
+        out["outlier_pos"] = pos
+        out["outlier_score"] = knn_outliers(emb.vectors, ref, k=KNN_K)[1]
+        info["outlier_score"] = f"knn cosine, k={KNN_K}, reference: {int(ref.sum())} included train rows"
+    model_doc = {**backend.describe(), "embeddings": info["embeddings"], "rows": len(ids)}
+    out["state"] = {**emb.state, "clean_model.json": json.dumps(model_doc, indent=2).encode()}
+    return out

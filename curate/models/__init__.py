@@ -25,7 +25,7 @@ from curate.models.base import Backend, Preprocessing, path_digest
 
 KINDS = ("curate", "torchscript", "onnx", "hf", "embeddings")
 
-__all__ = ["KINDS", "Backend", "Preprocessing", "load_backend", "parse_spec", "path_digest"]
+__all__ = ["KINDS", "Backend", "Preprocessing", "load_backend", "model_path", "parse_spec", "path_digest"]
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -42,6 +42,21 @@ def parse_spec(spec: str) -> tuple[str, str]:
             exit_code=2,
         )
     return kind, rest.strip()
+
+
+def model_path(spec: str, workspace: str | Path | None = None) -> Path | None:
+    """The local file or folder a spec names (what its digest is taken over), or None: a Hub name, or nothing there
+    yet (``load_backend`` then says what is wrong)."""
+    kind, what = parse_spec(spec)
+    if kind == "curate":
+        from curate.models.torchnets import resolve_run
+
+        try:
+            return resolve_run(what, Path(workspace) if workspace is not None else None)
+        except CurateError:
+            return None
+    path = Path(what).expanduser()
+    return path if path.exists() else None
 
 
 def load_backend(

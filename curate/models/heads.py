@@ -2,7 +2,8 @@
 
 ``oof_linear`` is the embedding counterpart of ``curate.learn.predict.oof_predict`` and returns the same ``OOF``
 (probabilities, optional OOD z-scores, fold of each row), so a stage can take either: k logistic regressions on
-``(N, D)`` vectors instead of k CNN trainings on pixels. Not yet used by the stages (``clean --model`` is next).
+``(N, D)`` vectors instead of k CNN trainings on pixels. ``knn_outliers`` scores rows by their cosine distance to
+their nearest reference rows. ``curate clean --model`` uses both.
 """
 
 from __future__ import annotations
@@ -72,3 +73,37 @@ def oof_linear(
             means, precision = fit_gaussians(xt, y[tr], n_classes)
             ood_z[ho] = robust_z(mahalanobis(xh, means, precision))
     return OOF(probs, ood_z, fold_of)
+
+
+KNN_K = 10  # neighbours of the outlier distance: enough to smooth one odd neighbour, few enough for small classes
+
+
+def knn_outliers(embeddings: np.ndarray, reference: np.ndarray, *, k: int = KNN_K) -> tuple[np.ndarray, np.ndarray]:
+    """Outlier scores from the mean cosine distance to the ``k`` nearest reference rows (deep kNN, Sun et al. 2022).
+
+    Args:
+        embeddings: float ``(N, D)``, the rows to score.
+        reference: bool ``(N,)``: the rows that define "typical" (clean: the included train rows). A reference row
+            is scored against the other reference rows (leave-self-out), any other row against all of them.
+        k: neighbours.
+
+    Returns:
+        ``(distance, score)``, float64 ``(N,)`` each: the mean cosine distance, and ``curate.learn.ood.ood_score``
+        of its robust z (log distance against the median and MAD of all scored rows): 0 at or below the median,
+        rising towards 1; 0.75 (clean's default ``outlier_threshold``) is a z of 5.5, far outside the bulk.
+
+    Raises:
+        CurateError: fewer than 2 reference rows.
+    """
+    from curate.learn.ood import ood_score, robust_z
+    from curate.learn.selftrain import knn_distance
+
+    x = np.asarray(embeddings, np.float32)
+    ref = np.asarray(reference, bool)
+    if ref.sum() < 2:
+        raise CurateError(f"outliers in embedding space need at least 2 reference (included train) rows, found {int(ref.sum())}")
+    dist = np.zeros(len(x), np.float64)
+    dist[ref] = knn_distance(x[ref], x[ref], k=k, exclude_self=True)
+    if (~ref).any():
+        dist[~ref] = knn_distance(x[~ref], x[ref], k=k)
+    return dist, ood_score(robust_z(dist))

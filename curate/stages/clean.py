@@ -8,6 +8,7 @@ Every decision is a column; what the stage *does* with it is ``action``:
 | label_quality | probability of the given label under a model that never saw the row (1 clean .. 0 issue) |
 | suggested_label / suggested_confidence | the out-of-sample argmax class and its probability |
 | ood_score / is_outlier | 0..1, higher = more atypical: (1 - max out-of-sample probability) / (1 - 1/K); flag > threshold |
+| | with ``model``: the kNN cosine distance in embedding space as a 0..1 score (``curate.models.heads.knn_outliers``) |
 | <check>_score / is_<check>, is_low_quality, low_quality_reasons | model-free image checks (``curate.quality``) |
 | given_label | the label before ``relabel`` changed it (``label_source`` = ``relabel:clean``) |
 
@@ -23,6 +24,13 @@ lowest normalized margin between the given label's probability and the best othe
 every method; F1 uniform / asymmetric): low_normalized_margin 0.869 / 0.824, low_self_confidence 0.939 / 0.788,
 both 0.856 / 0.822, prune_by_noise_rate (cleanlab's default) 0.836 / 0.820. It is the only one above 0.85 and 0.80
 on both kinds of noise; ``--method low_self_confidence`` is better when flips are uniform (BENCHMARKS.md).
+
+``model`` (a ``curate.models`` spec: ``curate:RUN``, ``torchscript:FILE``, ``onnx:FILE``, ``hf:PATH``,
+``embeddings:FILE``) replaces the k CNN trainings: the probabilities come from a k-fold logistic regression on the
+model's frozen embeddings, and outliers from the mean cosine distance to the 10 nearest included train rows
+(leave-self-out; every ok row is scored, labeled or not), through the same ``outlier_threshold`` on a 0..1 score.
+The embeddings are cached per (sample_id, model digest) in the version's state; the model's ``describe()``
+(spec, digest, preprocessing) is recorded in ``state/clean_model.json`` and the stats.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import CurateError, UsageError
-from curate.labelissues import METHODS, OOFCache, geometry, label_issues, load_images, oof_key, read_pred_probs
+from curate.labelissues import METHODS, cnn_oof, label_issues, read_pred_probs
 from curate.schema import OK, conform, exclude
 from curate.stages import StageResult
 
@@ -61,6 +69,7 @@ class CleanConfig:
     relabel_threshold: float = 0.9
     outlier_threshold: float = 0.75
     pred_probs: str | None = None
+    model: str | None = None  # a model backend spec: probabilities and outliers from its frozen embeddings
     folds: int = 5
     arch: str = "small-cnn"
     epochs: int = 3
@@ -86,16 +95,20 @@ class CleanResult(StageResult):
     review: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-MODEL_SETTINGS = ("folds", "arch", "epochs", "batch_size", "lr", "augment", "image_size", "seed")
-
-
-def config_dict(cfg: CleanConfig) -> dict[str, Any]:
-    """The resolved config (stored in version.json); a ``--pred-probs`` file is identified by its sha256 too."""
+def config_dict(cfg: CleanConfig, workspace: Path | None = None) -> dict[str, Any]:
+    """The resolved config (stored in version.json); a ``--pred-probs`` file is identified by its sha256 too, and a
+    ``--model`` on disk by its digest (a retrained run at the same path is another model: no stale cache hit)."""
     out = dataclasses.asdict(cfg)
     if cfg.pred_probs and Path(cfg.pred_probs).is_file():
         from curate.scoring import file_sha256
 
         out["pred_probs_sha256"] = file_sha256(cfg.pred_probs)
+    if cfg.model:
+        from curate.models import model_path, path_digest
+
+        path = model_path(cfg.model, workspace)
+        if path is not None:
+            out["model_digest"] = path_digest(path)
     return out
 
 
@@ -116,6 +129,12 @@ def check_config(cfg: CleanConfig) -> None:
         raise UsageError("--folds must be >= 2, --epochs and --batch-size >= 1")
     if cfg.pred_probs and not Path(cfg.pred_probs).is_file():
         raise UsageError(f"--pred-probs {cfg.pred_probs}: no such file")
+    if cfg.model:
+        from curate.models import parse_spec
+
+        parse_spec(cfg.model)
+        if cfg.pred_probs and not cfg.find_outliers:
+            raise UsageError("--model and --pred-probs both give the label probabilities: pass one (or add --find-outliers)")
     if not 0 < cfg.outlier_threshold <= 1:
         raise UsageError("--outlier-threshold must be in (0, 1]")
     _thresholds(cfg).check()
@@ -156,38 +175,6 @@ def _capped(flags: np.ndarray, badness: np.ndarray, allowed: np.ndarray, fractio
     return out
 
 
-def _oof(
-    ws: Any, rows: pa.Table, labels: np.ndarray, classes: list[str], cfg: CleanConfig, progress: Any
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Out-of-sample ``(probs, ood_z)`` for ``rows``: cached, or trained now (k models)."""
-    from curate.learn.predict import oof_predict
-    from curate.learn.train import TrainConfig
-
-    ids = rows.column("sample_id").to_pylist()
-    channels, size = geometry(rows, cfg.image_size)
-    settings = {k: getattr(cfg, k) for k in MODEL_SETTINGS} | {"channels": channels, "size": list(size)}
-    key = oof_key(ids, [classes[i] for i in labels], classes, settings)
-    cache = OOFCache(ws)
-    hit = cache.find(key, ids)
-    if hit is not None:
-        return hit[0], hit[1], {"oof": "cached", "oof_version": hit[2], "state": {}}
-    # train in sample_id order: the folds then do not depend on the table's row order
-    order = np.argsort(np.array(ids), kind="stable")
-    rows, labels, ids = rows.take(pa.array(order)), labels[order], [ids[i] for i in order]
-    back = np.argsort(order, kind="stable")
-    images = load_images(ws, rows, channels, size, progress=(lambda total: progress("decode", total)) if progress else None)
-    tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment, device=cfg.device)
-    t0 = time.perf_counter()
-    if progress:
-        with progress(f"{cfg.folds}-fold models", cfg.folds) as advance:
-            res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True, on_fold=lambda f, k: advance(1))
-    else:
-        res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True)
-    info = {"oof": "computed", "oof_seconds": round(time.perf_counter() - t0, 1), "input": [channels, *size]}
-    state = OOFCache.state(key, ids, res.probs, res.ood_z, classes)
-    return res.probs[back], res.ood_z[back], {**info, "state": state}
-
-
 def run_clean(
     ws: Any, parent: pa.Table | None, parent_id: str | None, cfg: CleanConfig, *, workers: int = 1, progress: Any = None
 ) -> CleanResult:
@@ -216,75 +203,37 @@ def run_clean(
     if cfg.find_mislabels or cfg.find_outliers:
         lpos = np.array([p for p in ok_pos.tolist() if lab[p] is not None], np.int64)
         classes = class_list([lab[p] for p in lpos.tolist()])
-        if len(classes) < 2:
+        if len(classes) < 2 and (cfg.find_mislabels or not cfg.model):  # kNN outliers need no labels
             raise CurateError("label checks need labeled rows of at least 2 classes", hint="ingest a labeled source")
         cidx = {c: i for i, c in enumerate(classes)}
         labels = np.array([cidx[lab[p]] for p in lpos.tolist()], np.int64)
         rows = table.take(pa.array(lpos)).select(["sample_id", "pack", "mode", "width", "height"])
-        need_model = cfg.find_outliers or not cfg.pred_probs
-        probs, ood_z, info = _oof(ws, rows, labels, classes, cfg, progress) if need_model else (None, None, {"oof": "not needed"})
+        opos, oscore = lpos, None  # the rows the outlier check scores, and their score when a model gives it
+        if cfg.model:
+            from curate.labelissues import embedding_judgements
+
+            got = embedding_judgements(ws, table, lpos, ok_pos, labels, len(classes), cfg, progress)
+            probs, opos, oscore, info = got["probs"], got["outlier_pos"], got["outlier_score"], {**got["info"], "state": got["state"]}
+        elif cfg.find_outliers or not cfg.pred_probs:
+            probs, _, info = cnn_oof(ws, rows, labels, classes, cfg, progress)
+        else:
+            probs, info = None, {"oof": "not needed"}
         state.update(info.pop("state", {}))
         stats.update(info)
-        allowed = _act_mask(table, lpos, cfg.act_on)
         if cfg.find_mislabels:
             if cfg.pred_probs:
                 probs = read_pred_probs(cfg.pred_probs, rows.column("sample_id").to_pylist(), classes)
-            have = ~np.isnan(probs).any(1)
-            found = label_issues(labels[have], probs[have], method=cfg.method)
-            pos = lpos[have]
-            table = _column(table, "is_label_issue", pa.bool_(), pos, found["is_label_issue"])
-            table = _column(table, "label_quality", pa.float32(), pos, found["label_quality"])
-            table = _column(table, "suggested_label", pa.string(), pos, [classes[k] for k in found["suggested"]])
-            table = _column(table, "suggested_confidence", pa.float32(), pos, found["suggested_confidence"])
-            issue = found["is_label_issue"]
-            acted = _capped(issue, 1 - found["label_quality"], allowed[have], cfg.max_fraction)
-            flags["label_issue"] = np.zeros(table.num_rows, bool)
-            flags["label_issue"][pos[acted]] = True
-            given = labels[have]
-            conf = np.zeros((len(classes), len(classes)), np.int64)
-            np.add.at(conf, (given[issue], found["suggested"][issue]), 1)
-            pairs = sorted(((int(conf[i, j]), classes[i], classes[j]) for i, j in zip(*np.nonzero(conf), strict=True)), reverse=True)
-            stats["label_issues"] = {
-                "rows_checked": int(have.sum()),
-                "no_probabilities": int((~have).sum()),
-                "flagged": int(issue.sum()),
-                "flagged_by_split": _by_split(table, pos[issue]),
-                "acted_on": int(acted.sum()),
-                "out_of_sample_accuracy": round(float((found["suggested"] == given).mean()), 4),
-                "top_confusions": [{"given": a, "suggested": b, "rows": n} for n, a, b in pairs[:10]],
-            }
-            for k in np.flatnonzero(issue):
-                review.append(
-                    {
-                        "row": int(pos[k]),
-                        "issue": "label_issue",
-                        "score": float(found["label_quality"][k]),
-                        "suggested_label": classes[found["suggested"][k]],
-                    }
-                )
-            if cfg.action == "relabel":
-                table, stats["label_issues"]["relabeled"] = _relabel(table, pos, acted, found, classes, cfg.relabel_threshold)
+            table, flags["label_issue"], li = _mislabels(table, cfg, probs, lpos, labels, classes)
+            stats["label_issues"], review = li["stats"], review + li["review"]
         if cfg.find_outliers:
             # Max-softmax-probability score (Hendrycks & Gimpel 2017) of the out-of-sample predictions, scaled to
             # 0..1 for any K. The Mahalanobis z of the features (``ood_z``, kept in the state) ranked 500 MNIST
             # digits among Fashion-MNIST at ROC AUC 0.57; this score at 0.996 (BENCHMARKS.md "Clean").
-            k = probs.shape[1]
-            score = (1.0 - probs.max(1)) / max(1.0 - 1.0 / k, 1e-9)
-            is_out = score > cfg.outlier_threshold
-            table = _column(table, "ood_score", pa.float32(), lpos, score)
-            table = _column(table, "is_outlier", pa.bool_(), lpos, is_out)
-            acted = _capped(is_out, score, allowed, cfg.max_fraction)
-            flags["outlier"] = np.zeros(table.num_rows, bool)
-            flags["outlier"][lpos[acted]] = True
-            stats["outliers"] = {
-                "rows_checked": len(lpos),
-                "flagged": int(is_out.sum()),
-                "flagged_by_split": _by_split(table, lpos[is_out]),
-                "acted_on": int(acted.sum()),
-                "unlabeled_not_checked": len(ok_pos) - len(lpos),
-            }
-            for k in np.flatnonzero(is_out):
-                review.append({"row": int(lpos[k]), "issue": "outlier", "score": float(1 - score[k])})
+            # With a model: kNN distance in embedding space, as a 0..1 score (curate.models.heads.knn_outliers).
+            score = oscore if oscore is not None else (1.0 - probs.max(1)) / max(1.0 - 1.0 / probs.shape[1], 1e-9)
+            table, flags["outlier"], out = _outliers(table, cfg, opos, score)
+            stats["outliers"] = {**out["stats"], "unlabeled_not_checked": len(ok_pos) - len(opos)}
+            review += out["review"]
     if cfg.find_low_quality:
         table, flags["low_quality"], lq = _low_quality(ws, table, ok_pos, cfg, workers, progress)
         stats["low_quality"] = lq.pop("stats")
@@ -294,6 +243,63 @@ def run_clean(
             table = exclude(table, pa.array(mask), stage=STAGE, reason=reason)
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     return CleanResult(table=table, stats=stats, state=state, review=review)
+
+
+def _mislabels(
+    table: pa.Table, cfg: CleanConfig, probs: np.ndarray, lpos: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+    """cleanlab over out-of-sample ``probs`` (float ``(L, K)``, NaN rows: none) of the labeled rows ``lpos``: the
+    label columns, the acted-on mask over all rows, stats and review rows (relabeled with ``action=relabel``)."""
+    have = ~np.isnan(probs).any(1)
+    found = label_issues(labels[have], probs[have], method=cfg.method)
+    pos = lpos[have]
+    table = _column(table, "is_label_issue", pa.bool_(), pos, found["is_label_issue"])
+    table = _column(table, "label_quality", pa.float32(), pos, found["label_quality"])
+    table = _column(table, "suggested_label", pa.string(), pos, [classes[k] for k in found["suggested"]])
+    table = _column(table, "suggested_confidence", pa.float32(), pos, found["suggested_confidence"])
+    issue = found["is_label_issue"]
+    acted = _capped(issue, 1 - found["label_quality"], _act_mask(table, pos, cfg.act_on), cfg.max_fraction)
+    mask = np.zeros(table.num_rows, bool)
+    mask[pos[acted]] = True
+    given = labels[have]
+    conf = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(conf, (given[issue], found["suggested"][issue]), 1)
+    pairs = sorted(((int(conf[i, j]), classes[i], classes[j]) for i, j in zip(*np.nonzero(conf), strict=True)), reverse=True)
+    stats = {
+        "rows_checked": int(have.sum()),
+        "no_probabilities": int((~have).sum()),
+        "flagged": int(issue.sum()),
+        "flagged_by_split": _by_split(table, pos[issue]),
+        "acted_on": int(acted.sum()),
+        "out_of_sample_accuracy": round(float((found["suggested"] == given).mean()), 4),
+        "top_confusions": [{"given": a, "suggested": b, "rows": n} for n, a, b in pairs[:10]],
+    }
+    review = [
+        {"row": int(pos[k]), "issue": "label_issue", "score": float(found["label_quality"][k]),
+         "suggested_label": classes[found["suggested"][k]]}
+        for k in np.flatnonzero(issue)
+    ]  # fmt: skip
+    if cfg.action == "relabel":
+        table, stats["relabeled"] = _relabel(table, pos, acted, found, classes, cfg.relabel_threshold)
+    return table, mask, {"stats": stats, "review": review}
+
+
+def _outliers(table: pa.Table, cfg: CleanConfig, opos: np.ndarray, score: np.ndarray) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+    """``ood_score`` / ``is_outlier`` of the rows ``opos`` from their 0..1 ``score``: columns, mask, stats, review."""
+    is_out = score > cfg.outlier_threshold
+    table = _column(table, "ood_score", pa.float32(), opos, score)
+    table = _column(table, "is_outlier", pa.bool_(), opos, is_out)
+    acted = _capped(is_out, score, _act_mask(table, opos, cfg.act_on), cfg.max_fraction)
+    mask = np.zeros(table.num_rows, bool)
+    mask[opos[acted]] = True
+    stats = {
+        "rows_checked": len(opos),
+        "flagged": int(is_out.sum()),
+        "flagged_by_split": _by_split(table, opos[is_out]),
+        "acted_on": int(acted.sum()),
+    }
+    review = [{"row": int(opos[k]), "issue": "outlier", "score": float(1 - score[k])} for k in np.flatnonzero(is_out)]
+    return table, mask, {"stats": stats, "review": review}
 
 
 def _by_split(table: pa.Table, positions: np.ndarray) -> dict[str, int]:

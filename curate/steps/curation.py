@@ -45,7 +45,7 @@ def clean_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
         review.extend(res.review)
         return res
 
-    res = run_stage(ws, "clean", config_dict(cfg), body, parent=ctx.base)
+    res = run_stage(ws, "clean", config_dict(cfg, ws.root), body, parent=ctx.base)
     if ctx.options.get("review_out"):
         res["review"] = write_clean_review(ws, res["version"], review, Path(ctx.options["review_out"]))
     return res

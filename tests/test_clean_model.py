@@ -1,0 +1,203 @@
+"""``curate clean --model``: label issues from a k-fold linear head on a backend's frozen embeddings, outliers from
+kNN distance in embedding space, embeddings cached per (sample_id, model digest), one-line errors for bad models.
+
+The data is ``tests/test_clean.make_dataset``: four classes of 16x16 quadrant-blob images (60 each), 12 filed under
+a wrong class (known), 6 stripe junk images and one black image. Two models look at it:
+
+- an ``embeddings:`` Parquet written from the ground truth (each image: its *true* class centre plus noise in 16-D;
+  junk and black: random directions), so the stage's decisions can be checked exactly;
+- a TorchScript file built here (4x4 average pooling: 16 quadrant brightnesses), a real model on real pixels, for
+  the pixel path and the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from helpers import assert_one_error_line
+from typer.testing import CliRunner
+
+from curate.cli import app
+from curate.pipeline import run_stage
+from curate.stages.clean import CleanConfig, config_dict, run_clean
+from curate.workspace import Workspace
+from tests.conftest import ingest
+from tests.test_clean import JUNK, make_dataset
+
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Images, the truth, an ingested workspace (HEAD = ingest) and the ground-truth embeddings file."""
+    root = tmp_path_factory.mktemp("clean_model")
+    truth = make_dataset(root / "images")
+    ws = Workspace(root / "ws")
+    ingest(ws, root / "images")
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 1, (4, DIM)) * 3
+    odd = set(truth["junk"]) | set(truth["dark"])
+    ids, vectors = [], []
+    for path in sorted((root / "images").rglob("*.png")):
+        ids.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        if path.name in odd:
+            vectors.append(rng.normal(0, 3, DIM))
+        else:
+            true = truth["flipped"].get(path.name, path.parent.name)
+            vectors.append(centres[int(true[1])] + rng.normal(0, 0.5, DIM))
+    emb = root / "emb.parquet"
+    pq.write_table(pa.table({"sample_id": ids, "embedding": [v.astype(np.float32).tolist() for v in vectors]}), emb)
+    return {"root": root, "ws": ws, "truth": truth, "emb": emb, "ids": ids, "base": ws.head()}
+
+
+@pytest.fixture(scope="module")
+def pooled(data: dict) -> Path:
+    """A TorchScript model: grayscale 16x16 in, the 16 means of its 4x4 cells out (with curate.json metadata)."""
+    import torch
+
+    class Pool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x, 4).flatten(1)
+
+    return _script(Pool(), data["root"] / "pool.pt")
+
+
+def _script(module: object, path: Path) -> Path:
+    """Save ``module`` as TorchScript that declares 1-channel 16x16 input in [0, 1] and one embedding output."""
+    import warnings
+
+    import torch
+
+    meta = {"channels": 1, "size": [16, 16], "normalization": {"mean": [0.0], "std": [1.0]}, "outputs": ["embedding"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in favour of torch.export
+        torch.jit.save(torch.jit.script(module), str(path), _extra_files={"curate.json": json.dumps(meta)})
+    return path
+
+
+def _clean(ws: Workspace, base: str, **kw: object) -> dict:
+    """One clean run from ``base`` (HEAD moved there first), through the same path as the CLI."""
+    with ws.writer():
+        ws.set_head(base)
+    cfg = CleanConfig(**{"folds": 4, **kw})
+    return run_stage(ws, "clean", config_dict(cfg, ws.root), lambda parent, pid: run_clean(ws, parent, pid, cfg))
+
+
+def _names(table: pa.Table, column: str) -> set[str]:
+    return {Path(s).name for s in table.filter(pc.fill_null(table.column(column), False)).column("source").to_pylist()}
+
+
+def _cli(ws: Workspace, *args: object, env: dict[str, str] | None = None):  # noqa: ANN202 - click's Result
+    return CliRunner().invoke(app, ["clean", *map(str, args), "--workspace", str(ws.root)], env=env)
+
+
+def test_linear_head_finds_planted_flips_and_knn_ranks_junk_first(data: dict) -> None:
+    """Through the CLI with an ``embeddings:`` file: at least 11 of the 12 flips found and no false alarm among the
+    normal images (junk, filed under arbitrary classes, may be flagged too), suggested back to their true class;
+    the 7 planted odd images are exactly the 7 highest outlier scores and the ones flagged."""
+    ws, truth = data["ws"], data["truth"]
+    with ws.writer():
+        ws.set_head(data["base"])
+    r = _cli(ws, "--find-mislabels", "--find-outliers", "--model", f"embeddings:{data['emb']}", "--folds", 4, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    t = ws.samples(res["version"])
+    flipped, odd = set(truth["flipped"]), set(truth["junk"]) | set(truth["dark"])
+    found = _names(t, "is_label_issue")
+    assert len(found & flipped) >= 11 and not found - flipped - odd, sorted(found ^ flipped)
+    sug = dict(zip([Path(s).name for s in t["source"].to_pylist()], t["suggested_label"].to_pylist(), strict=True))
+    assert all(sug[n] == truth["flipped"][n] for n in flipped)
+    names = [Path(s).name for s in t["source"].to_pylist()]
+    score = np.array(t["ood_score"].to_pylist(), float)
+    assert {names[i] for i in np.argsort(-score)[: len(odd)]} == odd
+    assert _names(t, "is_outlier") == odd and len(odd) == JUNK + 1
+    st = res["stats"]
+    assert (
+        st["model"]["spec"] == f"embeddings:{data['emb']}"
+        and st["model"]["digest"] == hashlib.sha256(data["emb"].read_bytes()).hexdigest()
+    )
+    assert st["embeddings"]["from_file"] == t.num_rows and st["oof"] == "computed" and st["outliers"]["unlabeled_not_checked"] == 0
+    doc = json.loads(ws.state_path(res["version"], "clean_model.json").read_text())
+    assert doc["digest"] == st["model"]["digest"] and doc["preprocessing"] is None
+    assert json.loads(ws.path(res["version"]).joinpath("version.json").read_text())["config"]["model_digest"] == doc["digest"]
+
+
+def test_pixel_model_embeds_once_and_the_cache_serves_reruns(data: dict, pooled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TorchScript model on the images' pixels: the first run embeds every row (counted at the model) and finds
+    most flips, a rerun with other settings from the same parent embeds none, the preprocessing is recorded, and
+    the planted odd images get the highest kNN outlier scores."""
+    from curate.models.torchnets import TorchScriptBackend
+
+    ws, truth = data["ws"], data["truth"]
+    seen: list[int] = []
+    forward = TorchScriptBackend._forward
+    monkeypatch.setattr(TorchScriptBackend, "_forward", lambda self, x, what: seen.append(len(x)) or forward(self, x, what))
+    spec = f"torchscript:{pooled}"
+    first = _clean(ws, data["base"], find_mislabels=True, model=spec)
+    n = ws.samples(first["version"]).num_rows
+    assert sum(seen) == n and first["stats"]["embeddings"] == {**first["stats"]["embeddings"], "computed": n, "cached": 0}
+    cache = [p.name for p in ws.path(first["version"]).joinpath("state").glob("embeddings-*.parquet")]
+    assert cache == [f"embeddings-{first['stats']['model']['digest'][:16]}.parquet"]
+    flipped, found = set(truth["flipped"]), _names(ws.samples(first["version"]), "is_label_issue")
+    assert len(found & flipped) >= 0.75 * len(flipped) and len(found & flipped) >= 0.6 * len(found), sorted(found ^ flipped)
+    seen.clear()
+    again = _clean(ws, data["base"], find_mislabels=True, find_outliers=True, action="exclude", model=spec)
+    assert again["version"] != first["version"] and not again["cached"]
+    assert seen == [] and again["stats"]["embeddings"]["computed"] == 0 and again["stats"]["embeddings"]["cached"] == n
+    assert not list(ws.path(again["version"]).joinpath("state").glob("embeddings-*.parquet"))
+    pre = again["stats"]["model"]["preprocessing"]
+    assert pre["size"] == [16, 16] and pre["channels"] == 1 and pre["mean"] == [0.0] and pre["source"] == "metadata"
+    t = ws.samples(again["version"])
+    excluded = t.filter(pc.equal(t.column("status"), "excluded"))
+    assert excluded.num_rows > 0 and set(excluded.column("excluded_by").to_pylist()) == {"clean"}
+    # 16 cell brightnesses are enough to set the stripes and the black image apart: they score highest
+    names, score = [Path(s).name for s in t["source"].to_pylist()], np.array(t["ood_score"].to_pylist(), float)
+    assert {names[i] for i in np.argsort(-score)[: JUNK + 1]} == set(truth["junk"]) | set(truth["dark"])
+
+
+def test_bad_models_fail_in_one_line_and_commit_nothing(data: dict, tmp_path: Path) -> None:
+    """A model whose channels do not fit, an embeddings file missing rows, a bad spec: exit 1/1/2, one line naming
+    the model or file, no version written and HEAD unchanged."""
+    import torch
+
+    ws = data["ws"]
+    with ws.writer():
+        ws.set_head(data["base"])
+    before = ws.version_ids()
+    rgb = _script(torch.nn.Conv2d(3, 4, 3), tmp_path / "rgb.pt")  # takes 3 channels, its metadata says 1
+    r = _cli(ws, "--find-mislabels", "--model", f"torchscript:{rgb}")
+    assert r.exit_code == 1 and assert_one_error_line(r.stderr).startswith(
+        f"error: torchscript:{rgb}: the model rejects 1x16x16 input"
+    )
+    short = tmp_path / "short.parquet"
+    pq.write_table(pq.read_table(data["emb"]).slice(5), short)
+    r = _cli(ws, "--find-outliers", "--model", f"embeddings:{short}")
+    msg = assert_one_error_line(r.stderr)
+    assert r.exit_code == 1 and f"embeddings:{short}: 5 of {len(data['ids'])} sample_ids have no embedding" in msg, msg
+    r = _cli(ws, "--find-mislabels", "--model", "dinov2")
+    assert r.exit_code == 2 and "expected KIND:WHAT" in assert_one_error_line(r.stderr)
+    r = _cli(ws, "--find-mislabels", "--model", f"embeddings:{data['emb']}", "--pred-probs", data["emb"])
+    assert r.exit_code == 2 and "pass one" in assert_one_error_line(r.stderr)
+    assert ws.version_ids() == before and ws.head() == data["base"]
+
+
+def test_model_from_curate_toml(data: dict, tmp_path: Path) -> None:
+    """``[clean] model = ...`` in curate.toml is the same setting (through the one coercer); a non-string fails."""
+    ws = data["ws"]
+    with ws.writer():
+        ws.set_head(data["base"])
+    cfg = tmp_path / "curate.toml"
+    cfg.write_text(f'[clean]\nfind_outliers = true\nmodel = "embeddings:{data["emb"]}"\n')
+    r = _cli(ws, "--json", env={"CURATE_CONFIG": str(cfg)})
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["stats"]["model"]["kind"] == "embeddings"
+    cfg.write_text("[clean]\nfind_outliers = true\nmodel = [1]\n")
+    r = _cli(ws, env={"CURATE_CONFIG": str(cfg)})
+    assert r.exit_code == 2 and "model = [1] must be" in assert_one_error_line(r.stderr)
