@@ -432,3 +432,16 @@ def test_the_autocast_log_line_says_what_training_used(ws, tmp_path: Path) -> No
         assert said.endswith(f"autocast {res['amp']}"), said
         assert "None" not in said
     assert res["amp"] in ("off", "bfloat16", "float16")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 7])
+def test_onecycle_schedule_runs_for_very_short_trainings(steps):
+    """3 steps once crashed OneCycleLR with ZeroDivisionError (a warm-up phase of length 0)."""
+    from curate.learn.runtime import make_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_schedule(opt, "onecycle", 0.1, steps)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    assert all(g["lr"] >= 0 for g in opt.param_groups)

@@ -67,7 +67,9 @@ def make_schedule(opt: torch.optim.Optimizer, name: str, lr: float, total_steps:
     step (x0.1 at 1/2 and 3/4) or constant."""
     total = max(total_steps, 1)
     if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total + 1, pct_start=0.25)
+        # At least 5: with 4, the warm-up phase ends at step 0.25 * 4 - 1 = 0 and OneCycleLR divides by zero (a run
+        # of 3 steps, e.g. 600 rows for 1 epoch, crashed); runs that short never reach the extra steps anyway.
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(total + 1, 5), pct_start=0.25)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     if name == "step":
