@@ -23,6 +23,15 @@ AllowPrivateOpt = Annotated[
     bool | None, typer.Option("--allow-private", help="Allow loopback/private/link-local addresses (never cloud metadata).")
 ]
 AllowHostOpt = Annotated[list[str] | None, typer.Option("--allow-host", help="Host or IP exempt from the address checks.")]
+ProxyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        help="Fetch through this http(s) proxy (http://HOST:PORT), or 'env' for HTTP(S)_PROXY / NO_PROXY. The proxy's "
+        "own address may be private; every target and redirect is still checked here first. Default: no proxy, whatever "
+        "the environment says.",
+    ),
+]
 
 
 def _size(text: str | None) -> int | None:
@@ -75,6 +84,7 @@ def crawl(
     allow_noai: AllowNoaiOpt = None,
     allow_private: AllowPrivateOpt = None,
     allow_host: AllowHostOpt = None,
+    proxy: ProxyOpt = None,
     retry_failed: Annotated[
         bool | None, typer.Option("--retry-failed", help="Fetch again only the URLs that failed (timeouts, resets, HTTP errors).")
     ] = None,
@@ -88,8 +98,8 @@ def crawl(
 
     Politeness and safety: robots.txt and X-Robots-Tag noai are obeyed, per-host concurrency is limited,
     429/503 Retry-After pauses the host, every redirect hop is checked, only http(s) to public addresses is
-    fetched (loopback, private, link-local and metadata addresses are refused), bodies are capped (gzip
-    bombs too) and every image is fully decoded like ingest does. Every URL ends with a status; failed image
+    fetched (loopback, private, link-local and metadata addresses are refused), no proxy unless --proxy,
+    bodies are capped (gzip bombs too) and every image is fully decoded like ingest does. Every URL ends with a status; failed image
     URLs stay as excluded rows with the reason. A killed or failed crawl resumes when run again with the same
     inputs: finished URLs are never fetched twice (journal in WORKSPACE/crawls/).
 
@@ -136,6 +146,7 @@ def crawl(
         "allow_noai": allow_noai,
         "allow_private": allow_private,
         "allow_hosts": tuple(allow_host) if allow_host else None,
+        "proxy": proxy,
         "retry_failed": retry_failed,
         "max_error_fraction": max_error_fraction,
         "workers": workers,

@@ -16,7 +16,15 @@ from curate.cli_common import (
     human_bytes,
     say,
 )
-from curate.cli_crawl import AllowHostOpt, AllowNoaiOpt, AllowPrivateOpt, ConcurrencyOpt, IgnoreRobotsOpt, PerHostOpt
+from curate.cli_crawl import (
+    AllowHostOpt,
+    AllowNoaiOpt,
+    AllowPrivateOpt,
+    ConcurrencyOpt,
+    IgnoreRobotsOpt,
+    PerHostOpt,
+    ProxyOpt,
+)
 
 
 def _size(text: str | None, what: str) -> int | None:
@@ -61,6 +69,7 @@ def ingest(
     allow_host: AllowHostOpt = None,
     ignore_robots: IgnoreRobotsOpt = None,
     allow_noai: AllowNoaiOpt = None,
+    proxy: ProxyOpt = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -70,7 +79,8 @@ def ingest(
     Every file is read, sha256-hashed and fully decoded. Corrupt, truncated, empty, non-image and too-large
     files become rows with status=excluded and a reason; the same bytes twice are one sample.
     http(s) URLs in a manifest are fetched like `curate crawl` fetches them: concurrently, robots.txt obeyed,
-    only public addresses unless --allow-private (cloud metadata never), no proxy, --timeout per URL in all.
+    only public addresses unless --allow-private (cloud metadata never), no proxy unless --proxy, --timeout
+    per URL in all.
 
     Examples:
 
@@ -110,6 +120,7 @@ def ingest(
         "allow_hosts": tuple(allow_host) if allow_host else None,
         "ignore_robots": ignore_robots,
         "allow_noai": allow_noai,
+        "proxy": proxy,
         "follow_links": follow_links,
     }
     cfg = command_config(IngestConfig, "ingest", ws.root, cli)

@@ -3,7 +3,7 @@
 ``prefetch_urls`` sits in the ingest driver between the source and the per-sample decode. The URL rows of each item
 batch go to a ``FetchLoop``: the crawler's fetcher and frontier on an event loop in a background thread. So what
 ``curate crawl`` guarantees holds for ingest too: http(s) only; the address of every connection and redirect hop
-checked (``--allow-private``, ``--allow-host``; cloud metadata addresses never); no proxy from the environment;
+checked (``--allow-private``, ``--allow-host``; cloud metadata addresses never); no proxy unless ``--proxy``;
 robots.txt and ``X-Robots-Tag: noai``; at most ``--per-host`` requests per host and ``--concurrency`` in all;
 retries with backoff and ``Retry-After``; size caps; and ``--timeout`` as the deadline of each URL, retries included.
 
@@ -42,11 +42,14 @@ def plan_for(cfg: Any) -> Any:
     """
     from curate.crawl.engine import Plan
     from curate.crawl.fetcher import FetchLimits
+    from curate.crawl.transport import proxy_routes
     from curate.errors import UsageError
 
     for name in ("timeout", "concurrency", "per_host"):
         if getattr(cfg, name) <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.proxy is not None:
+        proxy_routes(cfg.proxy)  # a bad --proxy fails here, before any fetch
     t = float(cfg.timeout)
     base = FetchLimits(user_agent=DEFAULT_USER_AGENT, max_bytes=cfg.max_bytes, respect_noai=not cfg.allow_noai)
     limits = dataclasses.replace(
@@ -63,6 +66,7 @@ def plan_for(cfg: Any) -> Any:
         respect_robots=not cfg.ignore_robots,
         allow_private=cfg.allow_private,
         allow_hosts=tuple(cfg.allow_hosts),
+        proxy=cfg.proxy,
     )
 
 

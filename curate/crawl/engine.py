@@ -72,6 +72,7 @@ class Plan:
     respect_robots: bool = True
     allow_private: bool = False
     allow_hosts: tuple[str, ...] = ()
+    proxy: str | None = None  # an http(s) proxy URL or "env" (curate.crawl.transport.proxy_routes); None: direct
     delay_scale: float = 1.0  # workers sharing a host: each waits Crawl-delay x workers
 
 
@@ -80,7 +81,7 @@ def open_fetcher(plan: Plan, *, on_pause: Callable[[str, float], None] | None = 
     reading robots.txt unless ``plan.respect_robots`` is off; ``curate crawl`` and ingest's URL rows both use it."""
     lim = plan.limits
     guard = AddressGuard(allow_private=plan.allow_private, allow_hosts=plan.allow_hosts, resolve_timeout=lim.connect_timeout)
-    fetcher = Fetcher(make_transport(guard, max_connections=plan.concurrency + 8), guard, lim, on_pause=on_pause)
+    fetcher = Fetcher(make_transport(guard, max_connections=plan.concurrency + 8, proxy=plan.proxy), guard, lim, on_pause=on_pause)
     if plan.respect_robots:
         from curate.crawl.robots import RobotsCache
 

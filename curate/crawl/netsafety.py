@@ -4,7 +4,9 @@ Only ``http``/``https`` URLs are fetched. Every hostname is resolved and each of
 with any address that is not public (loopback, private, link-local, carrier-grade NAT, multicast, reserved,
 unspecified, and the IPv4-mapped / 6to4 / Teredo forms of those) is refused unless ``allow_private`` is set or
 ``allow_hosts`` names it. Cloud metadata endpoints are refused even with ``allow_private``: no image lives there,
-and a page linking to one is an attack; only ``allow_hosts`` naming the address itself lets one through.
+and a page linking to one is an attack; only ``allow_hosts`` naming the address itself lets one through. The
+metadata hostnames (``METADATA_HOSTS``) are refused by name before any lookup: behind a proxy (``--proxy``) the
+name may not resolve here yet still reach the metadata service from the proxy's side.
 
 The check runs twice. ``AddressGuard.check_url`` gives a clear ``refused`` row before anything is sent. The
 enforcing one is in ``curate.crawl.transport``: every new connection resolves the hostname, checks every address
@@ -25,6 +27,8 @@ from urllib.parse import urlsplit
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
 )
+#: Names of cloud metadata services (GCP, AWS, Alibaba ...): refused by name, whatever they resolve to here.
+METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal"})
 _CACHE_SECONDS = 300.0
 
 
@@ -109,7 +113,9 @@ class AddressGuard:
             RefusedAddress: any address of the host is not allowed (one bad answer refuses the host).
             OSError: the name does not resolve (``socket.gaierror``) or the lookup timed out.
         """
-        key = (host.lower().strip("[]"), port)
+        key = (host.lower().strip("[]").rstrip("."), port)
+        if key[0] in METADATA_HOSTS and key[0] not in self.allow_hosts:
+            raise RefusedAddress(f"{host} is a cloud metadata host")
         hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
             if isinstance(hit[1], RefusedAddress):

@@ -69,6 +69,7 @@ class CrawlConfig:
             flapping one cannot hold a worker for ``timeout`` x ``retries``).
         max_error_fraction: commit nothing when more than this share of the URLs failed (the journal keeps them).
         workers: processes for a URL list (default: one per core); a seed crawl runs in one process.
+        proxy: an http(s) proxy URL or ``env`` (HTTP(S)_PROXY / NO_PROXY); None: no proxy, whatever the environment.
     """
 
     urls: str | None = None
@@ -98,6 +99,7 @@ class CrawlConfig:
     allow_noai: bool = False
     allow_private: bool = False
     allow_hosts: tuple[str, ...] = ()
+    proxy: str | None = None
     retry_failed: bool = False
     max_error_fraction: float = 0.5
     workers: int | None = None
@@ -129,6 +131,10 @@ def check_config(cfg: CrawlConfig) -> Any:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.depth < 0 or cfg.retries < 0 or cfg.max_redirects < 0:
         raise UsageError("--depth, --retries and --max-redirects cannot be negative")
+    if cfg.proxy is not None:
+        from curate.crawl.transport import proxy_routes
+
+        proxy_routes(cfg.proxy)
     if cfg.label_from == "seed" and not cfg.seeds:
         raise UsageError("--label-from seed needs --seed")
     if cfg.workers is not None and (cfg.workers < 1 or (cfg.seeds and cfg.workers > 1)):
@@ -279,6 +285,7 @@ def run_crawl(
         respect_robots=not cfg.ignore_robots,
         allow_private=cfg.allow_private,
         allow_hosts=cfg.allow_hosts,
+        proxy=cfg.proxy,
     )
     resumed = journal.resumed
     total = url_list.total if url_list is not None and mode != "retry" else None

@@ -75,7 +75,7 @@ class IngestConfig:
             folder with a few broken files goes through (they stay as excluded rows), a flood (the wrong folder,
             a format curate cannot read, where most inputs fail) is refused.
         timeout: seconds one URL may take in all (connect, redirects, body, retries and their waits).
-        concurrency, per_host, allow_private, allow_hosts, ignore_robots, allow_noai: URL rows, as ``curate crawl``
+        concurrency, per_host, allow_private, allow_hosts, ignore_robots, allow_noai, proxy: URL rows, as ``curate crawl``
             (``curate.crawl.batchfetch`` fetches them through the crawler).
     """
 
@@ -101,6 +101,7 @@ class IngestConfig:
     allow_hosts: tuple[str, ...] = ()
     ignore_robots: bool = False
     allow_noai: bool = False
+    proxy: str | None = None
 
 
 def _not_regular(mode: int) -> tuple[str, str] | None:
