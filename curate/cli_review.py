@@ -73,20 +73,20 @@ def _serve(ws: Any, version: str | None, queue: str, port: int, causes: str | No
         from curate.errors import CurateError
 
         raise CurateError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}", hint="use another --port, or 0") from exc
-    if json_out:  # one line, so a script can read the URL and go on reading nothing else
-        sys.stdout.write(json.dumps({"url": desk.url, "version": desk.vid, "queue": queue, "rows": len(desk.items),
-                                     "journal": str(desk.journal)}) + "\n")  # fmt: skip
-        sys.stdout.flush()
-    else:
-        say(f"review: {len(desk.items):,} rows of the {queue} queue of version {desk.vid}")
-        say(f"  open {desk.url}")
-        say(f"  decisions -> {desk.journal}; Ctrl-C stops the server; then `curate review --commit {desk.vid}`")
-        sys.stdout.flush()
-    if browser:
-        import webbrowser
+    try:  # Ctrl-C is how the desk ends: from here on it is a normal stop, not an interruption
+        if json_out:  # one line, so a script can read the URL and go on reading nothing else
+            sys.stdout.write(json.dumps({"url": desk.url, "version": desk.vid, "queue": queue, "rows": len(desk.items),
+                                         "journal": str(desk.journal)}) + "\n")  # fmt: skip
+            sys.stdout.flush()
+        else:
+            say(f"review: {len(desk.items):,} rows of the {queue} queue of version {desk.vid}")
+            say(f"  open {desk.url}")
+            say(f"  decisions -> {desk.journal}; Ctrl-C stops the server; then `curate review --commit {desk.vid}`")
+            sys.stdout.flush()
+        if browser:
+            import webbrowser
 
-        webbrowser.open(desk.url)
-    try:
+            webbrowser.open(desk.url)
         desk.server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -216,3 +216,24 @@ def test_commit_without_decisions_is_one_line_error(planted: dict[str, Any]) -> 
     assert "no review decisions for version" in out.output and "Traceback" not in out.output
     out = CliRunner().invoke(app, ["review", "--queue", "bogus", "-w", str(planted["ws"].root)])
     assert out.exit_code == 2 and "unknown review queue 'bogus'" in out.output
+
+
+def test_errors_queue_reads_a_runs_worst_mistakes(planted: dict[str, Any], tmp_path: Path) -> None:
+    from curate.reviewqueue import select
+
+    ids, t = planted["ids"], planted["ws"].samples()
+    run = tmp_path / "run"
+    run.mkdir()
+    worst = [
+        {"sample_id": ids["dog_002"], "true": "dog", "predicted": "cat", "confidence": 0.9, "p_true": 0.05},
+        {"sample_id": "f" * 64, "true": "cat", "predicted": "dog", "confidence": 0.8, "p_true": 0.01},  # not in this version
+        {"sample_id": ids["cat_004"], "true": "cat", "predicted": "dog", "confidence": 0.7, "p_true": 0.2},
+    ]
+    (run / "metrics.json").write_text(json.dumps({"dataset_version": planted["vid"], "splits": {"val": {"worst": worst}}}))
+    got = select(t, f"errors:{run}", vid=planted["vid"])
+    assert [(r["sample_id"], r["suggested_label"], r["score"]) for r in got] == [
+        (ids["dog_002"], "cat", 0.05),
+        (ids["cat_004"], "dog", 0.2),
+    ]
+    with pytest.raises(CurateError, match="does not exist"):
+        select(t, f"errors:{tmp_path / 'nope'}")
