@@ -15,14 +15,17 @@ $(BIN)/curate: pyproject.toml
 .PHONY: setup browser demo test test-fast lint clean-demo
 setup: $(BIN)/curate
 
-# tests/test_report.py renders the HTML report in headless Chromium. Install Debian's package when it is missing
-# and apt-get is there (as root, or through sudo without a password); anywhere else that one test skips.
+# tests/test_report.py renders the HTML report in headless Chromium; tests/test_review_browser.py drives the review
+# desk with Selenium through chromedriver. Install Debian's packages when they are missing and apt-get is there (as
+# root, or through sudo without a password); anywhere else those tests skip.
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && \
+	  command -v chromedriver >/dev/null 2>&1 || { \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"; }; \
 	  command -v apt-get >/dev/null 2>&1 && export DEBIAN_FRONTEND=noninteractive && \
-	  { $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }; \
-	} || echo "chromium not installed: the report browser test will skip"
+	  { $$SUDO apt-get install -y -q chromium chromium-driver || \
+	    { $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }; }; \
+	} || echo "chromium / chromium-driver not installed: the browser tests will skip"
 
 # The whole chain in pipelines/demo.toml; run it again and every step is cached (`make clean-demo` starts over).
 demo: setup

@@ -85,6 +85,7 @@ from curate import (  # noqa: E402
     cli_models,
     cli_pseudolabel,
     cli_report,
+    cli_review,
     cli_run,
     cli_versions,
 )
@@ -94,6 +95,7 @@ for _module in (
     cli_crawl,
     cli_dedupe,
     cli_clean,
+    cli_review,
     cli_filter,
     cli_curation,
     cli_balance,

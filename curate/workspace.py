@@ -200,6 +200,13 @@ class Workspace:
     def state_path(self, vid: str, name: str) -> Path:
         return self.path(vid) / "state" / name
 
+    def review_journal(self, vid: str) -> Path:
+        """The append-only JSONL journal of review-desk decisions on version ``vid``: ``<root>/review/<vid>.jsonl``.
+
+        Outside ``versions/`` on purpose: a version is immutable, while its review goes on after it is committed.
+        """
+        return self.root / "review" / f"{vid}.jsonl"
+
     def lineage(self, vid: str) -> list[str]:
         """``vid`` and its ancestors, oldest first."""
         chain: list[str] = []
