@@ -144,6 +144,19 @@ class Desk:
         return self._thumbs[key]
 
 
+def _security_headers(nonce: str) -> list[tuple[str, str]]:
+    """Headers of every answer: no caching, no sniffing, no framing, and only the page's own nonce'd script and style."""
+    src = f"'nonce-{nonce}'" if nonce else "'none'"
+    csp = f"default-src 'none'; img-src 'self'; style-src {src}; script-src {src}; connect-src 'self'; "
+    return [
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Frame-Options", "DENY"),
+        ("Content-Security-Policy", csp + "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    ]
+
+
 def _handler(desk: Desk) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "curate-review"
@@ -156,13 +169,8 @@ def _handler(desk: Desk) -> type[BaseHTTPRequestHandler]:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Referrer-Policy", "no-referrer")
-            self.send_header("X-Frame-Options", "DENY")
-            src = f"'nonce-{nonce}'" if nonce else "'none'"
-            csp = f"default-src 'none'; img-src 'self'; style-src {src}; script-src {src}; connect-src 'self'; "
-            self.send_header("Content-Security-Policy", csp + "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+            for name, value in _security_headers(nonce):
+                self.send_header(name, value)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)

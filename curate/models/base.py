@@ -7,6 +7,7 @@ classification head, float32 ``(N, K)`` probabilities. Subclasses only say how o
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 import re
@@ -63,7 +64,7 @@ def check_preprocessing(label: str, pre: Preprocessing) -> Preprocessing:
 
 
 @dataclass
-class Backend:
+class Backend(abc.ABC):
     """One model behind ``embed`` / ``predict_proba``. Subclasses set the fields and implement ``_forward``.
 
     Attributes:
@@ -117,10 +118,10 @@ class Backend:
             raise CurateError(f"{self.spec}: the model has no classification head (no classes): only embed() works")
         return self._batched(images, "probs", progress)
 
+    @abc.abstractmethod
     def _forward(self, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
         """float32 ``(B, C, H, W)`` normalized input -> a dict holding ``what``: ``"embedding"`` ``(B, D)`` or
         ``"probs"`` ``(B, K)`` (a backend may return both when they come from one pass)."""
-        raise NotImplementedError
 
     def _batched(self, images: Sequence[ImageLike], what: str, progress: Progress | None) -> np.ndarray:
         out: list[np.ndarray] = []

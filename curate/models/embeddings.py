@@ -47,6 +47,9 @@ class EmbeddingsBackend(Backend):
             ids.append(hashlib.sha256(bytes(img)).hexdigest())
         return self.embed_ids(ids, progress=progress)
 
+    def _forward(self, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
+        raise CurateError(f"{self.spec}: precomputed embeddings are looked up by sample_id; there is no network to run on pixels")
+
     def embed_ids(self, sample_ids: Sequence[str], *, progress: Progress | None = None) -> np.ndarray:
         """sample_ids -> float32 ``(N, D)`` rows in the given order.
 
