@@ -72,7 +72,7 @@ def crawl_progress(total: int | None, *, enabled: bool = True) -> Iterator[Crawl
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from curate.cli_common import human_bytes
+    from curate.cli.common import human_bytes
 
     cols = [
         TextColumn("crawl", style="bold", markup=False),

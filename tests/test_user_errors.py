@@ -80,7 +80,7 @@ def test_an_error_message_with_markup_is_one_literal_line(markup_ws: Path, tmp_p
 def test_the_error_handler_prints_a_curate_error_with_markup_literally() -> None:
     import typer
 
-    from curate.cli_common import handle_errors
+    from curate.cli.common import handle_errors
     from curate.errors import CurateError
 
     def boom(debug: bool = False) -> None:
@@ -99,7 +99,7 @@ def test_emoji_codes_stay_text_in_help_and_output(markup_ws: Path) -> None:
     import typer
 
     import curate.cli  # noqa: F401 - installs the plain emoji codes for typer's help
-    from curate.cli_common import say
+    from curate.cli.common import say
 
     bbutton = "\U0001f171"
     res = invoke("split", "--ratios", "a:b:c", "-w", markup_ws)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from curate.cli_common import (
+from curate.cli.common import (
     DEFAULT_WS,
     DebugOpt,
     JsonOpt,
@@ -16,7 +16,7 @@ from curate.cli_common import (
     human_bytes,
     say,
 )
-from curate.cli_crawl import (
+from curate.cli.crawl import (
     AllowHostOpt,
     AllowNoaiOpt,
     AllowPrivateOpt,

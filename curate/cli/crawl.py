@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, human_bytes, say
+from curate.cli.common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, human_bytes, say
 from curate.crawl import DEFAULT_CONCURRENCY, DEFAULT_PER_HOST
 
 # The network options ``curate crawl`` and ``curate ingest`` (its URL rows) share: one definition, one meaning.

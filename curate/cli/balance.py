@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, say
+from curate.cli.common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, say
 
 PolicyOpt = Annotated[str | None, typer.Option(help="light | medium | heavy | flip | shift | flip-shift | standard | FILE.yaml")]
 TargetOpt = Annotated[str | None, typer.Option(help="Samples per train class: N | median | max | min.")]

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from curate.cli_common import (
+from curate.cli.common import (
     DEFAULT_WS,
     DebugOpt,
     JsonOpt,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, human_bytes, say
+from curate.cli.common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, human_bytes, say
 
 
 def export_model(

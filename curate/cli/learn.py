@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, VersionOpt, WorkspaceOpt, handle_errors, say
+from curate.cli.common import DEFAULT_WS, DebugOpt, JsonOpt, VersionOpt, WorkspaceOpt, handle_errors, say
 
 
 def _fmt_metrics(split: str, m: dict) -> str:

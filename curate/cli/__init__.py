@@ -62,7 +62,7 @@ def _root(
 ) -> None:
     """curate: curated image datasets and the classifier trained on them."""
     if executor is not None or address is not None:
-        from curate.cli_common import fail
+        from curate.cli.common import fail
         from curate.errors import CurateError
         from curate.executors import configure
 
@@ -73,38 +73,38 @@ def _root(
 
 
 # Each module registers its commands on ``app``; the order here is the order of ``curate --help``.
-from curate import (  # noqa: E402
-    cli_balance,
-    cli_clean,
-    cli_crawl,
-    cli_curation,
-    cli_data,
-    cli_dedupe,
-    cli_filter,
-    cli_learn,
-    cli_models,
-    cli_pseudolabel,
-    cli_report,
-    cli_review,
-    cli_run,
-    cli_versions,
+from curate.cli import (  # noqa: E402
+    balance,
+    clean,
+    crawl,
+    curation,
+    data,
+    dedupe,
+    filter,
+    learn,
+    models,
+    pseudolabel,
+    report,
+    review,
+    run,
+    versions,
 )
 
 for _module in (
-    cli_data,
-    cli_crawl,
-    cli_dedupe,
-    cli_clean,
-    cli_review,
-    cli_filter,
-    cli_curation,
-    cli_balance,
-    cli_pseudolabel,
-    cli_versions,
-    cli_learn,
-    cli_models,
-    cli_report,
-    cli_run,
+    data,
+    crawl,
+    dedupe,
+    clean,
+    review,
+    filter,
+    curation,
+    balance,
+    pseudolabel,
+    versions,
+    learn,
+    models,
+    report,
+    run,
 ):
     _module.register(app)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from curate.cli_common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, say
+from curate.cli.common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, say
 
 
 def dedupe(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from curate.cli_common import DebugOpt, JsonOpt, handle_errors, say
+from curate.cli.common import DebugOpt, JsonOpt, handle_errors, say
 
 STYLE = {"run": "green", "cached": "cyan", "failed": "bold red", "interrupted": "bold red", "running": "yellow", "pending": "dim"}
 
