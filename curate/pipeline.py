@@ -15,18 +15,23 @@ from typing import Any
 
 import pyarrow as pa
 
-from curate.stages import StageResult
+from curate.stage import HEAD, OUTPUT, Context, Stage, StageResult
 from curate.summary import summarize
 from curate.workspace import Workspace, config_sha256
 
-StageFn = Callable[[pa.Table | None, str | None], StageResult]
-#: ``parent=HEAD`` builds on the workspace's HEAD; a pipeline passes its own position (a version id, or None for
-#: an empty start) so that it never depends on where HEAD happens to point.
-HEAD = "HEAD"
+StageFn = Callable[[pa.Table | None, str | None], StageResult | dict[str, Any]]
+__all__ = ["HEAD", "execute", "run_stage"]
 
 
 def run_stage(
-    ws: Workspace, stage: str, config: dict[str, Any], fn: StageFn, *, cacheable: bool = True, parent: str | None = HEAD
+    ws: Workspace,
+    stage: str,
+    config: dict[str, Any],
+    fn: StageFn,
+    *,
+    cacheable: bool = True,
+    parent: str | None = HEAD,
+    lazy: bool = False,
 ) -> dict[str, Any]:
     """Run ``fn(parent_table, parent_id)`` under the workspace lock and commit its result.
 
@@ -37,6 +42,7 @@ def run_stage(
         fn: the stage body; gets the parent table (None for an empty workspace) and the parent id.
         cacheable: reuse a version made from the same parent with the same config.
         parent: the version to build on (None: none, the first version); ``HEAD`` (default): the current HEAD.
+        lazy: ``fn`` reads the parent table itself (``Context.table``): it gets None instead.
 
     Returns:
         ``{"version", "parent", "stage", "cached", "stats"}``; stats carry a ``summary`` of the new table.
@@ -55,10 +61,52 @@ def run_stage(
             if cached is not None:
                 ws.set_head(cached)
                 return {"version": cached, "parent": parent_id, "stage": stage, "cached": True, "stats": ws.stats(cached)}
-        table = ws.samples(parent_id) if parent_id else None
+        table = ws.samples(parent_id) if parent_id and not lazy else None
         result = fn(table, parent_id)
+        if not isinstance(result, StageResult):  # a report-only mode: nothing to commit
+            return result
         stats = {"stage": stage, "parent": parent_id, **result.stats}
         stats["summary"] = summarize(result.table)
         stats["seconds_total"] = round(time.perf_counter() - t0, 3)
         vid = ws.commit(stage=stage, parent=parent_id, table=result.table, config=config, stats=stats, state=result.state)
     return {"version": vid, "parent": parent_id, "stage": stage, "cached": False, "stats": stats}
+
+
+def execute(stage: Stage, ctx: Context, cfg: Any) -> dict[str, Any]:
+    """Run one ``Stage`` with its resolved Config: the one runner behind the CLI, ``curate run`` and the API.
+
+    Outputs run as they are. Sources and stages run under the workspace lock: a cacheable stage whose parent and
+    key already made a version (or whose parent is one) returns it; in a pipeline (``ctx.reuse``) a source whose
+    inputs' fingerprint is unchanged returns its existing version; otherwise ``run`` builds the child, which is
+    committed and becomes HEAD. A ``run`` that returns a plain dict (a report-only mode) commits nothing.
+
+    Returns:
+        ``{"version", "parent", "stage", "cached", "stats"}`` for a commit or a cache hit (``stage.finish`` may add
+        keys), else the dict ``run`` returned.
+    """
+    if stage.check is not None:
+        stage.check(cfg)
+    if stage.kind == OUTPUT or getattr(stage.run, "legacy", False):
+        return stage.run(ctx, cfg)
+    key = stage.key(ctx, cfg)
+    fingerprint = stage.fingerprint(ctx, cfg) if stage.fingerprint is not None else None
+    if ctx.reuse and fingerprint is not None:
+        from curate.steps.sources import find_reusable, reuse_version
+
+        hit, ctx.base = find_reusable(ctx.ws, stage.name, key, ctx.base, *fingerprint)
+        if hit is not None:
+            return _finish(stage, ctx, cfg, reuse_version(ctx.ws, hit))
+
+    def body(_table: pa.Table | None, parent_id: str | None) -> StageResult | dict[str, Any]:
+        ctx.parent = parent_id
+        res = stage.run(ctx, cfg)
+        if fingerprint is not None and isinstance(res, StageResult):
+            res.stats[fingerprint[0]] = fingerprint[1]
+        return res
+
+    res = run_stage(ctx.ws, stage.name, key, body, cacheable=stage.is_cacheable(ctx, cfg), parent=ctx.base, lazy=True)
+    return _finish(stage, ctx, cfg, res) if "version" in res and "stats" in res else res
+
+
+def _finish(stage: Stage, ctx: Context, cfg: Any, res: dict[str, Any]) -> dict[str, Any]:
+    return stage.finish(ctx, cfg, res) if stage.finish is not None else res

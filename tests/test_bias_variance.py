@@ -14,7 +14,8 @@ import pytest
 from curate.errors import UsageError
 from curate.learn.gaps import diagnose
 from curate.schema import conform
-from curate.stages.split import SplitConfig, leakage, parse_train_dev, run_split
+from curate.stages.split import SplitConfig, parse_train_dev
+from curate.stages.split.assign import leakage, run_split
 
 
 def _table(n_per_class: dict[str, int], *, start: int = 0, **extra: list) -> pa.Table:
@@ -117,7 +118,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - Workspace
     import torch
 
     from curate.pipeline import run_stage
-    from curate.stages.normalize import NormalizeConfig, run_normalize
+    from curate.stages.normalize import NormalizeConfig
+    from curate.stages.normalize.pixels import run_normalize
     from curate.workspace import Workspace
     from tests.conftest import ingest
     from tests.test_train import planted_folder

@@ -171,7 +171,8 @@ def test_only_train_rows_are_acted_on_by_default(cleaned, tmp_path) -> None:  # 
     ws, _ = cleaned
     import dataclasses
 
-    from curate.stages.split import SplitConfig, run_split
+    from curate.stages.split import SplitConfig
+    from curate.stages.split.assign import run_split
 
     head = ws.head()
     scfg = SplitConfig(ratios=(("train", 0.5), ("val", 0.25), ("test", 0.25)))

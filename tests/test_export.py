@@ -377,8 +377,10 @@ def test_export_of_a_version_without_included_rows_fails(ws13):
 def _gray_split_ws(tmp_path: Path, n: int) -> Workspace:
     """A workspace whose HEAD has ``n`` grayscale train rows and normalization over them (1 channel)."""
     from curate.pipeline import run_stage
-    from curate.stages.normalize import NormalizeConfig, run_normalize
-    from curate.stages.split import SplitConfig, run_split
+    from curate.stages.normalize import NormalizeConfig
+    from curate.stages.normalize.pixels import run_normalize
+    from curate.stages.split import SplitConfig
+    from curate.stages.split.assign import run_split
     from tests.conftest import ingest, make_png
 
     for i in range(n):

@@ -83,8 +83,10 @@ def web_folder(root: Path, seed: int = 7) -> Path:
 
 
 def split_and_normalize(ws: Workspace) -> None:
-    from curate.stages.normalize import NormalizeConfig, run_normalize
-    from curate.stages.split import SplitConfig, run_split
+    from curate.stages.normalize import NormalizeConfig
+    from curate.stages.normalize.pixels import run_normalize
+    from curate.stages.split import SplitConfig
+    from curate.stages.split.assign import run_split
 
     run_stage(ws, "split", {"seed": 0}, lambda parent, _pid: run_split(parent, SplitConfig()))
     run_stage(ws, "normalize", {}, lambda parent, _pid: run_normalize(ws, parent, NormalizeConfig()))

@@ -10,8 +10,10 @@ import pytest
 
 from curate.errors import CurateError
 from curate.pipeline import run_stage
-from curate.stages.normalize import NormalizeConfig, run_normalize
-from curate.stages.split import SplitConfig, run_split
+from curate.stages.normalize import NormalizeConfig
+from curate.stages.normalize.pixels import run_normalize
+from curate.stages.split import SplitConfig
+from curate.stages.split.assign import run_split
 from tests.conftest import ingest, make_jpeg, make_png
 
 

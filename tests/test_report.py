@@ -52,8 +52,10 @@ def build(root: Path) -> dict[str, Any]:
     """The workspace described in the module doc; returns it with its ground truth."""
     from curate.pipeline import run_stage
     from curate.stages.dedupe import DedupeConfig, config_dict, run_dedupe
-    from curate.stages.normalize import NormalizeConfig, run_normalize
-    from curate.stages.split import SplitConfig, run_split
+    from curate.stages.normalize import NormalizeConfig
+    from curate.stages.normalize.pixels import run_normalize
+    from curate.stages.split import SplitConfig
+    from curate.stages.split.assign import run_split
     from curate.workspace import Workspace
 
     img = root / "src" / "img"

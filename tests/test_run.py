@@ -120,15 +120,15 @@ def test_bad_settings_fail_with_exit_2_before_any_version(tmp_path, src, step, s
 
 
 def test_failed_step_then_rerun_resumes_at_it(tmp_path, src, monkeypatch):
-    import curate.steps.curation as curation
+    import curate.stages.split.assign as split_mod
 
     pipe = write_pipeline(tmp_path / "p.toml", src)
-    real = curation.split_step
+    real = split_mod.run_split
 
-    def broken(ws, cfg, ctx):  # noqa: ANN001, ANN202
+    def broken(table, cfg):  # noqa: ANN001, ANN202
         raise CurateError("split exploded", hint="fix it")
 
-    monkeypatch.setattr(curation, "split_step", broken)
+    monkeypatch.setattr(split_mod, "run_split", broken)
     res = invoke("run", pipe, "--workers", 1)
     assert res.exit_code == 1 and "split exploded" in res.stderr
     ws = Workspace("ws")
@@ -137,7 +137,7 @@ def test_failed_step_then_rerun_resumes_at_it(tmp_path, src, monkeypatch):
     assert journal["status"] == "failed" and statuses(journal) == ["run", "run", "failed", "pending", "pending"]
     assert journal["steps"][2]["error"] == "split exploded"
 
-    monkeypatch.setattr(curation, "split_step", real)
+    monkeypatch.setattr(split_mod, "run_split", real)
     out = run_json(pipe)
     assert statuses(out) == ["cached", "cached", "run", "run", "run"]
     assert [v.split("-")[1] for v in ws.version_ids()] == ["ingest", "dedupe", "split", "normalize"]

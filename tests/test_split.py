@@ -10,7 +10,8 @@ import pytest
 
 from curate.errors import UsageError
 from curate.schema import conform
-from curate.stages.split import SplitConfig, assign_splits, leakage, parse_ratios, run_split
+from curate.stages.split import SplitConfig, parse_ratios
+from curate.stages.split.assign import assign_splits, leakage, run_split
 
 
 def _table(n_per_class: dict[str, int], *, start: int = 0, **extra: list) -> pa.Table:

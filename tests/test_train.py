@@ -47,8 +47,10 @@ def planted_folder(root: Path, per_class: int = 45, size: int = 16, seed: int = 
 
 def make_workspace(base: Path, **folder_kwargs):  # noqa: ANN201 - Workspace
     from curate.pipeline import run_stage
-    from curate.stages.normalize import NormalizeConfig, run_normalize
-    from curate.stages.split import SplitConfig, run_split
+    from curate.stages.normalize import NormalizeConfig
+    from curate.stages.normalize.pixels import run_normalize
+    from curate.stages.split import SplitConfig
+    from curate.stages.split.assign import run_split
     from curate.workspace import Workspace
 
     ws = Workspace(base / "ws")
@@ -313,8 +315,10 @@ def test_mixed_sizes_are_resized_to_a_common_size(tmp_path: Path) -> None:
         Image.new("RGB", (20 + i, 24), (200, 10 * i, 0)).save(tmp_path / "src" / cls / "odd.png")
     ingest(ws, tmp_path / "src")
     from curate.pipeline import run_stage
-    from curate.stages.normalize import NormalizeConfig, run_normalize
-    from curate.stages.split import SplitConfig, run_split
+    from curate.stages.normalize import NormalizeConfig
+    from curate.stages.normalize.pixels import run_normalize
+    from curate.stages.split import SplitConfig
+    from curate.stages.split.assign import run_split
 
     run_stage(ws, "split", {"seed": 0, "again": 1}, lambda parent, _pid: run_split(parent, SplitConfig()))
     run_stage(ws, "normalize", {"again": 1}, lambda parent, _pid: run_normalize(ws, parent, NormalizeConfig()))

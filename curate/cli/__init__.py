@@ -72,12 +72,14 @@ def _root(
             fail(exc.message, exc.hint, exc.exit_code)
 
 
-# Each module registers its commands on ``app``; the order here is the order of ``curate --help``.
+# Each module registers its commands on ``app``; the order here is the order of ``curate --help``. The stages'
+# commands are generated from the registry (``curate.cli.stagecmd``) where ``_stages`` stands.
+_stages = None
+from curate import registry  # noqa: E402
 from curate.cli import (  # noqa: E402
     balance,
     clean,
     crawl,
-    curation,
     data,
     dedupe,
     filter,
@@ -87,6 +89,7 @@ from curate.cli import (  # noqa: E402
     report,
     review,
     run,
+    stagecmd,  # noqa: E402
     versions,
 )
 
@@ -97,7 +100,7 @@ for _module in (
     clean,
     review,
     filter,
-    curation,
+    _stages,
     balance,
     pseudolabel,
     versions,
@@ -106,6 +109,10 @@ for _module in (
     report,
     run,
 ):
+    if _module is _stages:
+        for _stage in registry.declared():
+            stagecmd.register(app, _stage)
+        continue
     _module.register(app)
 
 

@@ -83,7 +83,7 @@ def show(
     summ = summarize(table)
     leaks = None
     if "dup_group" in table.column_names and table.column("split").null_count < table.num_rows:
-        from curate.stages.split import leakage
+        from curate.stages.split.assign import leakage
 
         leaks = leakage(table)
     if json_out:

@@ -1,23 +1,6 @@
-"""One module per stage. A stage has a frozen ``Config`` and returns a ``StageResult``; it never commits."""
+"""The stages. Each module (or package) declares one ``curate.stage.Stage`` as ``STAGE``; ``curate.registry`` lists
+them. ``StageResult`` lives in ``curate.stage`` (re-exported here for the stage modules that import it from here)."""
 
-from __future__ import annotations
+from curate.stage import StageResult
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import pyarrow as pa
-
-
-@dataclass
-class StageResult:
-    """What a stage hands to ``curate.pipeline`` to commit.
-
-    Attributes:
-        table: the full new sample table (every row of the parent plus new ones; nothing dropped).
-        stats: counts in/out, excluded by reason, seconds; merged with a summary of ``table`` at commit.
-        state: files for the version's ``state/`` folder, name -> bytes.
-    """
-
-    table: pa.Table
-    stats: dict[str, Any] = field(default_factory=dict)
-    state: dict[str, bytes] = field(default_factory=dict)
+__all__ = ["StageResult"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from curate.errors import CurateError, UsageError
+from curate.errors import CurateError
 from curate.pipeline import run_stage
 from curate.steps import StepContext
 
@@ -97,51 +97,6 @@ def _review_from_columns(table: Any) -> list[dict[str, Any]]:
         if lq:
             out.append({"row": p, "issue": f"low_quality: {why}", "score": lqs})
     return out
-
-
-def prepare_split(values: dict[str, Any]) -> dict[str, Any]:
-    """``ratios = "80:10:10"`` (or ``{train = 8, val = 1, test = 1}``) -> SplitConfig's ``((name, fraction), ...)``."""
-    from curate.stages.split import parse_ratios, parse_train_dev
-
-    if values.get("train_dev") is not None:
-        values = {**values, "train_dev": parse_train_dev(values["train_dev"])}
-    ratios = values.get("ratios")
-    if isinstance(ratios, dict):
-        ratios = ",".join(f"{k}={v}" for k, v in ratios.items())
-    if isinstance(ratios, str):
-        values = {**values, "ratios": parse_ratios(ratios)}
-    return values
-
-
-def split_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
-    """``curate split``: stratified, duplicate groups whole, stable when data is added."""
-    from curate.stages.split import run_split
-
-    config = {
-        "ratios": [list(r) for r in cfg.ratios],
-        "seed": cfg.seed,
-        "group_col": cfg.group_col,
-        "keep_existing": cfg.keep_existing,
-    }
-    if cfg.train_dev:  # only when set, so versions split before train_dev existed stay cached
-        config["train_dev"] = cfg.train_dev
-    return run_stage(ws, "split", config, lambda table, _pid: run_split(_need(table), cfg), parent=ctx.base)
-
-
-def check_normalize(cfg: Any) -> None:
-    """Reject a channel count normalize cannot produce (exit code 2)."""
-    if cfg.channels not in (0, 1, 3):
-        raise UsageError(f"--channels {cfg.channels}: use 1, 3 or 0 (auto)")
-
-
-def normalize_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
-    """``curate normalize``: per-channel mean/std from the included train rows."""
-    from curate.stages.normalize import run_normalize
-
-    def body(table: Any, _pid: str | None) -> Any:
-        return run_normalize(ws, _need(table), cfg, workers=ctx.n_workers(), progress=ctx.bar("normalize"))
-
-    return run_stage(ws, "normalize", {"split": cfg.split, "channels": cfg.channels}, body, parent=ctx.base)
 
 
 def balance_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from typing import Any
 
 from curate.config import coerce, resolve
 from curate.errors import CurateError, UsageError
-from curate.steps import Step, get
+from curate.registry import get
+from curate.stage import Stage
 from curate.workspace import config_sha256
 
 PIPELINE_KEYS: dict[str, Any] = {"name": str, "description": str, "workspace": str, "seed": int, "workers": int}
@@ -40,7 +41,7 @@ class PlannedStep:
 
     index: int
     label: str
-    step: Step
+    step: Stage
     config: Any
     options: dict[str, Any]
     config_sha256: str
@@ -143,7 +144,7 @@ def load_plan(path: Path, sets: list[str] | None = None, *, workers: int | None 
     return plan
 
 
-def _plan_step(path: Path, i: int, label: str, step: Step, values: dict[str, Any], head: dict[str, Any]) -> PlannedStep:
+def _plan_step(path: Path, i: int, label: str, step: Stage, values: dict[str, Any], head: dict[str, Any]) -> PlannedStep:
     origin = f"{path}: step {i} ({label})"
     fields = step.config_fields()
     options: dict[str, Any] = {}
@@ -151,21 +152,22 @@ def _plan_step(path: Path, i: int, label: str, step: Step, values: dict[str, Any
         values = {**values, "workers": head["workers"]}
     if "seed" in fields and "seed" in head and "seed" not in values:
         values = {**values, "seed": head["seed"]}
+    if step.workers and "workers" in values and "workers" not in fields:
+        options["workers"] = coerce(values.pop("workers"), int, "workers", origin)
     for key in list(values):
-        if key in step.options:
-            options[key] = coerce(values.pop(key), step.options[key], key, origin)
+        opt = step.option(key)
+        if opt is not None:
+            options[key] = coerce(values.pop(key), opt.type, key, origin)
     try:
-        prepare = step.load("prepare")
-        if prepare is not None:
-            values = prepare(values)
+        if step.prepare is not None:
+            values = step.prepare(values)
         unknown = sorted(set(values) - set(fields))
         if unknown:
-            known = sorted([*fields, *step.options])
-            raise UsageError(f"{origin}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
-        cfg = resolve(step.load("config"), values, {}, origin=origin)
-        check = step.load("check")
-        if check is not None:
-            check(cfg)
+            known = sorted([*fields, *(o.name for o in step.options), *(["workers"] if step.workers else [])])
+            raise UsageError(f"{origin}: unknown setting {unknown[0]!r}; known: {', '.join(sorted(set(known)))}")
+        cfg = resolve(step.config, values, {}, origin=origin)
+        if step.check is not None:
+            step.check(cfg)
     except TypeError as exc:  # a required setting without a value (ingest's source)
         if "required" not in str(exc):
             raise

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import CurateError
-from curate.steps import SOURCE, STAGE, StepContext
+from curate.pipeline import execute
+from curate.stage import SOURCE, STAGE, Context, rich_progress
 from curate.steps.plan import Plan, PlannedStep
 
 OnStep = Callable[[str, PlannedStep, dict[str, Any]], None]
@@ -129,14 +130,14 @@ def run_plan(
                 f"{plan.path}: step {ps.index} ({ps.label}) needs a dataset version, and the workspace {ws.root} is empty",
                 hint="start the pipeline with an ingest or crawl step",
             )
-        ctx = StepContext(workers=ps.options.get("workers"), progress=progress, log=log, base=cursor, reuse=True,
-                          options=ps.options, outputs=outputs, previous=_previous_record(previous, ps))  # fmt: skip
+        ctx = Context(ws, base=cursor, workers=ps.options.get("workers"), progress=rich_progress(progress), log=log,
+                      reuse=True, options=ps.options, outputs=outputs, previous=_previous_record(previous, ps))  # fmt: skip
         rec["status"] = "running"
         write_journal(path, journal)
         on_step("start", ps, rec)
         t0 = time.perf_counter()
         try:
-            res = ps.step.load("run")(ws, ps.config, ctx)
+            res = execute(ps.step, ctx, ps.config)
         except BaseException as exc:
             interrupted = isinstance(exc, KeyboardInterrupt)
             rec.update(status="interrupted" if interrupted else "failed", seconds=round(time.perf_counter() - t0, 3),
@@ -146,7 +147,7 @@ def run_plan(
             on_step("end", ps, rec)
             raise
         rec.update(status="cached" if res.get("cached") else "run", version=res.get("version"),
-                   seconds=round(time.perf_counter() - t0, 3), summary=_summary(ps, res),
+                   seconds=round(time.perf_counter() - t0, 3), summary=ps.step.one_line(res),
                    result={k: str(res[k]) if isinstance(res[k], Path) else res[k] for k in RESULT_KEYS if k in res})  # fmt: skip
         if ps.step.kind in (SOURCE, STAGE) and res.get("version"):
             cursor = res["version"]
@@ -165,13 +166,3 @@ def run_plan(
 def _finish(path: Path, journal: dict[str, Any], status: str) -> None:
     journal.update(status=status, finished=_now())
     write_journal(path, journal)
-
-
-def _summary(ps: PlannedStep, res: dict[str, Any]) -> str:
-    fn = ps.step.load("summary")
-    if fn is None:
-        return ""
-    try:
-        return fn(res)
-    except (KeyError, TypeError, ValueError):  # the table is a courtesy: a missing stat must not fail a finished step
-        return ""

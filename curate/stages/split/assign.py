@@ -1,25 +1,10 @@
-"""Split: stratified, group-aware, stable train/val/test assignment.
-
-- Stratified by label: per class, the split counts follow the ratios (largest-remainder rounding, so with
-  ungrouped samples every class is within one sample of its target).
-- Grouped: a duplicate group (``dup_group`` from dedupe) and any user ``group_col`` lands whole in one split;
-  groups are merged transitively (union-find), so no chain of duplicates can cross a split.
-- Stable: rows that already have a split keep it; new rows fill each class's deficit, in an order given by a
-  hash of the group key and the seed. Ingesting more data and splitting again moves nothing that was assigned.
-- ``keep_existing``: the source's own split (``origin_split``, e.g. MNIST's official test set) is respected and
-  val is carved out of the source's train rows.
-- ``train_dev``: a ``train_dev`` split carved out of train after the assignment (a fraction of each class's train
-  rows, or a total count shared out over the classes in proportion): held out of training but drawn from the
-  training distribution, so that train -> train_dev error measures variance and train_dev -> val error measures
-  the mismatch between training data and the data that matters. Grouped, stratified and stable like the rest.
-"""
+"""The work of ``curate split`` (the contract, settings and semantics: ``curate.stages.split``)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -27,68 +12,8 @@ import pyarrow.compute as pc
 
 from curate.errors import UsageError
 from curate.schema import OK, conform
-from curate.stages import StageResult
-
-STAGE = "split"
-DEFAULT_RATIOS = (("train", 0.7), ("val", 0.2), ("test", 0.1))
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """Settings of ``curate split``.
-
-    Attributes:
-        ratios: ``((name, fraction), ...)``, fractions summing to 1.
-        seed: changes which samples go where; the same seed always gives the same assignment.
-        group_col: a column whose equal values must share a split (patient id, video id, photographer ...).
-        keep_existing: keep ``origin_split`` from the source and carve the other splits out of its train rows.
-        train_dev: carve a ``train_dev`` split out of train: a fraction in (0, 1) of each class's train rows, or a
-            whole number >= 1 of rows in all (shared out over the classes like the ratios). None: no train_dev.
-    """
-
-    ratios: tuple[tuple[str, float], ...] = DEFAULT_RATIOS
-    seed: int = 0
-    group_col: str | None = None
-    keep_existing: bool = False
-    train_dev: float | None = None
-
-
-def parse_ratios(text: str) -> tuple[tuple[str, float], ...]:
-    """``"70:20:10"`` -> train/val/test; ``"80:20"`` -> train/val; ``"train=8,test=2"`` for named splits."""
-    text = text.strip()
-    try:
-        if "=" in text:
-            pairs = [p.split("=") for p in text.split(",") if p.strip()]
-            named = [(k.strip(), float(v)) for k, v in pairs]
-        else:
-            nums = [float(x) for x in text.split(":")]
-            names = {2: ("train", "val"), 3: ("train", "val", "test")}.get(len(nums))
-            if names is None:
-                raise ValueError("need two or three numbers")
-            named = list(zip(names, nums, strict=True))
-    except ValueError as exc:
-        raise UsageError(f"--ratios {text!r}: {exc}; use 70:20:10, 80:20 or train=8,val=1,test=1") from None
-    total = sum(v for _, v in named)
-    if total <= 0 or any(v < 0 for _, v in named) or len({k for k, _ in named}) != len(named):
-        raise UsageError(f"--ratios {text!r}: fractions must be non-negative, named once, and not all zero")
-    return tuple((k, v / total) for k, v in named)
-
-
-def parse_train_dev(value: str | float | None) -> float | None:
-    """``"0.05"`` -> a fraction of train, ``"500"`` -> a count of rows; None stays None.
-
-    Raises:
-        UsageError: not a number, <= 0, or a count that is not a whole number.
-    """
-    if value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--train-dev {value!r}: give a fraction such as 0.05 or a row count such as 500") from None
-    if not v > 0 or (v >= 1 and v != int(v)) or v != v or v == float("inf"):
-        raise UsageError(f"--train-dev {value!r}: a fraction must be in (0, 1), a count a whole number >= 1")
-    return v
+from curate.stage import StageResult
+from curate.stages.split import SplitConfig
 
 
 def _targets(n: int, ratios: list[tuple[str, float]]) -> dict[str, int]:

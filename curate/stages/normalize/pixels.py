@@ -1,18 +1,10 @@
-"""Normalize: per-channel mean and std over the included train rows only, plus a pixel histogram.
-
-Pixels are integers 0..255, so the per-channel sums and sums of squares are exact in int64 and partial results
-from any number of workers merge by addition; mean and std come out as float64 at the end (scale 0..1, the
-scale the trainer feeds the network). Val and test rows never contribute. The result goes to the version's
-``state/normalization.json`` and from there into every export's ``dataset.json`` and every checkpoint.
-"""
+"""The work of ``curate normalize`` (contract and semantics: ``curate.stages.normalize``)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,25 +12,15 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.schema import OK, conform
-from curate.stages import StageResult
+from curate.stage import Progress, StageResult, no_progress
+from curate.stages.normalize import NormalizeConfig
 
-STAGE = "normalize"
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
+
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 PARTIAL_SCHEMA = pa.schema([("images", pa.int64()), ("pixels", pa.int64()), ("sum", pa.list_(pa.int64())),
                             ("sumsq", pa.list_(pa.int64())), ("hist", pa.list_(pa.int64()))])
-
-
-@dataclass(frozen=True)
-class NormalizeConfig:
-    """Settings of ``curate normalize``.
-
-    Attributes:
-        split: the split whose included rows define the statistics (train).
-        channels: 1 or 3; 0 means decide from the data (1 when every train image is grayscale, else 3).
-    """
-
-    split: str = "train"
-    channels: int = 0
 
 
 def to_array(data: bytes, channels: int) -> np.ndarray:
@@ -103,7 +85,9 @@ def finish(partials: list[pa.Table], channels: int) -> dict[str, Any]:
     }
 
 
-def run_normalize(ws: Any, parent: pa.Table, cfg: NormalizeConfig, *, workers: int = 1, progress: Any = None) -> StageResult:
+def run_normalize(
+    ws: Workspace, parent: pa.Table, cfg: NormalizeConfig, *, workers: int = 1, progress: Progress = no_progress
+) -> StageResult:
     """Compute the statistics over included ``cfg.split`` rows and store them as ``state/normalization.json``.
 
     Raises:
@@ -120,11 +104,10 @@ def run_normalize(ws: Any, parent: pa.Table, cfg: NormalizeConfig, *, workers: i
     channels = cfg.channels or (1 if set(rows.column("mode").to_pylist()) <= GRAY_MODES else 3)
     run_cfg = NormalizeConfig(split=cfg.split, channels=channels)
     partials: list[pa.Table] = []
-    with progress(rows.num_rows) if progress else contextlib.nullcontext(None) as advance:
+    with progress("normalize", rows.num_rows) as advance:
         for part in map_batches(pixel_stats, ws.blobs.iter_packs(rows, batch_rows=1024), run_cfg, workers=workers):
             partials.append(part)
-            if advance:
-                advance(part.column("images")[0].as_py())
+            advance(part.column("images")[0].as_py())
     stats = finish(partials, channels)
     stats["split"] = cfg.split
     state = {"normalization.json": (json.dumps(stats, indent=1) + "\n").encode()}

@@ -1,0 +1,86 @@
+"""The registry of stages: what ``curate run``, the CLI, the report and the Python API know by name.
+
+Built-in stages are listed once in ``_builtin`` (one line each, in the order of ``curate --help``). Stages from
+other packages join through the ``curate.stages`` entry-point group (``[project.entry-points."curate.stages"]
+shout = "mypkg.shout"``) or the ``CURATE_STAGES`` environment variable (comma-separated module names); either way
+the module's ``STAGE`` is read, and a module that cannot be imported or has no ``STAGE`` is a one-line error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from curate.errors import UsageError
+from curate.stage import Stage
+
+_STAGES: dict[str, Stage] | None = None
+
+
+def _builtin() -> list[ModuleType]:
+    from curate.stages import normalize, split
+
+    return [split, normalize]
+
+
+def _plugin_modules() -> list[str]:
+    from importlib.metadata import entry_points
+
+    names = [ep.value for ep in entry_points(group="curate.stages")]
+    names += [n.strip() for n in os.environ.get("CURATE_STAGES", "").split(",") if n.strip()]
+    return names
+
+
+def _load_plugin(name: str) -> Stage:
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - any failure of a plugin import is the same one-line error
+        raise UsageError(f"stage module {name!r} cannot be imported: {type(exc).__name__}: {exc}") from None
+    stage = getattr(module, "STAGE", None)
+    if not isinstance(stage, Stage):
+        raise UsageError(f"stage module {name!r} has no STAGE = curate.stage.Stage(...)")
+    return stage
+
+
+def stages() -> dict[str, Stage]:
+    """Every stage by name: the built-in ones, then plugins (which may not reuse a built-in name)."""
+    global _STAGES
+    if _STAGES is None:
+        from curate.steps import legacy_stages
+
+        found: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in _builtin()}
+        for stage in legacy_stages():
+            found.setdefault(stage.name, stage)
+        for name in _plugin_modules():
+            stage = _load_plugin(name)
+            if stage.name in found:
+                raise UsageError(f"stage module {name!r}: the stage name {stage.name!r} is taken")
+            found[stage.name] = stage
+        _STAGES = found
+    return _STAGES
+
+
+def declared() -> list[Stage]:
+    """The stages their modules declare (built-in, then plugins), without the transitional legacy entries, which
+    would import every stage's settings (torch for train) at ``curate --help``."""
+    found = [m.STAGE for m in _builtin()]
+    return found + [_load_plugin(name) for name in _plugin_modules()]
+
+
+def get(name: str) -> Stage:
+    """The stage of a name.
+
+    Raises:
+        UsageError: no such stage (the message lists the known ones).
+    """
+    found = stages()
+    if name not in found:
+        raise UsageError(f"unknown stage {name!r}; known: {', '.join(found)}")
+    return found[name]
+
+
+def reset() -> None:
+    """Forget the loaded registry (tests that add a plugin stage through ``CURATE_STAGES``)."""
+    global _STAGES
+    _STAGES = None
