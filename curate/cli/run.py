@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from curate.cli.common import DebugOpt, JsonOpt, handle_errors, say
+
+if TYPE_CHECKING:
+    from curate.steps.plan import Plan
+    from curate.workspace import Workspace
 
 STYLE = {"run": "green", "cached": "cyan", "failed": "bold red", "interrupted": "bold red", "running": "yellow", "pending": "dim"}
 
@@ -94,12 +98,8 @@ def run(
         curate run pipelines/demo.toml --dry-run --json
         curate run pipelines/fashion-mnist.toml --executor ray --address auto --set ingest.source=...
     """
-    import dataclasses
-
     from curate.errors import UsageError
     from curate.steps.plan import load_plan
-    from curate.steps.runner import journal_path, read_journal, run_plan
-    from curate.ui import emit_json
     from curate.workspace import DEFAULT_WORKSPACE, Workspace
 
     if workers is not None and workers < 1:
@@ -107,16 +107,32 @@ def run(
     plan = load_plan(pipeline, set_values, workers=workers)
     ws = Workspace(workspace or plan.workspace or DEFAULT_WORKSPACE)
     if dry_run:
-        steps = [{"index": ps.index, "label": ps.label, "stage": ps.stage, "config": dataclasses.asdict(ps.config),
-                  "options": ps.options, "config_sha256": ps.config_sha256} for ps in plan.steps]  # fmt: skip
-        if json_out:
-            emit_json({"pipeline": plan.name, "file": str(plan.path), "workspace": str(ws.root), "steps": steps})
-            return
-        say(f"pipeline {plan.name} ({plan.path}): {len(steps)} steps, workspace {ws.root}; nothing run")
-        for s in steps:
-            say(f"  {s['index']}. {s['label']}: " + ", ".join(f"{k}={v!r}" for k, v in {**s["config"], **s["options"]}.items()))
+        _dry_run(plan, ws, json_out)
         return
-    executor_name = _configure_executor(executor, address, workers)
+    _run_plan(plan, ws, _configure_executor(executor, address, workers), json_out)
+
+
+def _dry_run(plan: Plan, ws: Workspace, json_out: bool) -> None:
+    """List the resolved steps of ``plan``; nothing runs."""
+    import dataclasses
+
+    from curate.ui import emit_json
+
+    steps = [{"index": ps.index, "label": ps.label, "stage": ps.stage, "config": dataclasses.asdict(ps.config),
+              "options": ps.options, "config_sha256": ps.config_sha256} for ps in plan.steps]  # fmt: skip
+    if json_out:
+        emit_json({"pipeline": plan.name, "file": str(plan.path), "workspace": str(ws.root), "steps": steps})
+        return
+    say(f"pipeline {plan.name} ({plan.path}): {len(steps)} steps, workspace {ws.root}; nothing run")
+    for s in steps:
+        say(f"  {s['index']}. {s['label']}: " + ", ".join(f"{k}={v!r}" for k, v in {**s["config"], **s["options"]}.items()))
+
+
+def _run_plan(plan: Plan, ws: Workspace, executor_name: str, json_out: bool) -> None:
+    """Run ``plan`` with a line per step (or, with ``--json``, the journal), the table, and the report's path."""
+    from curate.steps.runner import journal_path, read_journal, run_plan
+    from curate.ui import emit_json
+
     n = len(plan.steps)
 
     def on_step(event: str, ps: Any, rec: dict[str, Any]) -> None:
