@@ -122,7 +122,8 @@ def test_toy_stage_from_the_cli(tmp_path: Path, toy: Path, image_folder: Callabl
 def test_toy_stage_from_a_pipeline_file(tmp_path: Path, toy: Path, image_folder: Callable[..., Path]) -> None:
     images = image_folder({"cat": 3, "dog": 2})
     pipe = tmp_path / "toy.toml"
-    pipe.write_text(textwrap.dedent(f"""
+    pipe.write_text(
+        textwrap.dedent(f"""
         [pipeline]
         name = "toy"
         workspace = "ws"
@@ -136,7 +137,8 @@ def test_toy_stage_from_a_pipeline_file(tmp_path: Path, toy: Path, image_folder:
         stage = "shout"
         word = "cat"
         times = 1
-        """))
+        """)
+    )
     env = env_with(toy, CURATE_STAGES="shout_toy")
     res = run_curate(["run", str(pipe), "--json"], cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
