@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
     from curate.workspace import Workspace
@@ -112,7 +113,8 @@ class Context:
         options: the stage's settings outside its Config (``Stage.options``): not part of the version's cache key.
         outputs: what earlier steps of the same pipeline produced, e.g. ``{"run": <train run folder>}``.
         previous: this step's record in the previous run's journal (pipeline mode).
-        data: an in-memory parent table (the Python API's DataFrame or Table) used instead of reading ``parent``.
+        data: an in-memory parent table (the Python API's pandas DataFrame or pyarrow Table) used instead of reading
+            ``parent``; ``table()`` hands it to the stage as a Table (``curate.tables.as_table``).
         scratch: values a stage's ``key`` computes and its ``run`` reuses (a loaded model), per call.
     """
 
@@ -128,13 +130,15 @@ class Context:
     options: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     previous: dict[str, Any] | None = None
-    data: pa.Table | None = None
+    data: pa.Table | pd.DataFrame | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> pa.Table | None:
         """The parent's sample table (``data`` when given; None when there is no parent yet)."""
         if self.data is not None:
-            return self.data
+            from curate.tables import as_table
+
+            return as_table(self.data)
         return self.ws.samples(self.parent) if self.parent else None
 
     def need_table(self) -> pa.Table:

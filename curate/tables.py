@@ -1,11 +1,45 @@
-"""Write a sample table to Parquet, CSV or JSONL (list columns become JSON text in CSV)."""
+"""Sample tables in and out: a DataFrame or Table as a sample table (``as_table``); a table to Parquet, CSV or JSONL
+(list columns become JSON text in CSV)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+
+
+def as_table(data: Any) -> pa.Table:
+    """A stage's input as a pyarrow Table: a Table as it is, a pandas DataFrame or a RecordBatch converted.
+
+    Reserved columns (``curate.schema.RESERVED``) are cast to their types, so that a DataFrame read back from
+    ``curate.Workspace.samples()`` (where an all-null ``split`` column has no type left) is a valid sample table
+    again. Other columns keep the types pandas gives them; the index is dropped.
+
+    Raises:
+        TypeError: ``data`` is none of these.
+        CurateError: a reserved column cannot be cast (text in ``width``).
+    """
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    elif not isinstance(data, pa.Table):
+        import pandas as pd
+
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f"expected a pandas DataFrame or a pyarrow Table, got {type(data).__name__}")
+        data = pa.Table.from_pandas(data, preserve_index=False).replace_schema_metadata(None)
+    from curate.errors import CurateError
+    from curate.schema import RESERVED
+
+    for i, name in enumerate(data.column_names):
+        typ = RESERVED.get(name)
+        if typ is not None and data.column(i).type != typ:
+            try:
+                data = data.set_column(i, name, data.column(i).cast(typ))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise CurateError(f"column {name!r} has type {data.column(i).type}, expected {typ}: {exc}") from None
+    return data
 
 
 def write_table(table: pa.Table, path: Path) -> None:

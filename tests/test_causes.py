@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curate.errors import CurateError
-from curate.tags import cause_counts, read_tags_csv, split_causes
+from curate.review.tags import cause_counts, read_tags_csv, split_causes
 from tests.conftest import ingest, write_image_folder
 
 

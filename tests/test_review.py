@@ -1,4 +1,4 @@
-"""The review file (``curate.review.write_review``): CSV rows and order, a self-contained and escaped HTML page."""
+"""The review file (``curate.review.file.write_review``): CSV rows and order, a self-contained and escaped HTML page."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from curate.errors import CurateError, UsageError
-from curate.review import write_review
+from curate.review.file import write_review
 
 EVIL = "<script>alert('x')</script>"
 VOID = {"meta", "img", "br", "hr", "input", "link"}

@@ -64,7 +64,7 @@ def planted(workspace: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def desk(planted: dict[str, Any]) -> Any:
-    from curate.reviewdesk import Desk, parse_causes
+    from curate.review.desk import Desk, parse_causes
 
     d = Desk(planted["ws"], causes=parse_causes("glare")).start()
     yield d
@@ -123,7 +123,7 @@ def test_cross_site_and_tokenless_posts_are_refused(desk: Any, planted: dict[str
 
 
 def test_decisions_are_journaled_at_once_and_shown_after_a_restart(desk: Any, planted: dict[str, Any]) -> None:
-    from curate.reviewdesk import Desk
+    from curate.review.desk import Desk
 
     ids, ws = planted["ids"], planted["ws"]
     assert call(desk, "/api/decide", {"sample_id": ids["cat_000"], "decision": "accept"})[1]["label"] == "dog"
@@ -156,7 +156,7 @@ def test_labels_and_paths_from_data_are_escaped(desk: Any) -> None:
 
 
 def test_queues_worst_first(planted: dict[str, Any]) -> None:
-    from curate.reviewqueue import select
+    from curate.review.queues import select
 
     ids, t = planted["ids"], planted["ws"].samples()
     got = select(t, "label_issues")
@@ -173,7 +173,7 @@ def test_queues_worst_first(planted: dict[str, Any]) -> None:
 
 
 def test_commit_writes_relabels_exclusions_and_tags(desk: Any, planted: dict[str, Any]) -> None:
-    from curate.tags import cause_counts, tags_from_table
+    from curate.review.tags import cause_counts, tags_from_table
 
     ids, ws = planted["ids"], planted["ws"]
     for body in (
@@ -219,7 +219,7 @@ def test_commit_without_decisions_is_one_line_error(planted: dict[str, Any]) -> 
 
 
 def test_errors_queue_reads_a_runs_worst_mistakes(planted: dict[str, Any], tmp_path: Path) -> None:
-    from curate.reviewqueue import select
+    from curate.review.queues import select
 
     ids, t = planted["ids"], planted["ws"].samples()
     run = tmp_path / "run"

@@ -43,12 +43,12 @@ def review(
         curate review --commit                         # decisions of HEAD -> a new version (HEAD)
     """
     from curate.errors import UsageError
-    from curate.reviewqueue import check_queue
+    from curate.review.queues import check_queue
     from curate.workspace import Workspace
 
     ws = Workspace(workspace)
     if commit:
-        from curate.steps.review import commit_review
+        from curate.review.decisions import commit_review
 
         res = commit_review(ws, version)
         if json_out:
@@ -65,7 +65,7 @@ def review(
 
 
 def _serve(ws: Any, version: str | None, queue: str, port: int, causes: str | None, limit: int, json_out: bool, browser: bool) -> None:
-    from curate.reviewdesk import Desk, parse_causes
+    from curate.review.desk import Desk, parse_causes
 
     try:
         desk = Desk(ws, version, queue=queue, causes=parse_causes(causes), port=port, limit=limit)
@@ -93,9 +93,9 @@ def _serve(ws: Any, version: str | None, queue: str, port: int, causes: str | No
     finally:
         desk.server.server_close()
     if not json_out:
-        from curate import reviewjournal
+        from curate.review import journal
 
-        n = len(reviewjournal.read(desk.journal))
+        n = len(journal.read(desk.journal))
         say(f"review: stopped; {n:,} decisions on {desk.vid} in the journal (`curate review --commit {desk.vid}`)")
 
 

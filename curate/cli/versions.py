@@ -73,22 +73,15 @@ def show(
     from rich.table import Table
     from rich.text import Text
 
-    from curate.summary import summarize
+    from curate.api import describe
     from curate.ui import cell, emit_json, out_console
 
-    ws = _ws(workspace)
-    vid = ws.resolve(version)
-    info = ws.info(vid)
-    table = ws.samples(vid)
-    summ = summarize(table)
-    leaks = None
-    if "dup_group" in table.column_names and table.column("split").null_count < table.num_rows:
-        from curate.stages.split.assign import leakage
-
-        leaks = leakage(table)
+    shown = describe(_ws(workspace), version)
     if json_out:
-        emit_json({"version": info, "summary": summ, "leakage": leaks})
+        emit_json(shown)
         return
+    info, summ, leaks = shown["version"], shown["summary"], shown["leakage"]
+    vid = info["id"]
     say(Text.assemble((vid, "bold"), f"  stage={info['stage']}  parent={info.get('parent') or '-'}  created={info['created']}"))
     say(f"rows {summ['rows']:,}: included {summ['included']:,}, excluded {summ['excluded']:,}")
     splits = sorted(summ["per_split_class"])

@@ -116,7 +116,7 @@ def write_report(
         models: where to look for runs when ``run`` is None (default ``./models``).
         progress: ``progress(description, total)`` -> context manager yielding ``advance(n)`` (the CLI's bar).
         human_error: the human-level error (0..1) of the bias / variance / data-mismatch table; None: unknown.
-        tags: a tags CSV (``curate.tags.read_tags_csv``), counted with the version's ``review_tags`` by cause.
+        tags: a tags CSV (``curate.review.tags.read_tags_csv``), counted with the version's ``review_tags`` by cause.
 
     Returns:
         ``{"path", "bytes", "version", "run", "sections" (ids rendered), "omitted" (id -> why), "images",
@@ -200,7 +200,7 @@ def write_report(
 
 def _tags(table: Any, path: Path | None) -> tuple[dict[str, list[str]], str]:
     """sample_id -> causes from the version's ``review_tags`` and the CSV at ``path``, and a phrase naming the sources."""
-    from curate.tags import TAGS_COLUMN, merge_tags, read_tags_csv, tags_from_table
+    from curate.review.tags import TAGS_COLUMN, merge_tags, read_tags_csv, tags_from_table
 
     stored = tags_from_table(table)
     given = read_tags_csv(path, table) if path is not None else {}

@@ -4,7 +4,7 @@
   ``metrics.json`` (``errors``, written by ``curate train``; older runs: 1 - accuracy of the splits they scored),
   each rung with its gap to the one above, the largest of avoidable bias / variance / data mismatch highlighted
   with the usual next steps (``curate.learn.gaps``).
-- ``causes``: rows tagged with causes (``curate.tags``: a ``--tags`` CSV and the version's ``review_tags``) counted
+- ``causes``: rows tagged with causes (``curate.review.tags``: a ``--tags`` CSV and the version's ``review_tags``) counted
   per cause and per class, the top cause highlighted: the cause to fix first.
 """
 
@@ -70,7 +70,7 @@ def bias_variance(ctx: Context, folder: Path | None, human_error: float | None, 
 
 def causes(ctx: Context, tags: dict[str, list[str]], source: str) -> Section:
     """Tagged rows counted per cause and per class (``tags``: sample_id -> causes; ``source`` says where they came from)."""
-    from curate.tags import cause_counts
+    from curate.review.tags import cause_counts
 
     sid, title = "causes", "Error analysis by cause"
     if not tags:

@@ -81,7 +81,7 @@ def fill_thumbnails(
     Returns:
         ``{"images": thumbnails made, "failed": samples without a picture}``.
     """
-    from curate.review import thumbnail_uri
+    from curate.review.file import thumbnail_uri
 
     items = list(items)
     by_pack: dict[str, set[str]] = defaultdict(set)

@@ -55,7 +55,7 @@ def write_clean_review(ws: Any, vid: str, review: list[dict[str, Any]], path: Pa
     """The review file of this run (or, when the version was cached, rebuilt from its columns)."""
     import pyarrow as pa
 
-    from curate.review import write_review
+    from curate.review.file import write_review
 
     table = ws.samples(vid)
     if not review:

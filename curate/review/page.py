@@ -2,7 +2,7 @@
 
 Everything that comes from data (labels, paths, causes, sample ids) is HTML-escaped where it is written, in text and
 in attributes; the script never builds HTML from strings (it sets ``textContent`` and classes only), so a label such
-as ``<script>`` shows as text. The script runs under a Content-Security-Policy nonce (``curate.reviewdesk``).
+as ``<script>`` shows as text. The script runs under a Content-Security-Policy nonce (``curate.review.desk``).
 
 Keys (the focused row): k keep, a accept the suggestion, x exclude, l set a label (type, Enter), 1-9 toggle the
 numbered cause, u undo the decision, n / ArrowDown next row, p / ArrowUp previous row. Clicks do the same.
@@ -185,8 +185,8 @@ def render(
 
     Args:
         title: the heading (escaped here).
-        items: ``curate.reviewqueue.select`` rows, worst first.
-        decisions: the journal's current state (``curate.reviewjournal.read``), shown on the rows.
+        items: ``curate.review.queues.select`` rows, worst first.
+        decisions: the journal's current state (``curate.review.journal.read``), shown on the rows.
         classes: labels offered by the label box.
         causes: cause tags; the first nine get the keys 1-9.
         token: the session token (put in image URLs and a meta tag the script reads).

@@ -9,10 +9,10 @@ opens in the same browser can send requests to localhost:
   and is refused when ``Sec-Fetch-Site`` says ``cross-site`` / ``same-site`` or an ``Origin`` / ``Referer`` names
   another origin;
 - responses set a Content-Security-Policy (scripts only with this page's nonce, nothing from outside), ``nosniff``,
-  ``no-referrer`` and ``frame-ancestors 'none'``; data is HTML-escaped by ``curate.reviewpage``.
+  ``no-referrer`` and ``frame-ancestors 'none'``; data is HTML-escaped by ``curate.review.page``.
 
 Images are served only for rows of the queue (and their duplicate-group members), re-encoded by Pillow (thumbnails
-as ``curate.review`` makes them; ``full=1`` up to 1024 px), never as the stored bytes.
+as ``curate.review.file`` makes them; ``full=1`` up to 1024 px), never as the stored bytes.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from curate import reviewjournal
 from curate.errors import CurateError
-from curate.reviewpage import DEFAULT_CAUSES, render
+from curate.review import journal
+from curate.review.page import DEFAULT_CAUSES, render
 from curate.workspace import Workspace
 
 HOST = "127.0.0.1"
@@ -47,7 +47,7 @@ class Desk:
     Args:
         ws: the workspace.
         version: the version reference to review (default HEAD).
-        queue: ``curate.reviewqueue.QUEUES`` or ``errors:RUN``.
+        queue: ``curate.review.queues.QUEUES`` or ``errors:RUN``.
         causes: the cause tags offered (``parse_causes``).
         port: the port on 127.0.0.1 (0: a free one).
         limit: at most this many rows, worst first.
@@ -60,7 +60,7 @@ class Desk:
         self, ws: Workspace, version: str | None = None, *, queue: str = "label_issues", causes: list[str] | None = None,
         port: int = 0, limit: int = 500,
     ) -> None:  # fmt: skip
-        from curate.reviewqueue import select
+        from curate.review.queues import select
 
         self.ws, self.vid, self.queue = ws, ws.resolve(version), queue
         table = ws.samples(self.vid)
@@ -101,7 +101,7 @@ class Desk:
         n = len(self.items)
         note = f"{n} rows of the {self.queue} queue, worst first; decisions are saved at once to {self.journal}. "
         return render(
-            title=f"curate review: version {self.vid}", items=self.items, decisions=reviewjournal.read(self.journal),
+            title=f"curate review: version {self.vid}", items=self.items, decisions=journal.read(self.journal),
             classes=self.classes, causes=self.causes, token=self.token, nonce=nonce, note=note,
         )  # fmt: skip
 
@@ -118,17 +118,17 @@ class Desk:
                 raise CurateError(f"sample {item['sample_id']} has no suggested label to accept")
         elif decision == "label" and label not in self.classes:
             raise CurateError(f"unknown label {label!r}; use one of this version's classes: {', '.join(self.classes)}")
-        return reviewjournal.append(self.journal, {**body, "label": label})
+        return journal.append(self.journal, {**body, "label": label})
 
     def commit(self) -> dict[str, Any]:
-        from curate.steps.review import commit_review
+        from curate.review.decisions import commit_review
 
         res = commit_review(self.ws, self.vid)
         return {k: res[k] for k in ("version", "parent", "cached", "journal")} | {"stats": res["stats"]}
 
     def image(self, sid: str, full: bool) -> tuple[bytes, str]:
         """The image of ``sid`` re-encoded (PNG or JPEG) and its content type."""
-        from curate.review import thumbnail_uri
+        from curate.review.file import thumbnail_uri
 
         key = (sid, full)
         if key not in self._thumbs:
@@ -202,7 +202,7 @@ def _handler(desk: Desk) -> type[BaseHTTPRequestHandler]:
                 nonce = secrets.token_urlsafe(16)
                 self._send(200, desk.page(nonce).encode("utf-8"), "text/html; charset=utf-8", nonce)
             elif parts.path == "/api/state":
-                self._json(200, reviewjournal.read(desk.journal))
+                self._json(200, journal.read(desk.journal))
             elif parts.path.startswith("/image/") and parts.path[len("/image/") :] in desk.packs:
                 full = parse_qs(parts.query).get("full") == ["1"]
                 try:

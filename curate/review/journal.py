@@ -7,7 +7,7 @@ after a decision, so the current state is simply the last line per ``sample_id``
 
 - ``decision``: ``keep`` (the row stays as it is), ``accept`` (take the suggested label, which the desk writes into
   ``label``), ``label`` (a label the reviewer chose), ``exclude``, or null (only tags, or a decision taken back).
-- ``tags``: the error-analysis causes of the sample (``curate.tags``), lower-case, in the order given.
+- ``tags``: the error-analysis causes of the sample (``curate.review.tags``), lower-case, in the order given.
 
 Each append is one ``write`` of a whole line followed by ``fsync``: a crash or a closed tab loses at most the
 decision being written, and a torn last line (a crash in the middle of a write) is skipped when reading.

@@ -1,6 +1,10 @@
-"""Review: the decisions a person made at the review desk (``curate review``), applied to a version's rows.
+"""The decisions a person made at the review desk (``curate review``), committed as a child of the reviewed version.
 
-The decisions come from the version's journal (``curate.reviewjournal``); this stage turns them into columns:
+``commit_review`` (``curate review --commit`` and the desk's commit button) reads the version's journal
+(``curate.review.journal``) and commits through ``curate.pipeline.run_stage`` like every stage: the child is built
+on the reviewed version (not on whatever HEAD is), HEAD moves to it, and committing the same decisions again returns
+the version they already made (the cache key is the digest of the decisions). ``apply_decisions`` turns them into
+columns:
 
 | decision | effect |
 | --- | --- |
@@ -22,9 +26,12 @@ from typing import Any
 import pyarrow as pa
 
 from curate.errors import CurateError
+from curate.pipeline import run_stage
+from curate.review import journal
+from curate.review.tags import TAGS_COLUMN
 from curate.schema import exclude
-from curate.stages import StageResult
-from curate.tags import TAGS_COLUMN
+from curate.stage import StageResult
+from curate.workspace import Workspace
 
 STAGE = "review"
 LABEL_SOURCE = "review"
@@ -42,7 +49,7 @@ def apply_decisions(table: pa.Table, state: dict[str, dict[str, Any]], *, source
 
     Args:
         table: the reviewed version's full sample table.
-        state: sample_id -> ``{"decision", "label", "tags"}`` (``curate.reviewjournal.read``).
+        state: sample_id -> ``{"decision", "label", "tags"}`` (``curate.review.journal.read``).
         source: where the decisions come from, for error messages.
 
     Returns:
@@ -94,3 +101,22 @@ def apply_decisions(table: pa.Table, state: dict[str, dict[str, Any]], *, source
     for reason, mask in sorted(excluded.items()):
         table = exclude(table, pa.array(mask), stage=STAGE, reason=reason)
     return StageResult(table=table, stats=stats)
+
+
+def commit_review(ws: Workspace, version: str | None = None) -> dict[str, Any]:
+    """Commit the review decisions on ``version`` (default HEAD) as a new ``review`` version.
+
+    Returns:
+        ``run_stage``'s dict (``version``, ``parent``, ``stage``, ``cached``, ``stats``) plus ``journal`` (its path).
+
+    Raises:
+        CurateError: an unknown version, or no decisions in its journal.
+    """
+    vid = ws.resolve(version)
+    path = ws.review_journal(vid)
+    state = journal.read(path)
+    if not state:
+        raise CurateError(f"no review decisions for version {vid} ({path})", hint=f"make some with `curate review {vid}`")
+    config = {"reviewed_version": vid, "decisions": len(state), "decisions_sha256": journal.digest(state)}
+    res = run_stage(ws, STAGE, config, lambda table, _pid: apply_decisions(table, state, source=str(path)), parent=vid)
+    return {**res, "journal": str(path)}
