@@ -35,6 +35,7 @@ from curate.schema import OK, conform
 from curate.stage import StageResult, no_progress
 
 if TYPE_CHECKING:
+    from curate.blobs import PackWriter
     from curate.stage import Progress
     from curate.workspace import Workspace
 
@@ -151,7 +152,6 @@ def run_augment(
         CurateError: no train rows to augment, or a policy that keeps reproducing existing images.
     """
     from curate.augmentation.policies import is_policy_file, load_policy_file, to_json
-    from curate.executors import map_batches
 
     t0 = time.perf_counter()
     sha = check_augment(cfg)
@@ -166,64 +166,15 @@ def run_augment(
     known = set(table.column("sample_id").to_pylist())
     label_of = dict(zip(parents.column("sample_id").to_pylist(), parents.column("label").to_pylist(), strict=True))
     packs = ws.pack_writer(hashlib.sha256(f"{parent_id}|augment|{cfg}|{sha}".encode()).hexdigest()[:12])
-    accepted, pack_names = [], []
-    next_copy = {pid: max(ks) + 1 for pid, ks in jobs.items() if ks}
-    pending, rejected, produced = dict(jobs), 0, 0
     try:
-        with progress("augment", sum(len(v) for v in jobs.values())) as advance:
-            for _ in range(MAX_ROUNDS):
-                if not pending:
-                    break
-                todo = parents.filter(pc.is_in(parents.column("sample_id"), pa.array(sorted(pending), pa.string())))
-                todo = todo.select(["sample_id", "pack"])
-                todo = todo.append_column("copies", pa.array([pending[s] for s in todo.column(0).to_pylist()], pa.list_(pa.int64())))
-                # ``carry`` rather than a generator that appends the column: the batches stay pack batches, which the
-                # Ray executor reads on the workers
-                batches = ws.blobs.iter_packs(todo, batch_rows=cfg.batch_size, carry=["copies"])
-                retry: dict[str, int] = defaultdict(int)
-                for out in map_batches(augment_batch, batches, job, workers=workers):
-                    keep = []
-                    for pid, sid, data in zip(*(out.column(c).to_pylist() for c in ("parent_id", "sample_id", "data")), strict=True):
-                        fresh = sid not in known
-                        keep.append(fresh)
-                        if fresh:
-                            known.add(sid)
-                            pack_names.append(packs.add(sid, data))
-                        else:  # identical to an existing sample: replace it with the parent's next copy index
-                            retry[pid] += 1
-                    produced += out.num_rows
-                    rejected += keep.count(False)
-                    accepted.append(out.filter(pa.array(keep, pa.bool_())).drop_columns(["data"]))
-                    advance(sum(keep))
-                pending = {pid: list(range(next_copy[pid], next_copy[pid] + n)) for pid, n in sorted(retry.items())}
-                next_copy.update({pid: next_copy[pid] + n for pid, n in retry.items()})
-            if pending:
-                raise CurateError(
-                    f"policy {cfg.policy!r} keeps producing images identical to existing samples "
-                    f"({sum(len(v) for v in pending.values())} copies still missing after {MAX_ROUNDS} rounds)",
-                    hint="use a policy that changes the images (light, medium, heavy)",
-                )
+        accepted, pack_names, rejected, produced = _copy_rounds(ws, parents, jobs, job, known, packs, cfg, workers, progress)
         packs.close()
     except BaseException:
         packs.discard()
         raise
-    new = pa.concat_tables(accepted) if accepted else OUT_SCHEMA.empty_table().drop_columns(["data"])
-    new = new.append_column("pack", pa.array(pack_names, pa.string()))
-    new = new.sort_by([("parent_id", "ascending"), ("copy", "ascending")])
-    n = new.num_rows
+    new = _new_rows(accepted, pack_names, label_of, with_repeat="repeat" in table.column_names)
     pids = new.column("parent_id").to_pylist()
-    copies = new.column("copy").to_pylist()
-    new = new.drop_columns(["copy"])
-    for name, values in (
-        ("label", [label_of[p] for p in pids]),
-        ("label_source", ["augment"] * n),
-        ("split", ["train"] * n),
-        ("status", [OK] * n),
-        ("source", [f"augment:{p}:{k}" for p, k in zip(pids, copies, strict=True)]),
-    ):
-        new = new.append_column(name, pa.array(values, pa.string()))
-    if "repeat" in table.column_names:
-        new = new.append_column("repeat", pa.array([1] * n, pa.int64()))
+    n = new.num_rows
     out = pa.concat_tables([table, conform(new)], promote_options="default")
     secs = time.perf_counter() - t0
     stats = {
@@ -242,6 +193,86 @@ def run_augment(
         "images_per_s": round(produced / secs, 1) if secs > 0 else None,
     }
     return StageResult(table=out, stats=stats)
+
+
+def _copy_rounds(
+    ws: Workspace,
+    parents: pa.Table,
+    jobs: dict[str, list[int]],
+    job: Job,
+    known: set[str],
+    packs: PackWriter,
+    cfg: AugmentConfig,
+    workers: int,
+    progress: Progress,
+) -> tuple[list[pa.Table], list[str], int, int]:
+    """Make the planned copies, storing fresh ones in ``packs``; a copy equal to a ``known`` sample is replaced by
+    its parent's next copy index in another round (``MAX_ROUNDS``).
+
+    Returns:
+        (accepted copies without bytes, their pack names, copies rejected as identical, images made).
+    """
+    from curate.executors import map_batches
+
+    accepted, pack_names = [], []
+    next_copy = {pid: max(ks) + 1 for pid, ks in jobs.items() if ks}
+    pending, rejected, produced = dict(jobs), 0, 0
+    with progress("augment", sum(len(v) for v in jobs.values())) as advance:
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                break
+            todo = parents.filter(pc.is_in(parents.column("sample_id"), pa.array(sorted(pending), pa.string())))
+            todo = todo.select(["sample_id", "pack"])
+            todo = todo.append_column("copies", pa.array([pending[s] for s in todo.column(0).to_pylist()], pa.list_(pa.int64())))
+            # ``carry`` rather than a generator that appends the column: the batches stay pack batches, which the
+            # Ray executor reads on the workers
+            batches = ws.blobs.iter_packs(todo, batch_rows=cfg.batch_size, carry=["copies"])
+            retry: dict[str, int] = defaultdict(int)
+            for out in map_batches(augment_batch, batches, job, workers=workers):
+                keep = []
+                for pid, sid, data in zip(*(out.column(c).to_pylist() for c in ("parent_id", "sample_id", "data")), strict=True):
+                    fresh = sid not in known
+                    keep.append(fresh)
+                    if fresh:
+                        known.add(sid)
+                        pack_names.append(packs.add(sid, data))
+                    else:  # identical to an existing sample: replace it with the parent's next copy index
+                        retry[pid] += 1
+                produced += out.num_rows
+                rejected += keep.count(False)
+                accepted.append(out.filter(pa.array(keep, pa.bool_())).drop_columns(["data"]))
+                advance(sum(keep))
+            pending = {pid: list(range(next_copy[pid], next_copy[pid] + n)) for pid, n in sorted(retry.items())}
+            next_copy.update({pid: next_copy[pid] + n for pid, n in retry.items()})
+        if pending:
+            raise CurateError(
+                f"policy {cfg.policy!r} keeps producing images identical to existing samples "
+                f"({sum(len(v) for v in pending.values())} copies still missing after {MAX_ROUNDS} rounds)",
+                hint="use a policy that changes the images (light, medium, heavy)",
+            )
+    return accepted, pack_names, rejected, produced
+
+
+def _new_rows(accepted: list[pa.Table], pack_names: list[str], label_of: dict[str, Any], *, with_repeat: bool) -> pa.Table:
+    """The accepted copies as sample rows (module doc), ordered by parent and copy index."""
+    new = pa.concat_tables(accepted) if accepted else OUT_SCHEMA.empty_table().drop_columns(["data"])
+    new = new.append_column("pack", pa.array(pack_names, pa.string()))
+    new = new.sort_by([("parent_id", "ascending"), ("copy", "ascending")])
+    n = new.num_rows
+    pids = new.column("parent_id").to_pylist()
+    copies = new.column("copy").to_pylist()
+    new = new.drop_columns(["copy"])
+    for name, values in (
+        ("label", [label_of[p] for p in pids]),
+        ("label_source", ["augment"] * n),
+        ("split", ["train"] * n),
+        ("status", [OK] * n),
+        ("source", [f"augment:{p}:{k}" for p, k in zip(pids, copies, strict=True)]),
+    ):
+        new = new.append_column(name, pa.array(values, pa.string()))
+    if with_repeat:
+        new = new.append_column("repeat", pa.array([1] * n, pa.int64()))
+    return new
 
 
 def preview(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from curate.stages.pseudolabel import PseudolabelConfig, check, train_config
 
 if TYPE_CHECKING:
     from curate.stage import Progress
+    from curate.stages.pseudolabel.loop import LoopSettings
     from curate.workspace import Workspace
 
 
@@ -60,7 +62,7 @@ def run_pseudolabel(
     cfg: PseudolabelConfig,
     *,
     out: Path,
-    log: Any = None,
+    log: Callable[[str], None] | None = None,
     progress: Progress = no_progress,
 ) -> StageResult:
     """Run the loop on ``parent`` and return the table with the pseudo-label columns (``curate.stages.pseudolabel``).
@@ -73,8 +75,7 @@ def run_pseudolabel(
     """
     from curate.labelissues import geometry, load_images
     from curate.learn.data import DecodedSplit, fit_normalization
-    from curate.learn.selftrain import parse_ratio
-    from curate.stages.pseudolabel.loop import LoopSettings, run_loop
+    from curate.stages.pseudolabel.loop import run_loop
 
     check(cfg)
     if parent is None:
@@ -114,7 +115,24 @@ def run_pseudolabel(
     pool = decoded(pool_pos, "pool")
     truth = _read_truth(cfg.truth, table, pool_pos, classes) if cfg.truth else None
     normalization = {**fit_normalization(lab.images), "source": "labeled train rows (curate pseudolabel)"}
-    settings = LoopSettings(
+    settings = _settings(cfg)
+    result = run_loop(
+        lab, val, pool, classes, train_config(cfg), settings, normalization=normalization, truth=truth, log=log, progress=progress
+    )
+    _save_models(out, result, normalization, parent_id)
+    table = _annotate(table, pool_pos, result, classes)
+    n_val = 0 if val is None else len(val)
+    stats, report = _report(result, classes, out, cfg.ratio, len(lab_pos), n_val, len(pool_pos))
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    return StageResult(table, stats, {"pseudolabel.json": json.dumps(report, indent=2).encode()})
+
+
+def _settings(cfg: PseudolabelConfig) -> LoopSettings:
+    """The loop's knobs (``LoopSettings``) from the stage's settings."""
+    from curate.learn.selftrain import parse_ratio
+    from curate.stages.pseudolabel.loop import LoopSettings
+
+    return LoopSettings(
         ratio=parse_ratio(cfg.ratio),
         rounds=cfg.rounds,
         threshold=cfg.threshold,
@@ -128,25 +146,26 @@ def run_pseudolabel(
         patience=cfg.patience,
         min_steps=cfg.min_steps,
     )
-    result = run_loop(
-        lab, val, pool, classes, train_config(cfg), settings, normalization=normalization, truth=truth, log=log, progress=progress
-    )
-    _save_models(out, result, normalization, parent_id)
-    table = _annotate(table, pool_pos, result, classes)
+
+
+def _report(
+    result: Any, classes: list[str], out: Path, ratio: str, n_lab: int, n_val: int, n_pool: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The version's stats and ``state/pseudolabel.json``'s per-round report."""
     report = {
         "classes": classes,
         "best_round": result.best_round,
         "rounds": result.rounds,
         "models": str(out),
-        "ratio": cfg.ratio,
-        "labeled": len(lab),
-        "val": 0 if val is None else len(val),
-        "pool": len(pool_pos),
+        "ratio": ratio,
+        "labeled": n_lab,
+        "val": n_val,
+        "pool": n_pool,
     }
     accepted = int(result.selection.accepted.sum()) if result.selection is not None else 0
     stats = {
-        "pool": int(len(pool_pos)),
-        "labeled_train": int(len(lab_pos)),
+        "pool": n_pool,
+        "labeled_train": n_lab,
         "val": report["val"],
         "accepted": accepted,
         "best_round": result.best_round,
@@ -155,9 +174,8 @@ def run_pseudolabel(
         "val_accuracy_best": next(r["val_accuracy"] for r in result.rounds if r["round"] == result.best_round),
         "models": str(out),
         "rounds": result.rounds,
-        "seconds": round(time.perf_counter() - t0, 3),
     }
-    return StageResult(table, stats, {"pseudolabel.json": json.dumps(report, indent=2).encode()})
+    return stats, report
 
 
 def _save_models(out: Path, result: Any, normalization: dict[str, Any], parent_id: str | None) -> None:
