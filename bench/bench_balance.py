@@ -152,8 +152,8 @@ def throughput(base: str, repeats: int) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
-    from curate.augment_policies import build_policy
-    from curate.stages.augment import parents_of
+    from curate.augmentation.copies import parents_of
+    from curate.augmentation.policies import build_policy
     from curate.workspace import Workspace
 
     ws = Workspace(WS)

@@ -86,6 +86,8 @@ def execute(stage: Stage, ctx: Context, cfg: Any) -> dict[str, Any]:
     """
     if stage.check is not None:
         stage.check(cfg)
+    if stage.before is not None:
+        _run_before(ctx, stage.before(ctx, cfg))
     if stage.kind == OUTPUT or getattr(stage.run, "legacy", False):
         return stage.run(ctx, cfg)
     key = stage.key(ctx, cfg)
@@ -106,6 +108,22 @@ def execute(stage: Stage, ctx: Context, cfg: Any) -> dict[str, Any]:
 
     res = run_stage(ctx.ws, stage.name, key, body, cacheable=stage.is_cacheable(ctx, cfg), parent=ctx.base, lazy=True)
     return _finish(stage, ctx, cfg, res) if "version" in res and "stats" in res else res
+
+
+def _run_before(ctx: Context, steps: list[tuple[str, dict[str, Any]]]) -> None:
+    """Run (and commit) the stages ``Stage.before`` names, each on the previous one's version; ``ctx.base`` moves to
+    the last one's version and ``ctx.scratch["before"]`` holds their results by stage name."""
+    from curate import registry
+
+    done: dict[str, Any] = {}
+    for name, values in steps:
+        dep = registry.get(name)
+        values = dep.prepare(values) if dep.prepare is not None else values
+        sub = Context(ctx.ws, base=ctx.base, workers=ctx.workers, progress=ctx.progress, seed=ctx.seed, device=ctx.device,
+                      log=ctx.log, reuse=ctx.reuse)  # fmt: skip
+        done[name] = execute(dep, sub, dep.config(**values))
+        ctx.base = done[name]["version"]
+    ctx.scratch["before"] = done
 
 
 def _finish(stage: Stage, ctx: Context, cfg: Any, res: dict[str, Any]) -> dict[str, Any]:

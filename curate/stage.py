@@ -218,6 +218,9 @@ class Stage:
         fingerprint: sources: ``(ctx, cfg) -> (stats key, value)`` of the inputs outside the workspace; in a
             pipeline an existing version with the same settings and fingerprint is reused.
         finish: ``(ctx, cfg, result) -> result`` after the commit (or the cache hit): files about the version.
+        before: ``(ctx, cfg) -> [(stage name, settings), ...]``: stages the runner runs (and commits) first, each on
+            the previous one's version; the stage then builds on the last of them, whose results are in
+            ``ctx.scratch["before"]`` by name (pseudolabel's ``--pool``: ingest, then dedupe).
         options: settings outside the Config (``Option``), in ``ctx.options``.
         workers: ``--workers`` applies (in pipelines too).
         reads_version: the command takes ``--version`` (outputs and report-only stages read a chosen version).
@@ -238,6 +241,7 @@ class Stage:
     cacheable: Callable[[Context, Any], bool] | None = None
     fingerprint: Callable[[Context, Any], tuple[str, str]] | None = None
     finish: Callable[[Context, Any, dict[str, Any]], dict[str, Any]] | None = None
+    before: Callable[[Context, Any], list[tuple[str, dict[str, Any]]]] | None = None
     options: tuple[Option, ...] = ()
     workers: bool = False
     reads_version: bool = False

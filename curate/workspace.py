@@ -200,6 +200,10 @@ class Workspace:
     def state_path(self, vid: str, name: str) -> Path:
         return self.path(vid) / "state" / name
 
+    def model_dir(self, name: str) -> Path:
+        """A folder of trained models of this workspace: ``<root>/models/<name>`` (e.g. ``<vid>-pseudolabel``)."""
+        return self.root / "models" / name
+
     def review_journal(self, vid: str) -> Path:
         """The append-only JSONL journal of review-desk decisions on version ``vid``: ``<root>/review/<vid>.jsonl``.
 

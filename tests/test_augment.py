@@ -18,10 +18,12 @@ import pytest
 from helpers import assert_one_error_line, manifest_with_splits
 from typer.testing import CliRunner
 
+from curate.augmentation import AugmentConfig
+from curate.augmentation.copies import run_augment
+from curate.augmentation.policies import reproduce
 from curate.cli import app
 from curate.errors import CurateError, UsageError
 from curate.pipeline import run_stage
-from curate.stages.augment import AugmentConfig, reproduce, run_augment
 from curate.workspace import Workspace
 from tests.conftest import ingest
 
@@ -142,7 +144,7 @@ def test_jpeg_parents_stay_jpeg_and_reproduce(tmp_path: Path, make_jpeg) -> None
 
 
 def test_policy_file_round_trips_and_gives_the_same_samples(ws: Workspace, tmp_path: Path) -> None:
-    from curate.augment_policies import build_policy, load_policy_file, save_policy, to_json
+    from curate.augmentation.policies import build_policy, load_policy_file, save_policy, to_json
 
     path = save_policy(build_policy("medium"), tmp_path / "medium.yaml")
     assert to_json(load_policy_file(path)) == to_json(build_policy("medium"))
@@ -156,7 +158,7 @@ def test_trainer_policies_are_the_shared_ones_and_old_names_still_work() -> None
     import albumentations as A
     import cv2
 
-    from curate.augment_policies import build_policy, to_json
+    from curate.augmentation.policies import build_policy, to_json
     from curate.learn.data import AUGMENT_POLICIES, augmenter
 
     assert {"none", "flip", "shift", "flip-shift", "standard", "affine", "light", "medium", "heavy"} == set(AUGMENT_POLICIES)
@@ -182,7 +184,7 @@ def test_trainer_policies_are_the_shared_ones_and_old_names_still_work() -> None
 def test_a_policy_that_changes_nothing_fails_clearly_and_writes_nothing(ws: Workspace, tmp_path: Path) -> None:
     import albumentations as A
 
-    from curate.augment_policies import save_policy
+    from curate.augmentation.policies import save_policy
 
     path = save_policy(A.Compose([A.HorizontalFlip(p=0.0)]), tmp_path / "noop.json")
     packs, versions = ws.blobs.packs(), ws.version_ids()

@@ -19,12 +19,14 @@ import pytest
 from helpers import assert_one_error_line, manifest_with_splits
 from typer.testing import CliRunner
 
+from curate.augmentation import parse_target
 from curate.cli import app
 from curate.errors import UsageError
 from curate.pipeline import run_stage
 from curate.schema import exclude
 from curate.stages import StageResult
-from curate.stages.balance import BalanceConfig, imbalance_report, parse_target, run_balance
+from curate.stages.balance import BalanceConfig
+from curate.stages.balance.strategies import imbalance_report, run_balance
 from curate.workspace import Workspace
 from tests.conftest import ingest
 
@@ -179,7 +181,7 @@ def test_oversample_meets_the_target_and_export_writes_rows_repeat_times(ws: Wor
 
 
 def test_augment_strategy_adds_recorded_samples_to_the_target(ws: Workspace) -> None:
-    from curate.stages.augment import reproduce
+    from curate.augmentation.policies import reproduce
 
     before = ws.samples()
     after = _balance(ws, strategy="augment", policy="light")

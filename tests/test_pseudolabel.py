@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.learn.selftrain import MixedBatches, batch_shares, parse_ratio
-from curate.pseudoselect import ACCEPTED, OOD, OVER_QUOTA, select_pseudo
+from curate.stages.pseudolabel.select import ACCEPTED, OOD, OVER_QUOTA, select_pseudo
 from curate.workspace import Workspace
 
 CLASSES = ("q0", "q1", "q2", "q3")

@@ -77,7 +77,6 @@ def _root(
 _stages = None
 from curate import registry  # noqa: E402
 from curate.cli import (  # noqa: E402
-    balance,
     clean,
     crawl,
     data,
@@ -85,7 +84,6 @@ from curate.cli import (  # noqa: E402
     filter,
     learn,
     models,
-    pseudolabel,
     report,
     review,
     run,
@@ -101,8 +99,6 @@ for _module in (
     review,
     filter,
     _stages,
-    balance,
-    pseudolabel,
     versions,
     learn,
     models,

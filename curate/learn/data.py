@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from curate.augment_policies import POLICIES as AUGMENT_POLICIES
+from curate.augmentation.policies import POLICIES as AUGMENT_POLICIES
 from curate.errors import CurateError
 from curate.learn.shards import decode, image_geometry, iter_records, open_export
 from curate.learn.stream import StreamBatches, augment_batch
@@ -39,7 +39,7 @@ SPLITS = ("train", "train_dev", "val", "test")  # the splits a training run read
 def augmenter(policy: str, size: tuple[int, int]) -> Any:
     """The albumentations pipeline of a policy (None for ``none``), applied to uint8 ``(H, W, C)`` train images.
 
-    The policies are those of ``curate augment`` (one definition: ``curate.augment_policies``): ``flip``; ``shift``
+    The policies are those of ``curate augment`` (one definition: ``curate.augmentation.policies``): ``flip``; ``shift``
     (translate up to 1/14 of the side, 2 px at 28, zero padding); ``flip-shift``; ``standard`` (flip, shift/scale/
     rotate, brightness/contrast); ``light``, ``medium``, ``heavy``.
 
@@ -48,7 +48,7 @@ def augmenter(policy: str, size: tuple[int, int]) -> Any:
     """
     if policy not in AUGMENT_POLICIES:
         raise CurateError(f"unknown --augment {policy!r}; choose from {', '.join(AUGMENT_POLICIES)}", exit_code=2)
-    from curate.augment_policies import build_policy
+    from curate.augmentation.policies import build_policy
 
     return build_policy(policy, size)
 

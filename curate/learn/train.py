@@ -51,7 +51,7 @@ class TrainConfig:
     weight_decay: float | None = None  # default 0.05 for adamw, 5e-4 for sgd
     schedule: str = "onecycle"  # onecycle | cosine | step (x0.1 at 1/2 and 3/4) | constant
     label_smoothing: float = 0.0
-    augment: str = "none"  # none | flip | shift | flip-shift | standard | light | medium | heavy (curate.augment_policies)
+    augment: str = "none"  # none | flip | shift | flip-shift | standard | light | medium | heavy (curate.augmentation.policies)
     patience: int = 5  # early stopping: epochs without a better val score; 0 = never stop early
     seed: int = 0
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps

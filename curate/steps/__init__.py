@@ -145,10 +145,6 @@ register(Step("dedupe", "curate.stages.dedupe:DedupeConfig", f"{_C}:dedupe_step"
               summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
 register(Step("clean", "curate.stages.clean:CleanConfig", f"{_C}:clean_step", check="curate.stages.clean:check_config",
               summary=f"{_C}:summary", options={**_W, "review_out": str}, workers=True))  # fmt: skip
-register(Step("balance", "curate.stages.balance:BalanceConfig", f"{_C}:balance_step", check="curate.stages.balance:check_config",
-              summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
-register(Step("augment", "curate.stages.augment:AugmentConfig", f"{_C}:augment_step", check="curate.stages.augment:check_config",
-              summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
 register(Step("export", "curate.export:ExportConfig", f"{_O}:export_step", check=f"{_O}:check_export",
               prepare="curate.export:prepare_export", summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
 register(Step("train", "curate.learn.train:TrainConfig", f"{_O}:train_step", check="curate.learn.train:check_config",
@@ -158,9 +154,6 @@ register(Step("evaluate", f"{_O}:EvaluateConfig", f"{_O}:evaluate_step", check=f
 register(Step("report", f"{_O}:ReportConfig", f"{_O}:report_step", summary=f"{_O}:summary", kind=OUTPUT))
 register(Step("filter", "curate.stages.filter:FilterConfig", f"{_C}:filter_step", check="curate.stages.filter:check_config",
               summary=f"{_C}:summary"))  # fmt: skip
-register(Step("pseudolabel", "curate.stages.pseudolabel:PseudolabelConfig", "curate.steps.selftraining:pseudolabel_step",
-              check="curate.stages.pseudolabel:check_config", summary="curate.steps.selftraining:summary",
-              options={**_W, "pool": str}, workers=True))  # fmt: skip
 
 
 def legacy_stages() -> list[Any]:

@@ -99,44 +99,6 @@ def _review_from_columns(table: Any) -> list[dict[str, Any]]:
     return out
 
 
-def balance_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
-    """``curate balance``: without a strategy only ``{"version", "report"}`` (nothing committed)."""
-    from curate.stages.balance import imbalance_report, run_balance
-
-    if cfg.strategy is None:
-        vid = ws.resolve(ctx.version())
-        return {"version": vid, "report": imbalance_report(ws.samples(vid), cfg.beta)}
-    config: dict[str, Any] = {"strategy": cfg.strategy, "target": cfg.target, "drop": cfg.drop, "seed": cfg.seed, "beta": cfg.beta}
-    if cfg.strategy == "augment":
-        from curate.augment_policies import check_policy
-
-        config.update(policy=cfg.policy, policy_sha256=check_policy(cfg.policy))
-
-    def body(table: Any, pid: str | None) -> Any:
-        return run_balance(ws, _need(table), pid, cfg, workers=ctx.n_workers(), progress=ctx.bar("augment"))
-
-    return run_stage(ws, "balance", config, body, parent=ctx.base)
-
-
-def augment_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
-    """``curate augment``: offline albumentations copies of train images as new samples."""
-    from curate.stages.augment import check_config, run_augment
-
-    config = {
-        "policy": cfg.policy,
-        "policy_sha256": check_config(cfg),
-        "copies": cfg.copies,
-        "to_balance": cfg.to_balance,
-        "target": cfg.target,
-        "seed": cfg.seed,
-    }
-
-    def body(table: Any, pid: str | None) -> Any:
-        return run_augment(ws, _need(table), pid, cfg, workers=ctx.n_workers(), progress=ctx.bar("augment"))
-
-    return run_stage(ws, "augment", config, body, parent=ctx.base)
-
-
 def filter_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
     """``curate filter``: score the included rows with a trained classifier; its child of the version becomes HEAD."""
     from curate.scoring import file_sha256, load_model, resolve_target
@@ -157,8 +119,6 @@ def filter_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
 
 def summary(res: dict[str, Any]) -> str:
     """One line for the pipeline table: what the stage found, then the included/excluded counts."""
-    if "report" in res:
-        return "report only: " + ", ".join(f"{s} max/min {r['ratio']:.2f}" for s, r in res["report"].items())
     st = res["stats"]
     found = {
         "dedupe": lambda: f"{st['duplicates']:,} duplicates",
@@ -169,8 +129,6 @@ def summary(res: dict[str, Any]) -> str:
         ),
         "split": lambda: ", ".join(f"{k} {v:,}" for k, v in st["summary"]["per_split"].items()),
         "normalize": lambda: f"mean {[round(m, 3) for m in st['normalization']['mean']]}",
-        "augment": lambda: f"{st['new_samples']:,} new samples",
-        "balance": lambda: f"{st['strategy']}",
         "filter": lambda: f"{st['filtered']:,} filtered",
     }.get(res["stage"], lambda: "")
     try:

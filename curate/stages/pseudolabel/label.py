@@ -1,37 +1,15 @@
-"""Pseudolabel: grow the labeled train set with confident, in-distribution predictions on the unlabeled pool.
+"""The work of ``curate pseudolabel``: decode the rows, run the loop (``loop``), save the models, write the columns.
 
-Rows, in the parent version:
-
-- labeled train rows (``status=ok``, a label that is not a pseudo-label, ``split=train``) train every round;
-- val rows (labeled, ``split=val``) rank the rounds' models and calibrate the OOD filter; test rows are unused;
-- the pool: ``ok`` rows without a label whose split is unset or ``train`` (pseudo-labels of an earlier run go
-  back into the pool: a rerun starts from the given labels). Val and test rows are never pseudo-labeled.
-
-The loop is ``curate.pseudoloop`` (rounds, the classifier filter, revocation, early stopping). The committed
-version holds the pseudo-labels that trained the best round's model:
-
-| column | meaning |
-| --- | --- |
-| label, label_source | the predicted class and ``pseudo:<round>`` on accepted rows (``split`` set to ``train``) |
-| pseudo_round | the round since which the row's pseudo-label has been accepted (null: not accepted) |
-| pseudo_predicted, pseudo_confidence | the best round's selection: argmax class and its probability (pool rows) |
-| pseudo_status | ``accepted``, ``below_threshold``, ``ood``, ``over_quota`` (pool rows) |
-| pseudo_ood_score | feature distance to the labeled rows / the OOD threshold (> 1 = out of distribution) |
-| pseudo_revoked_round | the last round that revoked an earlier pseudo-label of the row (null: never) |
-
-Nothing is dropped: rows that were not accepted stay unlabeled with their status. Every round's model is saved to
-``out`` as ``model_round<r>.pt`` (round 0: supervised only) and the best one again as ``model_best.pt``, loadable
-by ``curate evaluate``/``predict``/``filter``; ``state/pseudolabel.json`` holds the per-round report.
+The rows it reads and the columns it writes are described in ``curate.stages.pseudolabel``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,115 +17,13 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError, UsageError
 from curate.schema import OK, conform
-from curate.stages import StageResult
+from curate.stage import StageResult, no_progress
+from curate.stages.pseudolabel import PseudolabelConfig, check, train_config
 
-STAGE = "pseudolabel"
-FILTERS = ("ood", "none")
-RUNTIME = ("device",)  # settings that change the speed only: left out of the cache key
-
-
-@dataclass(frozen=True)
-class PseudolabelConfig:
-    """Settings of ``curate pseudolabel`` (defaults < curate.toml ``[pseudolabel]`` < CLI flags).
-
-    Attributes:
-        ratio: ``L:P`` labeled to pseudo-labeled rows in every training batch (``curate.learn.selftrain``).
-        rounds: selection + retraining rounds after the supervised round 0.
-        threshold: confidence bar of an easy class; harder classes get FlexMatch's lower bar (``curate.pseudoselect``).
-        min_threshold: no class's bar goes below this.
-        per_class_top: instead of thresholds, the K most confident predictions of each class.
-        filter: ``ood`` (refuse rows far from the labeled rows in feature space) or ``none``.
-        ood_quantile: the val rows' distance quantile that is the OOD threshold.
-        max_pseudo: cap on accepted rows (shared out equally among classes); None: no cap.
-        balance: no class takes more than this times the median class's candidates.
-        patience: rounds without a better val accuracy before stopping.
-        min_steps: optimizer steps per round at least (small labeled sets get more epochs).
-        truth: a file (Parquet/CSV: ``sample_id`` or ``source``, and ``label``) with hidden pool labels, for the
-            per-round pseudo-label accuracy in benchmarks; never used for selection.
-        out: folder for the models (default ``models/<parent>-pseudolabel``).
-    """
-
-    ratio: str = "10:1"
-    rounds: int = 3
-    threshold: float = 0.95
-    min_threshold: float = 0.8
-    per_class_top: int | None = None
-    filter: str = "ood"
-    ood_quantile: float = 0.99
-    ood_k: int = 5
-    max_pseudo: int | None = None
-    balance: float = 2.0
-    patience: int = 1
-    arch: str = "small-cnn"
-    epochs: int = 10
-    min_steps: int = 500
-    batch_size: int = 128
-    lr: float = 3e-3
-    augment: str = "none"
-    image_size: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    truth: str | None = None
-    out: str | None = None
-
-
-def check_config(cfg: PseudolabelConfig) -> None:
-    """Raises ``UsageError`` for impossible settings, before any work starts."""
-    from curate.learn.selftrain import parse_ratio
-    from curate.learn.train import check_config as check_train
-
-    parse_ratio(cfg.ratio)
-    checks = [
-        (cfg.rounds >= 1, f"--rounds {cfg.rounds}: give 1 or more"),
-        (0 < cfg.threshold <= 1 and 0 <= cfg.min_threshold <= cfg.threshold, "--threshold must be in (0, 1] and >= --min-threshold"),
-        (cfg.per_class_top is None or cfg.per_class_top >= 1, "--per-class-top must be at least 1"),
-        (cfg.filter in FILTERS, f"--filter {cfg.filter!r}: choose from {', '.join(FILTERS)}"),
-        (0 < cfg.ood_quantile <= 1 and cfg.ood_k >= 1, "--ood-quantile must be in (0, 1] and ood_k >= 1"),
-        (cfg.max_pseudo is None or cfg.max_pseudo >= 0, "--max-pseudo must be >= 0"),
-        (cfg.balance >= 0 and cfg.patience >= 1 and cfg.min_steps >= 1, "balance >= 0, patience >= 1 and min_steps >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-    try:
-        check_train(_train_config(cfg))
-    except CurateError as exc:
-        raise UsageError(exc.message) from exc
-
-
-def _train_config(cfg: PseudolabelConfig) -> Any:
-    from curate.learn.train import TrainConfig
-
-    # patience 0 inside a round: the round's length is fixed by min_steps/epochs; the best val epoch is kept
-    return TrainConfig(
-        arch=cfg.arch,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        augment=cfg.augment,
-        device=cfg.device,
-        seed=cfg.seed,
-        patience=0,
-        image_size=cfg.image_size,
-    )
-
-
-def config_dict(cfg: PseudolabelConfig) -> dict[str, Any]:
-    """The resolved config stored with the version (the cache key); the device is left out."""
-    d = dataclasses.asdict(cfg)
-    for key in RUNTIME:
-        d.pop(key)
-    if cfg.truth:
-        d["truth_sha256"] = _sha(cfg.truth)
-    return d
-
-
-def _sha(path: str) -> str:
-    from curate.scoring import file_sha256
-
-    if not Path(path).exists():
-        raise UsageError(f"--truth {path}: no such file")
-    return file_sha256(path)
+if TYPE_CHECKING:
+    from curate.stage import Progress
+    from curate.stages.pseudolabel.loop import LoopSettings
+    from curate.workspace import Workspace
 
 
 def _masks(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -180,19 +56,28 @@ def _read_truth(path: str, table: pa.Table, pool_pos: np.ndarray, classes: list[
 
 
 def run_pseudolabel(
-    ws: Any, parent: pa.Table | None, parent_id: str | None, cfg: PseudolabelConfig, *, log: Any = None, progress: Any = None
+    ws: Workspace,
+    parent: pa.Table | None,
+    parent_id: str | None,
+    cfg: PseudolabelConfig,
+    *,
+    out: Path,
+    log: Callable[[str], None] | None = None,
+    progress: Progress = no_progress,
 ) -> StageResult:
-    """Run the loop on ``parent`` and return the table with the pseudo-label columns (module doc).
+    """Run the loop on ``parent`` and return the table with the pseudo-label columns (``curate.stages.pseudolabel``).
+
+    Args:
+        out: the folder for the rounds' models (``cfg.out``, or a workspace model folder: ``Workspace.model_dir``).
 
     Raises:
         CurateError: no versions, no labeled train rows, a single class, an empty pool, undecodable blobs.
     """
     from curate.labelissues import geometry, load_images
     from curate.learn.data import DecodedSplit, fit_normalization
-    from curate.learn.selftrain import parse_ratio
-    from curate.pseudoloop import LoopSettings, run_loop
+    from curate.stages.pseudolabel.loop import run_loop
 
-    check_config(cfg)
+    check(cfg)
     if parent is None:
         raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
     log = log or (lambda s: None)
@@ -215,8 +100,8 @@ def run_pseudolabel(
     index = {c: i for i, c in enumerate(classes)}
 
     def decoded(pos: np.ndarray, what: str) -> np.ndarray:
-        bar = (lambda total: progress(f"decode {what}", total)) if progress else None
-        return load_images(ws, table.take(pa.array(pos)).select(cols), channels, size, progress=bar)
+        return load_images(ws, table.take(pa.array(pos)).select(cols), channels, size,
+                           progress=lambda total: progress(f"decode {what}", total))  # fmt: skip
 
     ids = table.column("sample_id").to_pylist()
     lab = DecodedSplit(decoded(lab_pos, "labeled"), np.array([index[labels[i]] for i in lab_pos]), [ids[i] for i in lab_pos])
@@ -230,7 +115,24 @@ def run_pseudolabel(
     pool = decoded(pool_pos, "pool")
     truth = _read_truth(cfg.truth, table, pool_pos, classes) if cfg.truth else None
     normalization = {**fit_normalization(lab.images), "source": "labeled train rows (curate pseudolabel)"}
-    settings = LoopSettings(
+    settings = _settings(cfg)
+    result = run_loop(
+        lab, val, pool, classes, train_config(cfg), settings, normalization=normalization, truth=truth, log=log, progress=progress
+    )
+    _save_models(out, result, normalization, parent_id)
+    table = _annotate(table, pool_pos, result, classes)
+    n_val = 0 if val is None else len(val)
+    stats, report = _report(result, classes, out, cfg.ratio, len(lab_pos), n_val, len(pool_pos))
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    return StageResult(table, stats, {"pseudolabel.json": json.dumps(report, indent=2).encode()})
+
+
+def _settings(cfg: PseudolabelConfig) -> LoopSettings:
+    """The loop's knobs (``LoopSettings``) from the stage's settings."""
+    from curate.learn.selftrain import parse_ratio
+    from curate.stages.pseudolabel.loop import LoopSettings
+
+    return LoopSettings(
         ratio=parse_ratio(cfg.ratio),
         rounds=cfg.rounds,
         threshold=cfg.threshold,
@@ -244,26 +146,26 @@ def run_pseudolabel(
         patience=cfg.patience,
         min_steps=cfg.min_steps,
     )
-    result = run_loop(
-        lab, val, pool, classes, _train_config(cfg), settings, normalization=normalization, truth=truth, log=log, progress=progress
-    )
-    out = Path(cfg.out) if cfg.out else Path("models") / f"{parent_id}-pseudolabel"
-    _save_models(out, result, normalization, parent_id)
-    table = _annotate(table, pool_pos, result, classes)
+
+
+def _report(
+    result: Any, classes: list[str], out: Path, ratio: str, n_lab: int, n_val: int, n_pool: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The version's stats and ``state/pseudolabel.json``'s per-round report."""
     report = {
         "classes": classes,
         "best_round": result.best_round,
         "rounds": result.rounds,
         "models": str(out),
-        "ratio": cfg.ratio,
-        "labeled": len(lab),
-        "val": 0 if val is None else len(val),
-        "pool": len(pool_pos),
+        "ratio": ratio,
+        "labeled": n_lab,
+        "val": n_val,
+        "pool": n_pool,
     }
     accepted = int(result.selection.accepted.sum()) if result.selection is not None else 0
     stats = {
-        "pool": int(len(pool_pos)),
-        "labeled_train": int(len(lab_pos)),
+        "pool": n_pool,
+        "labeled_train": n_lab,
         "val": report["val"],
         "accepted": accepted,
         "best_round": result.best_round,
@@ -272,9 +174,8 @@ def run_pseudolabel(
         "val_accuracy_best": next(r["val_accuracy"] for r in result.rounds if r["round"] == result.best_round),
         "models": str(out),
         "rounds": result.rounds,
-        "seconds": round(time.perf_counter() - t0, 3),
     }
-    return StageResult(table, stats, {"pseudolabel.json": json.dumps(report, indent=2).encode()})
+    return stats, report
 
 
 def _save_models(out: Path, result: Any, normalization: dict[str, Any], parent_id: str | None) -> None:

@@ -7,7 +7,7 @@ Each round r = 1..R then
 2. marks rows out of distribution: the mean cosine distance of a row's penultimate features to its k nearest
    labeled train rows is above the ``ood_quantile`` of the same distance for the val rows (held out, in
    distribution, so about 1 % of in-distribution rows are refused at 0.99);
-3. selects pseudo-labels (``curate.pseudoselect``: per-class confidence thresholds, class quotas); a row that
+3. selects pseudo-labels (``curate.stages.pseudolabel.select``: per-class confidence thresholds, class quotas); a row that
    was accepted last round and is not now, or now with another class, is *revoked* (counted, recorded);
 4. trains a fresh model on labeled + accepted rows mixed ``ratio`` in every batch (``curate.learn.selftrain``)
    and scores it on val; the loop stops after ``patience`` rounds without a better val accuracy.
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from curate.learn.data import DecodedSplit
-from curate.pseudoselect import Selection, select_pseudo
+from curate.stages.pseudolabel.select import Selection, select_pseudo
 
 
 @dataclass

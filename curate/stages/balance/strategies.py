@@ -1,4 +1,4 @@
-"""Balance: report class imbalance per split and even out the train split's classes.
+"""The work of ``curate balance``: report class imbalance per split and even out the train split's classes.
 
 Only included (``status == "ok"``), labeled rows of the ``train`` split are counted and touched; val and test are
 never resampled, excluded rows are never counted. A class's count is its *effective* count: the sum of ``repeat``
@@ -11,7 +11,7 @@ Strategies (``--target``: a number, ``median`` (rounded down), ``max`` or ``min`
 | --- | --- |
 | undersample | excludes rows of classes above the target (``excluded_by``/``reason`` = ``balance``) down to the target |
 | oversample | raises ``repeat`` (int64, 1 = once; export writes a row that often) until a class sums to the target |
-| augment | new albumentations samples (``curate.stages.augment``) until each class holds the target |
+| augment | new albumentations samples (``curate.augmentation.copies``) until each class holds the target |
 | weights | ``sample_weight`` (float64) = N / (K * n_class) on included labeled train rows, null elsewhere |
 
 Which rows undersampling drops (``--drop``): ``random`` (a seeded hash order), ``lowest-quality`` (lowest
@@ -27,108 +27,24 @@ et al.'s (CVPR 2019) effective number of samples, ``(1 - beta**n) / (1 - beta)``
 
 from __future__ import annotations
 
-import hashlib
-import statistics
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from curate.augmentation import parse_target
+from curate.augmentation.counts import class_counts, order_key, repeats, resolve_target, train_mask
 from curate.errors import CurateError, UsageError
-from curate.schema import OK, conform, exclude
-from curate.stages import StageResult
+from curate.schema import conform, exclude
+from curate.stage import StageResult, no_progress
+from curate.stages.balance import BalanceConfig, check
+
+if TYPE_CHECKING:
+    from curate.stage import Progress
+    from curate.workspace import Workspace
 
 STAGE = "balance"
-STRATEGIES = ("undersample", "oversample", "augment", "weights")
-DROPS = ("random", "lowest-quality", "duplicates-first")
-TARGET_WORDS = ("median", "max", "min")
-TRAIN = "train"
-
-
-@dataclass(frozen=True)
-class BalanceConfig:
-    """Settings of ``curate balance`` (defaults < curate.toml ``[balance]`` < CLI flags).
-
-    Attributes:
-        strategy: one of ``STRATEGIES``; None only reports.
-        target: ``N``, ``median``, ``max`` or ``min``; None: ``min`` for undersample, ``max`` otherwise (ignored by weights).
-        drop: which rows undersampling excludes first (``DROPS``).
-        policy: the augmentation policy of ``--strategy augment`` (a name or a policy file).
-        seed: every random choice (rows dropped or repeated, augmentation) derives from it.
-        beta: Cui et al.'s beta for the effective number of samples in the report.
-    """
-
-    strategy: str | None = None
-    target: str | None = None
-    drop: str = "random"
-    policy: str = "medium"
-    seed: int = 0
-    beta: float = 0.999
-
-
-def parse_target(text: str | int | None) -> str | int | None:
-    """``"median"``/``"max"``/``"min"`` or a positive integer; None stays None; anything else: UsageError (exit 2)."""
-    if text is None or isinstance(text, int) and not isinstance(text, bool) and text > 0:
-        return text
-    value = str(text).strip().lower()
-    if value in TARGET_WORDS:
-        return value
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise UsageError(f"--target {text!r}: give a positive number of samples per class, or median, max or min")
-
-
-def check_config(cfg: BalanceConfig) -> None:
-    """Reject impossible settings before any work starts (exit code 2)."""
-    if cfg.strategy is not None and cfg.strategy not in STRATEGIES:
-        raise UsageError(f"--strategy {cfg.strategy!r}: choose from {', '.join(STRATEGIES)}")
-    if cfg.drop not in DROPS:
-        raise UsageError(f"--drop {cfg.drop!r}: choose from {', '.join(DROPS)}")
-    if not 0 < cfg.beta < 1:
-        raise UsageError(f"beta {cfg.beta}: must be between 0 and 1 (exclusive)")
-    parse_target(cfg.target)
-    if cfg.strategy == "augment":
-        from curate.augment_policies import check_policy
-
-        check_policy(cfg.policy)
-
-
-def order_key(seed: int, key: str) -> bytes:
-    """The seeded hash that orders rows for every random choice here (independent of row order)."""
-    return hashlib.sha256(f"{seed}:{key}".encode()).digest()
-
-
-def train_mask(table: pa.Table, split: str = TRAIN) -> pa.ChunkedArray:
-    """Included, labeled rows of ``split``."""
-    ok = pc.and_(pc.equal(table.column("status"), OK), pc.equal(pc.fill_null(table.column("split"), ""), split))
-    return pc.and_(ok, pc.is_valid(table.column("label")))
-
-
-def repeats(table: pa.Table) -> list[int]:
-    """``repeat`` per row (1 when the column is absent or null)."""
-    values = table.column("repeat").to_pylist() if "repeat" in table.column_names else [None] * table.num_rows
-    return [1 if r is None else int(r) for r in values]
-
-
-def class_counts(table: pa.Table, split: str = TRAIN) -> dict[str, int]:
-    """Effective samples per class (sum of ``repeat``) over the included, labeled rows of ``split``."""
-    counts: dict[str, int] = defaultdict(int)
-    mask = train_mask(table, split).to_pylist()
-    for m, label, r in zip(mask, table.column("label").to_pylist(), repeats(table), strict=True):
-        if m:
-            counts[label] += r
-    return dict(sorted(counts.items()))
-
-
-def resolve_target(counts: dict[str, int], target: str | int) -> int:
-    """The per-class sample count a target word or number stands for."""
-    if isinstance(target, int):
-        return target
-    values = list(counts.values())
-    return {"max": max(values), "min": min(values), "median": int(statistics.median(values))}[target]
 
 
 def effective_number(n: int, beta: float) -> float:
@@ -258,7 +174,13 @@ def _put(table: pa.Table, name: str, col: pa.Array) -> pa.Table:
 
 
 def run_balance(
-    ws: Any, parent: pa.Table, parent_id: str | None, cfg: BalanceConfig, *, workers: int = 1, progress: Any = None
+    ws: Workspace,
+    parent: pa.Table,
+    parent_id: str | None,
+    cfg: BalanceConfig,
+    *,
+    workers: int = 1,
+    progress: Progress = no_progress,
 ) -> StageResult:
     """Apply ``cfg.strategy`` to the train split of ``parent`` (every row kept; see the module doc).
 
@@ -266,7 +188,7 @@ def run_balance(
         CurateError: no included labeled train rows (run ``curate split`` first), or a bad setting.
     """
     t0 = time.perf_counter()
-    check_config(cfg)
+    check(cfg)
     table = conform(parent)
     counts = class_counts(table)
     if not counts:
@@ -285,7 +207,8 @@ def run_balance(
         table, extra = weights(table)
     else:
         # One augmentation engine: the same code as `curate augment --to-balance`, so recipes are alike.
-        from curate.stages.augment import AugmentConfig, run_augment
+        from curate.augmentation import AugmentConfig
+        from curate.augmentation.copies import run_augment
 
         res = run_augment(
             ws,

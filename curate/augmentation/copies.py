@@ -1,12 +1,15 @@
-"""Augment: offline augmentation of train rows into new samples, each reproducible from its recorded recipe.
+"""Offline augmentation of train rows into new samples, each reproducible from its recorded recipe.
+
+The copies machinery of ``curate augment`` and of ``curate balance --strategy augment`` (one engine, so their
+recipes are alike).
 
 Parents are the included rows of the ``train`` split that are not themselves augmented (``label_source !=
 "augment"``), so an augmented copy of a val or test image can never enter train and copies are never stacked.
 ``copies`` gives every parent that many copies; ``to_balance`` gives each class's parents (round robin, in a
-seeded hash order) as many copies as the class lacks to reach the target (``curate.stages.balance`` counts).
+seeded hash order) as many copies as the class lacks to reach the target (``curate.augmentation.counts``).
 
 A new row is a new blob (``sample_id`` = sha256 of its encoded bytes, stored in a new pack) with ``parent_id``,
-``recipe`` (JSON; encoding, recipe and ``reproduce``: ``curate.augment_policies``), ``label`` (the parent's),
+``recipe`` (JSON; encoding, recipe and ``reproduce``: ``curate.augmentation.policies``), ``label`` (the parent's),
 ``label_source = "augment"``, ``split = "train"``, ``source = "augment:<parent_id>:<copy>"`` and the decoded facts.
 A copy left unchanged (every transform skipped) is redrawn in the worker (``UNCHANGED_STRIDE``); one whose bytes
 still equal an existing sample is dropped and replaced by the parent's next copy index in another pass.
@@ -14,49 +17,34 @@ still equal an existing sample is dropped and replaced by the parent's next copy
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.augment_policies import augment_array, copy_seed, decode, encode_array, encoding_for, reproduce  # noqa: F401 - re-export
-from curate.errors import CurateError, UsageError
+from curate.augmentation import AugmentConfig, check_augment, parse_target
+from curate.augmentation.counts import class_counts, order_key, resolve_target
+from curate.augmentation.policies import augment_array, copy_seed, decode, encode_array, encoding_for
+from curate.errors import CurateError
 from curate.schema import OK, conform
-from curate.stages import StageResult
+from curate.stage import StageResult, no_progress
 
-STAGE, MAX_ROUNDS = "augment", 6  # MAX_ROUNDS: passes that redraw copies equal to an existing sample
+if TYPE_CHECKING:
+    from curate.blobs import PackWriter
+    from curate.stage import Progress
+    from curate.workspace import Workspace
+
+MAX_ROUNDS = 6  # MAX_ROUNDS: passes that redraw copies equal to an existing sample
 UNCHANGED_STRIDE, UNCHANGED_TRIES = 1 << 32, 8  # unchanged copy k is redrawn as k + m * stride: never a planned index
 OUT_SCHEMA = pa.schema(
     [("parent_id", pa.string()), ("copy", pa.int64()), ("sample_id", pa.string()), ("data", pa.binary()), ("width", pa.int32())]
     + [("height", pa.int32()), ("mode", pa.string()), ("format", pa.string()), ("nbytes", pa.int64()), ("recipe", pa.string())]
 )
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Settings of ``curate augment`` (defaults < curate.toml ``[augment]`` < CLI flags).
-
-    Attributes:
-        policy: a named policy (``curate.augment_policies.POLICIES`` but ``none``) or a policy file.
-        copies: new samples per train parent (None: 1 unless ``to_balance``).
-        to_balance: instead, add copies until every class reaches ``target``.
-        target: ``N``, ``median``, ``max`` or ``min`` for ``to_balance`` (None: ``max``).
-        seed: the global seed every per-copy seed derives from.
-        batch_size: parents per per-sample batch.
-    """
-
-    policy: str = "medium"
-    copies: int | None = None
-    to_balance: bool = False
-    target: str | None = None
-    seed: int = 0
-    batch_size: int = 1024
 
 
 @dataclass(frozen=True)
@@ -68,29 +56,12 @@ class Job:
     seed: int
 
 
-def check_config(cfg: AugmentConfig) -> str:
-    """Validate before any work starts; returns the policy's sha256 (for the stage config). Raises UsageError."""
-    from curate.augment_policies import check_policy
-    from curate.stages.balance import parse_target
-
-    if cfg.policy == "none":
-        raise UsageError("--policy none makes no new samples; choose light, medium, heavy, another named policy or a file")
-    if cfg.copies is not None and cfg.to_balance:
-        raise UsageError("give --copies N or --to-balance, not both")
-    if cfg.copies is not None and cfg.copies < 1:
-        raise UsageError(f"--copies {cfg.copies}: must be at least 1")
-    if cfg.target is not None and not cfg.to_balance:
-        raise UsageError("--target only applies with --to-balance")
-    parse_target(cfg.target)
-    return check_policy(cfg.policy)
-
-
 _CACHE: dict[tuple[str, tuple[int, int] | None], tuple[Any, str]] = {}
 
 
 def _transform(job: Job, size: tuple[int, int]) -> tuple[Any, str]:
     """(Compose, its serialised JSON) for a parent of ``size`` (H, W): built once per worker, policy and size."""
-    from curate.augment_policies import build_policy, from_json, to_json
+    from curate.augmentation.policies import build_policy, from_json, to_json
 
     sized = job.policy in ("shift", "flip-shift")
     key = (job.policy_json or job.policy, size if sized else None)
@@ -142,8 +113,6 @@ def parents_of(table: pa.Table) -> pa.Table:
 
 def plan(table: pa.Table, parents: pa.Table, cfg: AugmentConfig) -> tuple[dict[str, list[int]], dict[str, Any]]:
     """Copy indices per parent id, and what the plan is (per class counts and target for ``to_balance``)."""
-    from curate.stages.balance import class_counts, order_key, parse_target, resolve_target
-
     ids = parents.column("sample_id").to_pylist()
     if not cfg.to_balance:
         n = cfg.copies or 1
@@ -169,18 +138,23 @@ def plan(table: pa.Table, parents: pa.Table, cfg: AugmentConfig) -> tuple[dict[s
 
 
 def run_augment(
-    ws: Any, parent: pa.Table, parent_id: str | None, cfg: AugmentConfig, *, workers: int = 1, progress: Any = None
+    ws: Workspace,
+    parent: pa.Table,
+    parent_id: str | None,
+    cfg: AugmentConfig,
+    *,
+    workers: int = 1,
+    progress: Progress = no_progress,
 ) -> StageResult:
     """Add augmented copies of train rows as new samples (new blobs in a new pack); every parent row is kept as it was.
 
     Raises:
         CurateError: no train rows to augment, or a policy that keeps reproducing existing images.
     """
-    from curate.augment_policies import is_policy_file, load_policy_file, to_json
-    from curate.executors import map_batches
+    from curate.augmentation.policies import is_policy_file, load_policy_file, to_json
 
     t0 = time.perf_counter()
-    sha = check_config(cfg)
+    sha = check_augment(cfg)
     table = conform(parent)
     parents = parents_of(table)
     if parents.num_rows == 0:
@@ -192,65 +166,15 @@ def run_augment(
     known = set(table.column("sample_id").to_pylist())
     label_of = dict(zip(parents.column("sample_id").to_pylist(), parents.column("label").to_pylist(), strict=True))
     packs = ws.pack_writer(hashlib.sha256(f"{parent_id}|augment|{cfg}|{sha}".encode()).hexdigest()[:12])
-    accepted, pack_names = [], []
-    next_copy = {pid: max(ks) + 1 for pid, ks in jobs.items() if ks}
-    pending, rejected, produced = dict(jobs), 0, 0
     try:
-        with progress(sum(len(v) for v in jobs.values())) if progress else contextlib.nullcontext(None) as advance:
-            for _ in range(MAX_ROUNDS):
-                if not pending:
-                    break
-                todo = parents.filter(pc.is_in(parents.column("sample_id"), pa.array(sorted(pending), pa.string())))
-                todo = todo.select(["sample_id", "pack"])
-                todo = todo.append_column("copies", pa.array([pending[s] for s in todo.column(0).to_pylist()], pa.list_(pa.int64())))
-                # ``carry`` rather than a generator that appends the column: the batches stay pack batches, which the
-                # Ray executor reads on the workers
-                batches = ws.blobs.iter_packs(todo, batch_rows=cfg.batch_size, carry=["copies"])
-                retry: dict[str, int] = defaultdict(int)
-                for out in map_batches(augment_batch, batches, job, workers=workers):
-                    keep = []
-                    for pid, sid, data in zip(*(out.column(c).to_pylist() for c in ("parent_id", "sample_id", "data")), strict=True):
-                        fresh = sid not in known
-                        keep.append(fresh)
-                        if fresh:
-                            known.add(sid)
-                            pack_names.append(packs.add(sid, data))
-                        else:  # identical to an existing sample: replace it with the parent's next copy index
-                            retry[pid] += 1
-                    produced += out.num_rows
-                    rejected += keep.count(False)
-                    accepted.append(out.filter(pa.array(keep, pa.bool_())).drop_columns(["data"]))
-                    if advance:
-                        advance(sum(keep))
-                pending = {pid: list(range(next_copy[pid], next_copy[pid] + n)) for pid, n in sorted(retry.items())}
-                next_copy.update({pid: next_copy[pid] + n for pid, n in retry.items()})
-            if pending:
-                raise CurateError(
-                    f"policy {cfg.policy!r} keeps producing images identical to existing samples "
-                    f"({sum(len(v) for v in pending.values())} copies still missing after {MAX_ROUNDS} rounds)",
-                    hint="use a policy that changes the images (light, medium, heavy)",
-                )
+        accepted, pack_names, rejected, produced = _copy_rounds(ws, parents, jobs, job, known, packs, cfg, workers, progress)
         packs.close()
     except BaseException:
         packs.discard()
         raise
-    new = pa.concat_tables(accepted) if accepted else OUT_SCHEMA.empty_table().drop_columns(["data"])
-    new = new.append_column("pack", pa.array(pack_names, pa.string()))
-    new = new.sort_by([("parent_id", "ascending"), ("copy", "ascending")])
-    n = new.num_rows
+    new = _new_rows(accepted, pack_names, label_of, with_repeat="repeat" in table.column_names)
     pids = new.column("parent_id").to_pylist()
-    copies = new.column("copy").to_pylist()
-    new = new.drop_columns(["copy"])
-    for name, values in (
-        ("label", [label_of[p] for p in pids]),
-        ("label_source", ["augment"] * n),
-        ("split", ["train"] * n),
-        ("status", [OK] * n),
-        ("source", [f"augment:{p}:{k}" for p, k in zip(pids, copies, strict=True)]),
-    ):
-        new = new.append_column(name, pa.array(values, pa.string()))
-    if "repeat" in table.column_names:
-        new = new.append_column("repeat", pa.array([1] * n, pa.int64()))
+    n = new.num_rows
     out = pa.concat_tables([table, conform(new)], promote_options="default")
     secs = time.perf_counter() - t0
     stats = {
@@ -271,17 +195,96 @@ def run_augment(
     return StageResult(table=out, stats=stats)
 
 
+def _copy_rounds(
+    ws: Workspace,
+    parents: pa.Table,
+    jobs: dict[str, list[int]],
+    job: Job,
+    known: set[str],
+    packs: PackWriter,
+    cfg: AugmentConfig,
+    workers: int,
+    progress: Progress,
+) -> tuple[list[pa.Table], list[str], int, int]:
+    """Make the planned copies, storing fresh ones in ``packs``; a copy equal to a ``known`` sample is replaced by
+    its parent's next copy index in another round (``MAX_ROUNDS``).
+
+    Returns:
+        (accepted copies without bytes, their pack names, copies rejected as identical, images made).
+    """
+    from curate.executors import map_batches
+
+    accepted, pack_names = [], []
+    next_copy = {pid: max(ks) + 1 for pid, ks in jobs.items() if ks}
+    pending, rejected, produced = dict(jobs), 0, 0
+    with progress("augment", sum(len(v) for v in jobs.values())) as advance:
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                break
+            todo = parents.filter(pc.is_in(parents.column("sample_id"), pa.array(sorted(pending), pa.string())))
+            todo = todo.select(["sample_id", "pack"])
+            todo = todo.append_column("copies", pa.array([pending[s] for s in todo.column(0).to_pylist()], pa.list_(pa.int64())))
+            # ``carry`` rather than a generator that appends the column: the batches stay pack batches, which the
+            # Ray executor reads on the workers
+            batches = ws.blobs.iter_packs(todo, batch_rows=cfg.batch_size, carry=["copies"])
+            retry: dict[str, int] = defaultdict(int)
+            for out in map_batches(augment_batch, batches, job, workers=workers):
+                keep = []
+                for pid, sid, data in zip(*(out.column(c).to_pylist() for c in ("parent_id", "sample_id", "data")), strict=True):
+                    fresh = sid not in known
+                    keep.append(fresh)
+                    if fresh:
+                        known.add(sid)
+                        pack_names.append(packs.add(sid, data))
+                    else:  # identical to an existing sample: replace it with the parent's next copy index
+                        retry[pid] += 1
+                produced += out.num_rows
+                rejected += keep.count(False)
+                accepted.append(out.filter(pa.array(keep, pa.bool_())).drop_columns(["data"]))
+                advance(sum(keep))
+            pending = {pid: list(range(next_copy[pid], next_copy[pid] + n)) for pid, n in sorted(retry.items())}
+            next_copy.update({pid: next_copy[pid] + n for pid, n in retry.items()})
+        if pending:
+            raise CurateError(
+                f"policy {cfg.policy!r} keeps producing images identical to existing samples "
+                f"({sum(len(v) for v in pending.values())} copies still missing after {MAX_ROUNDS} rounds)",
+                hint="use a policy that changes the images (light, medium, heavy)",
+            )
+    return accepted, pack_names, rejected, produced
+
+
+def _new_rows(accepted: list[pa.Table], pack_names: list[str], label_of: dict[str, Any], *, with_repeat: bool) -> pa.Table:
+    """The accepted copies as sample rows (module doc), ordered by parent and copy index."""
+    new = pa.concat_tables(accepted) if accepted else OUT_SCHEMA.empty_table().drop_columns(["data"])
+    new = new.append_column("pack", pa.array(pack_names, pa.string()))
+    new = new.sort_by([("parent_id", "ascending"), ("copy", "ascending")])
+    n = new.num_rows
+    pids = new.column("parent_id").to_pylist()
+    copies = new.column("copy").to_pylist()
+    new = new.drop_columns(["copy"])
+    for name, values in (
+        ("label", [label_of[p] for p in pids]),
+        ("label_source", ["augment"] * n),
+        ("split", ["train"] * n),
+        ("status", [OK] * n),
+        ("source", [f"augment:{p}:{k}" for p, k in zip(pids, copies, strict=True)]),
+    ):
+        new = new.append_column(name, pa.array(values, pa.string()))
+    if with_repeat:
+        new = new.append_column("repeat", pa.array([1] * n, pa.int64()))
+    return new
+
+
 def preview(
-    ws: Any, table: pa.Table, cfg: AugmentConfig, n: int, out_path: str, *, columns: int = 4, cell: int = 96
+    ws: Workspace, table: pa.Table, cfg: AugmentConfig, n: int, out_path: str, *, columns: int = 4, cell: int = 96
 ) -> dict[str, Any]:
     """A grid PNG: ``n`` train parents (seeded hash order), each original followed by ``columns`` augmentations.
 
     Nothing is committed and no blob is written. Returns ``{"out", "rows", "columns", "parents"}``.
     """
-    from curate.augment_policies import draw_grid, is_policy_file, load_policy_file, to_json
-    from curate.stages.balance import order_key
+    from curate.augmentation.policies import draw_grid, is_policy_file, load_policy_file, to_json
 
-    check_config(cfg)
+    check_augment(cfg)
     parents = parents_of(table)
     if parents.num_rows == 0:
         raise CurateError("no included train rows to preview", hint="run `curate split` first")
