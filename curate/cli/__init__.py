@@ -81,7 +81,6 @@ from curate.cli import (  # noqa: E402
     clean,
     crawl,
     data,
-    dedupe,
     filter,
     learn,
     models,
@@ -96,7 +95,6 @@ from curate.cli import (  # noqa: E402
 for _module in (
     data,
     crawl,
-    dedupe,
     clean,
     review,
     filter,

@@ -19,17 +19,6 @@ def _need(table: Any) -> Any:
     return table
 
 
-def dedupe_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
-    """``curate dedupe``: exact and near duplicates, one representative per group."""
-    from curate.stages.dedupe import config_dict, run_dedupe
-
-    def body(table: Any, parent_id: str | None) -> Any:
-        return run_dedupe(ws, table, parent_id, cfg, workers=ctx.n_workers(), progress=ctx.bar("signatures"))
-
-    # Another workspace may change under the same reference, so only an in-workspace run is reused.
-    return run_stage(ws, "dedupe", config_dict(cfg), body, cacheable=cfg.against is None, parent=ctx.base)
-
-
 def clean_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
     """``curate clean``: label issues, outliers, low quality; ``ctx.options["review_out"]`` writes the review file."""
     from curate.stages.clean import config_dict, run_clean

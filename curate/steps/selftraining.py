@@ -21,13 +21,15 @@ def pseudolabel_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     pool = ctx.options.get("pool")
     if pool:
-        from curate.stages.dedupe import DedupeConfig
+        from curate.pipeline import execute
+        from curate.stage import Context, rich_progress
+        from curate.stages import dedupe
         from curate.stages.ingest import IngestConfig
-        from curate.steps.curation import dedupe_step
         from curate.steps.sources import ingest_step
 
         ing = ingest_step(ws, IngestConfig(source=str(pool), unlabeled=True), ctx)
-        dd = dedupe_step(ws, DedupeConfig(), StepContext(workers=ctx.workers, progress=ctx.progress, log=ctx.log))
+        dctx = Context(ws, workers=ctx.workers, progress=rich_progress(ctx.progress), log=ctx.log)
+        dd = execute(dedupe.STAGE, dctx, dedupe.DedupeConfig())
         extra["pool"] = {"ingest": ing["version"], "dedupe": dd["version"], "new_samples": ing["stats"].get("new_samples")}
         ctx = StepContext(workers=ctx.workers, progress=ctx.progress, log=ctx.log, base=dd["version"], reuse=ctx.reuse)
 

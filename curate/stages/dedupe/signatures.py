@@ -9,7 +9,7 @@ What one signature holds (``SIGNATURE_SCHEMA``, one row per sample, cached per `
 - ``thumb``: the grayscale image as uint8, kept at its native resolution when a side is at most ``THUMB`` (32)
   pixels and resized (bicubic, antialiased) to ``THUMB`` on that side otherwise; at most 1 KB. Keeping small
   images at their own pixel grid is what makes a 1-2 px shift or a crop of a 28x28 image an *integer*
-  translation that ``curate.dupverify`` can match exactly, instead of a resampled, blurred one.
+  translation that ``curate.stages.dedupe.verify`` can match exactly, instead of a resampled, blurred one.
 - ``thumb_h``/``thumb_w`` (its shape), ``width``/``height`` (the decoded size), ``sharpness`` (variance of the
   Laplacian of the gray image at <= 256 px, for ``--keep sharpest``).
 
