@@ -49,11 +49,14 @@ def load_section(path: Path | None, section: str) -> dict[str, Any]:
         raise UsageError(f"{path}: invalid TOML ({exc})") from exc
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the settings file ({exc.strerror or exc})") from None
+    from curate.registry import declared
     from curate.steps import STEPS
 
-    unknown = sorted(set(data) - set(STEPS))
+    # the declared stages' names too (their modules are light), not only the transitional step entries
+    known = set(STEPS) | {stage.name for stage in declared()}
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise UsageError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(STEPS))}")
+        raise UsageError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(known))}")
     value = data.get(section, {})
     if not isinstance(value, dict):
         raise UsageError(f"{path}: [{section}] must be a table")

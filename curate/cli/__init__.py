@@ -78,7 +78,6 @@ _stages = None
 from curate import registry  # noqa: E402
 from curate.cli import (  # noqa: E402
     balance,
-    clean,
     crawl,
     data,
     filter,
@@ -95,7 +94,6 @@ from curate.cli import (  # noqa: E402
 for _module in (
     data,
     crawl,
-    clean,
     review,
     filter,
     _stages,

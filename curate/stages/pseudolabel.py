@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError, UsageError
 from curate.schema import OK, conform
+from curate.stage import no_progress
 from curate.stages import StageResult
 
 STAGE = "pseudolabel"
@@ -187,10 +188,10 @@ def run_pseudolabel(
     Raises:
         CurateError: no versions, no labeled train rows, a single class, an empty pool, undecodable blobs.
     """
-    from curate.labelissues import geometry, load_images
     from curate.learn.data import DecodedSplit, fit_normalization
     from curate.learn.selftrain import parse_ratio
     from curate.pseudoloop import LoopSettings, run_loop
+    from curate.stages.clean.labelissues import geometry, load_images
 
     check_config(cfg)
     if parent is None:
@@ -215,8 +216,8 @@ def run_pseudolabel(
     index = {c: i for i, c in enumerate(classes)}
 
     def decoded(pos: np.ndarray, what: str) -> np.ndarray:
-        bar = (lambda total: progress(f"decode {what}", total)) if progress else None
-        return load_images(ws, table.take(pa.array(pos)).select(cols), channels, size, progress=bar)
+        bar = progress or no_progress  # the one Progress shape; None: silent
+        return load_images(ws, table.take(pa.array(pos)).select(cols), channels, size, progress=bar, description=f"decode {what}")
 
     ids = table.column("sample_id").to_pylist()
     lab = DecodedSplit(decoded(lab_pos, "labeled"), np.array([index[labels[i]] for i in lab_pos]), [ids[i] for i in lab_pos])

@@ -141,8 +141,6 @@ register(Step("ingest", "curate.stages.ingest:IngestConfig", f"{_S}:ingest_step"
               summary=f"{_S}:summary", kind=SOURCE, options=_W, workers=True))  # fmt: skip
 register(Step("crawl", "curate.stages.crawl:CrawlConfig", f"{_S}:crawl_step", check="curate.stages.crawl:check_config",
               prepare=f"{_S}:prepare_crawl", summary=f"{_S}:summary", kind=SOURCE, workers=True))  # fmt: skip
-register(Step("clean", "curate.stages.clean:CleanConfig", f"{_C}:clean_step", check="curate.stages.clean:check_config",
-              summary=f"{_C}:summary", options={**_W, "review_out": str}, workers=True))  # fmt: skip
 register(Step("balance", "curate.stages.balance:BalanceConfig", f"{_C}:balance_step", check="curate.stages.balance:check_config",
               summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
 register(Step("augment", "curate.stages.augment:AugmentConfig", f"{_C}:augment_step", check="curate.stages.augment:check_config",
