@@ -19,9 +19,9 @@ _STAGES: dict[str, Stage] | None = None
 
 
 def _builtin() -> list[ModuleType]:
-    from curate.stages import clean, dedupe, normalize, split
+    from curate.stages import clean, dedupe, filter, normalize, split
 
-    return [dedupe, clean, split, normalize]
+    return [dedupe, clean, filter, split, normalize]
 
 
 def _plugin_modules() -> list[str]:

@@ -144,7 +144,7 @@ def config_dict(cfg: PseudolabelConfig) -> dict[str, Any]:
 
 
 def _sha(path: str) -> str:
-    from curate.scoring import file_sha256
+    from curate.stages.filter.scoring import file_sha256
 
     if not Path(path).exists():
         raise UsageError(f"--truth {path}: no such file")

@@ -152,8 +152,6 @@ register(Step("train", "curate.learn.train:TrainConfig", f"{_O}:train_step", che
 register(Step("evaluate", f"{_O}:EvaluateConfig", f"{_O}:evaluate_step", check=f"{_O}:check_evaluate",
               summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
 register(Step("report", f"{_O}:ReportConfig", f"{_O}:report_step", summary=f"{_O}:summary", kind=OUTPUT))
-register(Step("filter", "curate.stages.filter:FilterConfig", f"{_C}:filter_step", check="curate.stages.filter:check_config",
-              summary=f"{_C}:summary"))  # fmt: skip
 register(Step("pseudolabel", "curate.stages.pseudolabel:PseudolabelConfig", "curate.steps.selftraining:pseudolabel_step",
               check="curate.stages.pseudolabel:check_config", summary="curate.steps.selftraining:summary",
               options={**_W, "pool": str}, workers=True))  # fmt: skip

@@ -56,41 +56,16 @@ def augment_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
     return run_stage(ws, "augment", config, body, parent=ctx.base)
 
 
-def filter_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
-    """``curate filter``: score the included rows with a trained classifier; its child of the version becomes HEAD."""
-    from curate.scoring import file_sha256, load_model, resolve_target
-    from curate.stages.filter import config_dict, run_filter
-
-    vid = ws.resolve(ctx.version())
-    run = load_model(cfg)
-    sha = file_sha256(run.path)
-    # the task classes are part of the stage settings (and so of the cache key): resolve them before running
-    target = resolve_target(cfg, run.classes, ws.samples(vid, columns=["status", "label"]))
-
-    def body(table: Any, parent_id: str | None) -> Any:
-        return run_filter(ws, table, parent_id, cfg, run=run, checkpoint_sha=sha, progress=ctx.bar("filter"))
-
-    # built on the chosen version, not on HEAD: HEAD moves only when the new version is committed
-    return run_stage(ws, "filter", config_dict(cfg, run, target, sha), body, parent=vid)
-
-
 def summary(res: dict[str, Any]) -> str:
     """One line for the pipeline table: what the stage found, then the included/excluded counts."""
     if "report" in res:
         return "report only: " + ", ".join(f"{s} max/min {r['ratio']:.2f}" for s, r in res["report"].items())
     st = res["stats"]
     found = {
-        "dedupe": lambda: f"{st['duplicates']:,} duplicates",
-        "clean": lambda: ", ".join(
-            f"{st[k]['flagged']:,} {k.replace('_', ' ')} ({st[k].get('acted_on', 0):,} acted on)"
-            for k in ("label_issues", "outliers", "low_quality")
-            if k in st
-        ),
         "split": lambda: ", ".join(f"{k} {v:,}" for k, v in st["summary"]["per_split"].items()),
         "normalize": lambda: f"mean {[round(m, 3) for m in st['normalization']['mean']]}",
         "augment": lambda: f"{st['new_samples']:,} new samples",
         "balance": lambda: f"{st['strategy']}",
-        "filter": lambda: f"{st['filtered']:,} filtered",
     }.get(res["stage"], lambda: "")
     try:
         head = found()
