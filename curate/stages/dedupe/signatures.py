@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 THUMB = 32
 SIG_VERSION = "thumb32-v1"
@@ -168,7 +171,7 @@ def cache_bytes(sigs: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def read_cached(ws: Any, vid: str, ids: Iterable[str]) -> pa.Table:
+def read_cached(ws: Workspace, vid: str, ids: Iterable[str]) -> pa.Table:
     """Cached signatures for ``ids`` found in the ``state/`` of ``vid`` or its ancestors (newest first).
 
     Caches written by another signature version are ignored, so changing the algorithm never mixes signatures.
