@@ -41,6 +41,7 @@ Run (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import sys
@@ -169,7 +170,8 @@ def curate_dedupe(
 ) -> tuple[Any, dict[str, Any]]:
     """Ingest ``source`` into a fresh workspace, then run the dedupe stage with --action flag (as the CLI does)."""
     from curate.pipeline import run_stage
-    from curate.stages.dedupe import DedupeConfig, config_dict, run_dedupe
+    from curate.stages.dedupe import DedupeConfig
+    from curate.stages.dedupe.find import run_dedupe
     from curate.stages.ingest import IngestConfig, run_ingest
     from curate.stages.ingest import config_dict as ingest_dict
     from curate.workspace import Workspace
@@ -179,7 +181,7 @@ def curate_dedupe(
     run_stage(ws, "ingest", ingest_dict(icfg), lambda p, pid: run_ingest(ws, p, icfg, parent_id=pid, workers=workers), cacheable=False)
     cfg = DedupeConfig(threshold=threshold, action="flag")
     t0 = time.perf_counter()
-    res = run_stage(ws, "dedupe", config_dict(cfg), lambda p, pid: run_dedupe(ws, p, pid, cfg, workers=workers))
+    res = run_stage(ws, "dedupe", dataclasses.asdict(cfg), lambda p, pid: run_dedupe(ws, p, pid, cfg, workers=workers))
     res["wall"] = time.perf_counter() - t0
     return ws, res
 
@@ -210,7 +212,7 @@ def time_search(items: Any, sigs: Any, threshold: float, repeat: int, threads: i
 
     The timings dict also gets ``cpu_s``: the median CPU seconds (all threads) of the runs.
     """
-    from curate.dupgroups import group_items
+    from curate.stages.dedupe.groups import group_items
 
     runs, cpus, last = [], [], {}
     for _ in range(repeat):
@@ -223,8 +225,8 @@ def time_search(items: Any, sigs: Any, threshold: float, repeat: int, threads: i
 
 def sweep(items: Any, sigs: Any, names: list[str], truth: dict[str, Any]) -> list[list[Any]]:
     """Scores of all candidate edges once (floor 0.80), then metrics per threshold (edges + exact pairs)."""
-    from curate.dupsearch import near_pairs
-    from curate.signatures import thumbs_array
+    from curate.stages.dedupe.search import near_pairs
+    from curate.stages.dedupe.signatures import thumbs_array
 
     thumbs, shapes = thumbs_array(sigs)
     sizes = np.stack([sigs.column("height").to_numpy(), sigs.column("width").to_numpy()], 1).astype(np.int64)
@@ -444,7 +446,7 @@ def _cross_sheet(rows: list[dict[str, Any]], dst: Path, seed: int, limit: int = 
 
 
 def part_million(args: argparse.Namespace, report: dict[str, Any]) -> None:
-    from curate.dupsearch import near_pairs
+    from curate.stages.dedupe.search import near_pairs
 
     n = args.million_n
     print(f"\n## Part 3: search alone over {n:,} random signatures\n")

@@ -90,6 +90,8 @@ def execute(stage: Stage, ctx: Context, cfg: Any) -> dict[str, Any]:
         _run_before(ctx, stage.before(ctx, cfg))
     if stage.kind == OUTPUT or getattr(stage.run, "legacy", False):
         return stage.run(ctx, cfg)
+    if stage.reads_version and ctx.base not in (HEAD, None):  # --version 3: build on that version's id
+        ctx.base = ctx.ws.resolve(ctx.base)
     key = stage.key(ctx, cfg)
     fingerprint = stage.fingerprint(ctx, cfg) if stage.fingerprint is not None else None
     if ctx.reuse and fingerprint is not None:

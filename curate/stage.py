@@ -180,7 +180,9 @@ class Option:
     default: Any = None
 
 
-def cli(*flags: str, argument: bool = False, hidden: bool = False, metavar: str | None = None) -> dict[str, Any]:
+def cli(
+    *flags: str, argument: bool = False, hidden: bool = False, metavar: str | None = None, panel: str | None = None
+) -> dict[str, Any]:
     """``dataclasses.field`` metadata for a Config field's command-line form.
 
     Args:
@@ -188,8 +190,9 @@ def cli(*flags: str, argument: bool = False, hidden: bool = False, metavar: str 
         argument: a positional argument instead of an option (ingest's ``SRC``).
         hidden: settable in files and with ``--set`` only.
         metavar: the placeholder shown in the help.
+        panel: the help panel the option is listed under (default: the common one).
     """
-    return {"cli": {"flags": flags, "argument": argument, "hidden": hidden, "metavar": metavar}}
+    return {"cli": {"flags": flags, "argument": argument, "hidden": hidden, "metavar": metavar, "panel": panel}}
 
 
 def _asdict(_ctx: Context, cfg: Any) -> dict[str, Any]:

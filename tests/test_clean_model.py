@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.pipeline import run_stage
-from curate.stages.clean import CleanConfig, config_dict, run_clean
+from curate.stages.clean import CleanConfig, config_dict
+from curate.stages.clean.checks import run_clean
 from curate.workspace import Workspace
 from tests.conftest import ingest
 from tests.test_clean import JUNK, make_dataset

@@ -7,6 +7,7 @@ every scale, like a photo, so a shifted or JPEG copy is a near duplicate and a d
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 from typing import Any
@@ -80,11 +81,12 @@ TRANSFORMS = ["reencode", "resize_up", "resize_down", "jpeg90", "brighter", "dar
 def run(ws: Any, workers: int = 1, **cfg: Any) -> dict[str, Any]:
     """Run dedupe the way the CLI does; returns run_stage's result."""
     from curate.pipeline import run_stage
-    from curate.stages.dedupe import DedupeConfig, config_dict, run_dedupe
+    from curate.stages.dedupe import DedupeConfig
+    from curate.stages.dedupe.find import run_dedupe
 
     c = DedupeConfig(**cfg)
     return run_stage(
-        ws, "dedupe", config_dict(c), lambda p, pid: run_dedupe(ws, p, pid, c, workers=workers), cacheable=c.against is None
+        ws, "dedupe", dataclasses.asdict(c), lambda p, pid: run_dedupe(ws, p, pid, c, workers=workers), cacheable=c.against is None
     )
 
 
@@ -156,7 +158,7 @@ def test_signature_cache_is_reused(workspace: Any, ingest: Any, planted_folder: 
     first = run(workspace, action="flag")["stats"]
     n = first["participants"]
     assert first["signatures_computed"] == n and first["signatures_cached"] == 0
-    import curate.stages.dedupe as stage
+    import curate.stages.dedupe.find as stage
 
     def boom(batch: Any, cfg: Any) -> Any:
         raise AssertionError("the per-sample function ran although every signature was cached")
@@ -223,7 +225,7 @@ def test_bad_settings_are_usage_errors(workspace: Any, ingest: Any, planted_fold
 
 
 def test_exact_pixels_match_across_encodings() -> None:
-    from curate.signatures import signature_of
+    from curate.stages.dedupe.signatures import signature_of
 
     arr = scene(3)
     gray = signature_of(encode(arr))
@@ -234,8 +236,8 @@ def test_exact_pixels_match_across_encodings() -> None:
 
 def test_ivf_index_path_finds_planted_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above EXACT_MAX vectors the search is an IVF index; it must still find shifted and JPEG copies."""
-    import curate.dupsearch as ds
-    from curate.signatures import compute_signatures, thumbs_array
+    import curate.stages.dedupe.search as ds
+    from curate.stages.dedupe.signatures import compute_signatures, thumbs_array
 
     monkeypatch.setattr(ds, "EXACT_MAX", 50)
     import pyarrow as pa
@@ -315,7 +317,7 @@ def test_reference_signatures_are_computed_once(ingest: Any, tmp_path: Path) -> 
 
 
 def test_flat_images_of_different_levels_are_not_alike() -> None:
-    from curate.dupverify import placement_scores
+    from curate.stages.dedupe.verify import placement_scores
 
     a = np.full((1, 20, 20), 0.2, np.float32)
     score, _ = placement_scores(a, a + 0.5)

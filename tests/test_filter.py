@@ -28,9 +28,10 @@ from curate.cli import app
 from curate.errors import CurateError, UsageError
 from curate.pipeline import run_stage
 from curate.schema import exclude
-from curate.scoring import MODE_CLASSES, MODE_MAX, Scorer, load_model, resolve_target, score_probs
 from curate.stages import StageResult
-from curate.stages.filter import REASON, FilterConfig, run_filter
+from curate.stages.filter import REASON, FilterConfig
+from curate.stages.filter.classify import run_filter
+from curate.stages.filter.scoring import MODE_CLASSES, MODE_MAX, Scorer, load_model, resolve_target, score_probs
 from curate.workspace import Workspace
 from tests.conftest import ingest
 

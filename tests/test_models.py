@@ -367,8 +367,8 @@ def test_linear_head_on_embeddings_finds_planted_label_errors_and_outliers() -> 
     """3 Gaussian classes in 32-D, 8 flipped labels, 2 points far from every class: the out-of-sample linear head
     gives each flipped row a low probability for its given label (cleanlab flags 7 of 8, nothing else), and the far
     points get the largest OOD z."""
-    from curate.labelissues import label_issues
     from curate.models.heads import oof_linear
+    from curate.stages.clean.labelissues import label_issues
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 1, (3, 32)) * 2.0

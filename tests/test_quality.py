@@ -1,4 +1,4 @@
-"""Model-free image quality checks (``curate.quality``) on planted ground truth.
+"""Model-free image quality checks (``curate.stages.clean.quality``) on planted ground truth.
 
 Every planted image is built to trip one check (or a known few): black/white, a dark color texture, a Gaussian-blurred
 copy of a sharp checkerboard, flat and near-flat images, a 4x4 and a 200x10 image, a gray image among color ones.
@@ -18,7 +18,14 @@ import pytest
 from PIL import Image, ImageFilter
 
 from curate.errors import CurateError, UsageError
-from curate.quality import MEASUREMENT_SCHEMA, QUALITY_CHECKS, QualityThresholds, compute_quality, flag_quality, quality_batch
+from curate.stages.clean.quality import (
+    MEASUREMENT_SCHEMA,
+    QUALITY_CHECKS,
+    QualityThresholds,
+    compute_quality,
+    flag_quality,
+    quality_batch,
+)
 
 
 def encode(arr: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: Any) -> bytes:
@@ -221,8 +228,9 @@ def test_compute_quality_end_to_end(tmp_path: Path, workspace: Any, ingest: Any,
 
     calls: list[int] = []
 
-    class Bar:
-        def __init__(self, total: int) -> None:
+    class Bar:  # the one Progress shape: Bar(description, total) -> context manager yielding advance(n)
+        def __init__(self, description: str, total: int) -> None:
+            assert description == "quality"
             calls.append(total)
 
         def __enter__(self) -> Any:

@@ -8,6 +8,7 @@ issues, one outlier), a pseudolabel version with its rounds file and a fake trai
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -51,7 +52,8 @@ def _commit(ws: Any, stage: str, add: dict[str, Any], state: dict[str, bytes] | 
 def build(root: Path) -> dict[str, Any]:
     """The workspace described in the module doc; returns it with its ground truth."""
     from curate.pipeline import run_stage
-    from curate.stages.dedupe import DedupeConfig, config_dict, run_dedupe
+    from curate.stages.dedupe import DedupeConfig
+    from curate.stages.dedupe.find import run_dedupe
     from curate.stages.normalize import NormalizeConfig
     from curate.stages.normalize.pixels import run_normalize
     from curate.stages.split import SplitConfig
@@ -75,7 +77,7 @@ def build(root: Path) -> dict[str, Any]:
     ws = Workspace(root / "ws")
     ingest(ws, root / "src" / "list.csv", max_error_fraction=0.5)
     cfg = DedupeConfig()
-    run_stage(ws, "dedupe", config_dict(cfg), lambda p, pid: run_dedupe(ws, p, pid, cfg))
+    run_stage(ws, "dedupe", dataclasses.asdict(cfg), lambda p, pid: run_dedupe(ws, p, pid, cfg))
     run_stage(ws, "split", {"seed": 0}, lambda p, _pid: run_split(p, SplitConfig()))
     run_stage(ws, "normalize", {"channels": 0}, lambda p, _pid: run_normalize(ws, p, NormalizeConfig()))
 

@@ -77,11 +77,8 @@ def _root(
 _stages = None
 from curate import registry  # noqa: E402
 from curate.cli import (  # noqa: E402
-    clean,
     crawl,
     data,
-    dedupe,
-    filter,
     learn,
     models,
     report,
@@ -94,10 +91,7 @@ from curate.cli import (  # noqa: E402
 for _module in (
     data,
     crawl,
-    dedupe,
-    clean,
     review,
-    filter,
     _stages,
     versions,
     learn,

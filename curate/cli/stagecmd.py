@@ -80,9 +80,11 @@ def config_params(stage: Stage) -> list[inspect.Parameter]:
         elif typ is bool:
             flag = (meta.get("flags") or (_flag(f.name),))[0]
             # a flag that is on by default needs its off form; one that is off by default reads better alone
-            info = typer.Option(f"{flag}/--no-{flag[2:]}" if f.default is True else flag, help=text, show_default=False)
+            info = typer.Option(f"{flag}/--no-{flag[2:]}" if f.default is True else flag, help=text, show_default=False,
+                                rich_help_panel=meta.get("panel"))  # fmt: skip
         else:
-            info = typer.Option(*(meta.get("flags") or (_flag(f.name),)), help=text, show_default=False, metavar=metavar)
+            info = typer.Option(*(meta.get("flags") or (_flag(f.name),)), help=text, show_default=False, metavar=metavar,
+                                rich_help_panel=meta.get("panel"))  # fmt: skip
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[typ | None, info]))  # fmt: skip
     return params

@@ -8,7 +8,7 @@
 | duplicates | ``is_duplicate`` (``curate dedupe``), its ``dup_group`` beside it | conflicts first | the representative's label |
 | errors:RUN | a training run's most confident mistakes (``metrics.json`` ``splits.*.worst``) | ``p_true`` | the predicted class |
 
-The first three come from the same selection as clean's review file (``curate.steps.curation``), so the desk and
+The first three come from the same selection as clean's review file (``curate.stages.clean.reviewfile``), so the desk and
 the file always agree on what was flagged.
 """
 
@@ -73,12 +73,12 @@ def select(table: pa.Table, queue: str, *, vid: str = "", limit: int = 500) -> l
 
 
 def _flagged(table: pa.Table, issue: str) -> list[dict[str, Any]]:
-    from curate.steps.curation import _review_from_columns
+    from curate.stages.clean.reviewfile import review_from_columns
 
     rows = _rows(table)
     given = table.column("given_label").to_pylist() if "given_label" in table.column_names else [None] * table.num_rows
     out = []
-    for r in _review_from_columns(table):
+    for r in review_from_columns(table):
         if not str(r["issue"]).startswith(issue):
             continue
         row = dict(rows[r["row"]])

@@ -136,15 +136,11 @@ def get(name: str) -> Step:
 
 
 _W = {"workers": int}
-_S, _C, _O = "curate.steps.sources", "curate.steps.curation", "curate.steps.outputs"
+_S, _O = "curate.steps.sources", "curate.steps.outputs"
 register(Step("ingest", "curate.stages.ingest:IngestConfig", f"{_S}:ingest_step", prepare=f"{_S}:prepare_ingest",
               summary=f"{_S}:summary", kind=SOURCE, options=_W, workers=True))  # fmt: skip
 register(Step("crawl", "curate.stages.crawl:CrawlConfig", f"{_S}:crawl_step", check="curate.stages.crawl:check_config",
               prepare=f"{_S}:prepare_crawl", summary=f"{_S}:summary", kind=SOURCE, workers=True))  # fmt: skip
-register(Step("dedupe", "curate.stages.dedupe:DedupeConfig", f"{_C}:dedupe_step", check="curate.stages.dedupe:check_config",
-              summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
-register(Step("clean", "curate.stages.clean:CleanConfig", f"{_C}:clean_step", check="curate.stages.clean:check_config",
-              summary=f"{_C}:summary", options={**_W, "review_out": str}, workers=True))  # fmt: skip
 register(Step("export", "curate.export:ExportConfig", f"{_O}:export_step", check=f"{_O}:check_export",
               prepare="curate.export:prepare_export", summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
 register(Step("train", "curate.learn.train:TrainConfig", f"{_O}:train_step", check="curate.learn.train:check_config",
@@ -152,8 +148,6 @@ register(Step("train", "curate.learn.train:TrainConfig", f"{_O}:train_step", che
 register(Step("evaluate", f"{_O}:EvaluateConfig", f"{_O}:evaluate_step", check=f"{_O}:check_evaluate",
               summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
 register(Step("report", f"{_O}:ReportConfig", f"{_O}:report_step", summary=f"{_O}:summary", kind=OUTPUT))
-register(Step("filter", "curate.stages.filter:FilterConfig", f"{_C}:filter_step", check="curate.stages.filter:check_config",
-              summary=f"{_C}:summary"))  # fmt: skip
 
 
 def legacy_stages() -> list[Any]:

@@ -73,7 +73,6 @@ def run_pseudolabel(
     Raises:
         CurateError: no versions, no labeled train rows, a single class, an empty pool, undecodable blobs.
     """
-    from curate.labelissues import geometry, load_images
     from curate.learn.data import DecodedSplit, fit_normalization
     from curate.stages.pseudolabel.loop import run_loop
 
@@ -101,7 +100,7 @@ def run_pseudolabel(
 
     def decoded(pos: np.ndarray, what: str) -> np.ndarray:
         return load_images(ws, table.take(pa.array(pos)).select(cols), channels, size,
-                           progress=lambda total: progress(f"decode {what}", total))  # fmt: skip
+                           progress=progress, description=f"decode {what}")  # fmt: skip
 
     ids = table.column("sample_id").to_pylist()
     lab = DecodedSplit(decoded(lab_pos, "labeled"), np.array([index[labels[i]] for i in lab_pos]), [ids[i] for i in lab_pos])

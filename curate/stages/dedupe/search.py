@@ -10,7 +10,7 @@
    ``EXACT_MAX`` vectors, so the work grows like n^1.5, not n^2. Neighbours are searched after a PCA to 64
    dimensions with mild whitening; pairs whose plain descriptor similarity is below ``DESC_MIN`` (0.80; the
    lowest planted pair in the benchmark is at 0.91, random images stay below 0.45) are not verified.
-3. *Verification* (``curate.dupverify``) aligns each candidate pair and scores it; pairs at or above the
+3. *Verification* (``curate.stages.dedupe.verify``) aligns each candidate pair and scores it; pairs at or above the
    threshold are near duplicates.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from curate.dupverify import parallel, verify_pairs
-from curate.signatures import THUMB
+from curate.stages.dedupe.signatures import THUMB
+from curate.stages.dedupe.verify import parallel, verify_pairs
 
 DESC_R = 12
 PCA_DIM = 64
@@ -42,7 +42,7 @@ def _axis_matrix(n_in: int, view: str) -> np.ndarray:
     n = THUMB
     h = np.hanning(n + 2)[1:-1]
     if view == "canonical":
-        from curate.dupverify import resize_matrix
+        from curate.stages.dedupe.verify import resize_matrix
 
         place = resize_matrix(n, n_in).astype(np.float64)  # (n, n_in)
     else:
@@ -253,8 +253,8 @@ def near_pairs(
     """Near-duplicate pairs of images.
 
     Args:
-        thumbs, shapes: ``curate.signatures.thumbs_array``; sizes: ``(N, 2)`` decoded (height, width).
-        threshold: minimum verification score (``curate.dupverify``) of a duplicate pair.
+        thumbs, shapes: ``curate.stages.dedupe.signatures.thumbs_array``; sizes: ``(N, 2)`` decoded (height, width).
+        threshold: minimum verification score (``curate.stages.dedupe.verify``) of a duplicate pair.
         query: ``(N,)`` bool, default all; see ``candidate_pairs``.
         threads: threads for the descriptors, the faiss search (OpenMP) and the verification.
 

@@ -1,6 +1,6 @@
 """Pairwise verification of near-duplicate candidates: align two thumbnails, then score the worst local difference.
 
-Candidates come from ``curate.dupsearch`` (a shift-tolerant descriptor and an ANN index); they are only
+Candidates come from ``curate.stages.dedupe.search`` (a shift-tolerant descriptor and an ANN index); they are only
 *look-alikes*. On Fashion-MNIST nearly every image has a different garment with the same silhouette whose
 global correlation with it is 0.98-0.99, higher than that of its own JPEG or resized copy, so a global score
 cannot separate them (measured: BENCHMARKS.md "Dedupe"). What does separate them is alignment plus a *local*
@@ -187,7 +187,7 @@ def verify_pairs(
     """Score candidate pairs of images.
 
     Args:
-        thumbs: ``(N, 32, 32)`` uint8 zero-padded thumbnails (``curate.signatures.thumbs_array``).
+        thumbs: ``(N, 32, 32)`` uint8 zero-padded thumbnails (``curate.stages.dedupe.signatures.thumbs_array``).
         shapes: ``(N, 2)`` thumbnail (h, w).
         sizes: ``(N, 2)`` decoded image (height, width).
         pairs: ``(P, 2)`` int indices into the above.

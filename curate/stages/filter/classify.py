@@ -37,96 +37,34 @@ model at the same path is not mistaken for the cached result of the old one.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import io
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.errors import CurateError, UsageError
+from curate.errors import CurateError
 from curate.schema import OK, conform, exclude
-from curate.scoring import (
-    Scorer,
-    Target,
-    file_sha256,
-    load_model,
-    rebatch,
-    resolve_target,
-    score_probs,
-)
-from curate.stages import StageResult
+from curate.stage import StageResult, no_progress
+from curate.stages.filter import REASON, FilterConfig, check_config
+from curate.stages.filter.scoring import Scorer, file_sha256, load_model, rebatch, resolve_target, score_probs
+
+if TYPE_CHECKING:
+    from curate.stage import Advance, Progress
+    from curate.workspace import Workspace
 
 STAGE = "filter"
-REASON = "classifier_filter"
-ACTIONS = ("exclude", "flag")
-SPLITS = ("train", "train_dev", "val", "test", "none")  # "none": rows without a split yet
-DEVICES = ("auto", "cpu", "cuda", "mps")
-CHECKPOINTS = ("best", "last")
 COLUMNS: dict[str, pa.DataType] = {
     "filter_score": pa.float64(),
     "filter_predicted": pa.string(),
     "filter_confidence": pa.float64(),
     "is_filtered": pa.bool_(),
 }
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    """Settings of ``curate filter`` (defaults < curate.toml ``[filter]`` < CLI flags).
-
-    Attributes:
-        model: run folder written by ``curate train`` (or a ``model_*.pt`` file). Required.
-        classes: the model classes that belong to the task; None: the model classes that occur as labels among
-            the version's included rows (max probability when that is every model class, see the module doc).
-        min_prob: rows with ``filter_score`` below this are filtered (0 < min_prob <= 1).
-        action: ``exclude`` (reason ``classifier_filter``) or ``flag`` (columns only).
-        splits: splits whose ``ok`` rows are scored: names from train, val, test, none (no split yet), or ``all``.
-        which: checkpoint of the run: ``best`` (falls back to ``last``) or ``last``.
-        batch_size: images decoded and scored per batch (bounds memory).
-        device: ``auto`` (cuda, then mps, then cpu), ``cpu``, ``cuda`` or ``mps``.
-    """
-
-    model: str | None = None
-    classes: tuple[str, ...] | None = None
-    min_prob: float = 0.5
-    action: str = "exclude"
-    splits: tuple[str, ...] = ("all",)
-    which: str = "best"
-    batch_size: int = 256
-    device: str = "auto"
-
-
-def check_config(cfg: FilterConfig) -> None:
-    """Raises ``UsageError`` for missing or out-of-range settings (before any work starts)."""
-    if not cfg.model:
-        raise UsageError("--model is required: a run folder written by `curate train`")
-    if cfg.action not in ACTIONS:
-        raise UsageError(f"--action must be one of {', '.join(ACTIONS)}, not {cfg.action!r}")
-    if not 0.0 < cfg.min_prob <= 1.0:
-        raise UsageError(f"--min-prob must be in (0, 1], not {cfg.min_prob}")
-    if cfg.which not in CHECKPOINTS:
-        raise UsageError(f"--which must be one of {', '.join(CHECKPOINTS)}, not {cfg.which!r}")
-    if cfg.device not in DEVICES:
-        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {cfg.device!r}")
-    if cfg.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    splits = tuple(cfg.splits)
-    if not splits:
-        raise UsageError("--splits needs at least one split, or all")
-    bad = [s for s in splits if s not in (*SPLITS, "all")]
-    if bad:
-        raise UsageError(f"--splits: unknown split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)} or all")
-    if "all" in splits and len(splits) > 1:
-        raise UsageError("--splits all cannot be combined with named splits")
-    if cfg.classes is not None and not cfg.classes:
-        raise UsageError("--classes needs at least one class name")
 
 
 def selected_mask(table: pa.Table, splits: tuple[str, ...]) -> pa.Array:
@@ -137,32 +75,6 @@ def selected_mask(table: pa.Table, splits: tuple[str, ...]) -> pa.Array:
         ok = pc.and_(ok, pc.is_in(split, pa.array(list(splits), pa.string())))
     mask = pc.fill_null(ok, False)
     return mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
-
-
-def config_dict(cfg: FilterConfig, run: Any, target: Target, checkpoint_sha: str | None = None) -> dict[str, Any]:
-    """The resolved config stored in version.json and hashed by ``run_stage`` for caching.
-
-    Holds what decides the result: the checkpoint's sha256 (a retrained model at the same path is a new
-    config), the resolved task classes and score mode, the threshold, action and splits. The batch size and
-    device are left out: they change the speed and at most the float rounding of a score (batched convolutions
-    round differently), so a result computed with other values of them is reused.
-    """
-    d = dataclasses.asdict(cfg)
-    for runtime in ("batch_size", "device"):
-        d.pop(runtime)
-    d["model"] = str(cfg.model)
-    d["classes"] = list(target.classes)
-    d["splits"] = list(cfg.splits)
-    d.update(
-        {
-            "checkpoint": str(run.path),
-            "checkpoint_sha256": checkpoint_sha or file_sha256(run.path),
-            "model_classes": list(run.classes),
-            "score": target.mode,
-            "classes_from": target.source,
-        }
-    )
-    return d
 
 
 def _merge_column(table: pa.Table, name: str, typ: pa.DataType, new: pa.Array, scored: pa.Array) -> pa.Table:
@@ -192,12 +104,12 @@ def _counts(values: list[Any]) -> dict[str, int]:
 
 def _score_all(
     scorer: Scorer,
-    batches: Any,
+    batches: Iterable[pa.Table],
     position: dict[str, int],
     probs: np.ndarray,
     seen: np.ndarray,
     errors: dict[str, str],
-    advance: Any,
+    advance: Advance,
 ) -> None:
     """Score every batch into ``probs`` (rows by ``position``), marking ``seen`` rows and decode ``errors``."""
     k = probs.shape[1]
@@ -210,19 +122,18 @@ def _score_all(
         for sid, err in zip(ids, out.column("error").to_pylist(), strict=True):
             if err is not None:
                 errors[sid] = err
-        if advance:
-            advance(len(ids))
+        advance(len(ids))
 
 
 def run_filter(
-    ws: Any,
+    ws: Workspace,
     parent: pa.Table | None,
     parent_id: str | None,
     cfg: FilterConfig,
     *,
     run: Any = None,
     checkpoint_sha: str | None = None,
-    progress: Any = None,
+    progress: Progress = no_progress,
 ) -> StageResult:
     """Score the selected ``ok`` rows of ``parent`` with the classifier and filter those below ``min_prob``.
 
@@ -232,7 +143,7 @@ def run_filter(
         cfg: the settings (``check_config`` is applied).
         run: an already loaded ``LoadedRun`` (else ``cfg.model`` is loaded here).
         checkpoint_sha: the checkpoint's sha256 when the caller already computed it.
-        progress: optional ``progress(total) -> context manager yielding advance(n)``.
+        progress: the progress factory (``curate.stage.Progress``).
 
     Returns:
         The full table with the filter columns (module doc), stats (counts per split and per predicted class of
@@ -264,9 +175,8 @@ def run_filter(
     position = {sid: i for i, sid in enumerate(rows.column("sample_id").to_pylist())}
     seen = np.zeros(m, bool)
     scorer = Scorer(run, cfg.batch_size)
-    bar = progress(m) if progress else contextlib.nullcontext(None)
     try:
-        with bar as advance:
+        with progress("filter", m) as advance:
             _score_all(
                 scorer,
                 rebatch(ws.blobs.iter_packs(rows, batch_rows=cfg.batch_size), cfg.batch_size),

@@ -1,10 +1,10 @@
 """Dedupe: find exact and near-duplicate images, group them, keep one representative per group.
 
-Per-sample work (``compute_batch``: decode, pixel hash, 32 px thumbnail, sharpness; ``curate.signatures``) runs
+Per-sample work (``compute_batch``: decode, pixel hash, 32 px thumbnail, sharpness; ``curate.stages.dedupe.signatures``) runs
 wherever the executor puts it, only for samples whose signature is not cached in ``state/signatures.parquet``
 of this version's lineage (or of the ``--against`` reference). The driver (``run_dedupe``) does the rest over
-small arrays: exact groups by pixel hash, near pairs by ``curate.dupsearch`` (descriptor ANN index + aligned
-verification, ``curate.dupverify``), connected components, the representative, the columns.
+small arrays: exact groups by pixel hash, near pairs by ``curate.stages.dedupe.search`` (descriptor ANN index + aligned
+verification, ``curate.stages.dedupe.verify``), connected components, the representative, the columns.
 
 Columns added (``ok`` rows that took part; other rows keep what they had):
 
@@ -38,75 +38,31 @@ planted copy (BENCHMARKS.md, "Dedupe").
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import io
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.dupgroups import annotate, group_items
-from curate.errors import CurateError, UsageError
+from curate.errors import CurateError
 from curate.schema import OK, conform
-from curate.signatures import SIGNATURE_SCHEMA, cache_bytes, compute_signatures, read_cached
-from curate.stages import StageResult
+from curate.stage import StageResult, no_progress
+from curate.stages.dedupe import DedupeConfig, check_config
+from curate.stages.dedupe.groups import annotate, group_items
+from curate.stages.dedupe.signatures import SIGNATURE_SCHEMA, cache_bytes, compute_signatures, read_cached
+
+if TYPE_CHECKING:
+    from curate.stage import Progress
+    from curate.workspace import Workspace
 
 STAGE = "dedupe"
-DEFAULT_THRESHOLD = 0.90
-ACTIONS = ("exclude", "flag")
-KEEPS = ("first", "largest", "sharpest")
-
-
-@dataclass(frozen=True)
-class DedupeConfig:
-    """Settings of ``curate dedupe`` (defaults < curate.toml ``[dedupe]`` < CLI flags).
-
-    Attributes:
-        threshold: minimum verification score (0..1) of a near-duplicate pair; calibrated default (module doc).
-        action: ``exclude`` marks duplicates excluded with reason ``duplicate``; ``flag`` only sets the columns.
-        keep: the representative of a group: ``first`` row, ``largest`` (width*height) or ``sharpest``.
-        against: a version of this workspace, or ``PATH[@VERSION]`` of another workspace: rows not in that
-            reference are checked against it (and each other); reference rows are never marked duplicate.
-        exact_only: skip the near-duplicate search (same decoded pixels only).
-        k: nearest descriptor views fetched per view (candidate pairs to verify).
-        nprobe: IVF lists scanned per query (the index is exact up to 4,096 descriptor vectors).
-        batch_size: samples per per-sample batch.
-    """
-
-    threshold: float = DEFAULT_THRESHOLD
-    action: str = "exclude"
-    keep: str = "first"
-    against: str | None = None
-    exact_only: bool = False
-    k: int = 4
-    nprobe: int = 4
-    batch_size: int = 512
-
-
-def config_dict(cfg: DedupeConfig) -> dict[str, Any]:
-    """The resolved config as a JSON-able dict (stored in version.json)."""
-    return dataclasses.asdict(cfg)
-
-
-def check_config(cfg: DedupeConfig) -> None:
-    """Raises ``UsageError`` for values outside their range."""
-    if cfg.action not in ACTIONS:
-        raise UsageError(f"--action must be one of {', '.join(ACTIONS)}, not {cfg.action!r}")
-    if cfg.keep not in KEEPS:
-        raise UsageError(f"--keep must be one of {', '.join(KEEPS)}, not {cfg.keep!r}")
-    if not 0.0 < cfg.threshold <= 1.0:
-        raise UsageError(f"--threshold must be in (0, 1], not {cfg.threshold}")
-    if cfg.k < 1 or cfg.nprobe < 1 or cfg.batch_size < 1:
-        raise UsageError("k, nprobe and batch_size must be positive")
 
 
 def compute_batch(batch: pa.Table, cfg: DedupeConfig) -> pa.Table:
-    """Per-sample work: ``sample_id``/``data`` rows -> ``curate.signatures.SIGNATURE_SCHEMA`` rows, same order."""
+    """Per-sample work: ``sample_id``/``data`` rows -> ``curate.stages.dedupe.signatures.SIGNATURE_SCHEMA`` rows, same order."""
     return compute_signatures(batch)
 
 
@@ -118,7 +74,8 @@ def _items(table: pa.Table, ids: list[str]) -> pa.Table:
 
 
 def _signatures(
-    ws: Any, lineages: list[tuple[Any, str | None]], rows: pa.Table, cfg: DedupeConfig, workers: int, progress: Any
+    ws: Workspace, lineages: list[tuple[Workspace, str | None]], rows: pa.Table, cfg: DedupeConfig, workers: int,
+    progress: Progress,
 ) -> tuple[pa.Table, pa.Table]:
     """Signatures of ``rows`` (sample_id, pack): cached ones from the ``(workspace, version)`` lineages, in order,
     the rest computed from the blobs of ``ws``.
@@ -140,13 +97,11 @@ def _signatures(
     if not missing.num_rows:
         return cached, SIGNATURE_SCHEMA.empty_table()
     parts = []
-    bar = progress(missing.num_rows) if progress else contextlib.nullcontext(None)
-    with bar as advance:
+    with progress("signatures", missing.num_rows) as advance:
         batches = ws.blobs.iter_packs(missing, batch_rows=cfg.batch_size)
         for out in map_batches(compute_batch, batches, cfg, workers=workers):
             parts.append(out)
-            if advance:
-                advance(out.num_rows)
+            advance(out.num_rows)
     computed = pa.concat_tables(parts) if parts else SIGNATURE_SCHEMA.empty_table()
     if computed.num_rows < missing.num_rows:
         lost = set(missing.column("sample_id").to_pylist()) - set(computed.column("sample_id").to_pylist())
@@ -155,7 +110,7 @@ def _signatures(
     return pa.concat_tables([cached, computed]), computed
 
 
-def resolve_against(ws: Any, against: str) -> tuple[Any, str]:
+def resolve_against(ws: Workspace, against: str) -> tuple[Workspace, str]:
     """``VERSION`` (this workspace) or ``PATH[@VERSION]`` (another workspace) -> ``(workspace, version id)``."""
     from pathlib import Path
 
@@ -173,14 +128,17 @@ def resolve_against(ws: Any, against: str) -> tuple[Any, str]:
     return ws, ws.resolve(against)
 
 
-def run_dedupe(ws: Any, parent: pa.Table, parent_id: str, cfg: DedupeConfig, *, workers: int = 1, progress: Any = None) -> StageResult:
+def run_dedupe(
+    ws: Workspace, parent: pa.Table | None, parent_id: str | None, cfg: DedupeConfig, *, workers: int = 1,
+    progress: Progress = no_progress,
+) -> StageResult:
     """Find duplicates among the ``ok`` rows of ``parent`` (and against ``cfg.against``) and annotate them.
 
     Args:
         ws: the workspace (its blobs, its signature caches).
         parent: the parent sample table; parent_id: its version id.
         workers: processes for the per-sample signatures (1 = in this process).
-        progress: optional ``progress(total) -> context manager yielding advance(n)``.
+        progress: the progress factory (``curate.stage.Progress``).
 
     Raises:
         CurateError: empty workspace, missing blobs, an unknown ``--against``; UsageError: bad settings.

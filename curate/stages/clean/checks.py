@@ -9,7 +9,7 @@ Every decision is a column; what the stage *does* with it is ``action``:
 | suggested_label / suggested_confidence | the out-of-sample argmax class and its probability |
 | ood_score / is_outlier | 0..1, higher = more atypical: (1 - max out-of-sample probability) / (1 - 1/K); flag > threshold |
 | | with ``model``: the kNN cosine distance in embedding space as a 0..1 score (``curate.models.heads.knn_outliers``) |
-| <check>_score / is_<check>, is_low_quality, low_quality_reasons | model-free image checks (``curate.quality``) |
+| <check>_score / is_<check>, is_low_quality, low_quality_reasons | model-free image checks (``curate.stages.clean.quality``) |
 | given_label | the label before ``relabel`` changed it (``label_source`` = ``relabel:clean``) |
 
 Only ``ok`` rows are checked; label checks need a label. Rows of every split are checked (the cleanlab study
@@ -38,54 +38,23 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate.errors import CurateError, UsageError
-from curate.labelissues import METHODS, cnn_oof, label_issues, read_pred_probs
+from curate.errors import CurateError
 from curate.schema import OK, conform, exclude
-from curate.stages import StageResult
+from curate.stage import StageResult, no_progress
+from curate.stages.clean import CleanConfig, check_config, thresholds
+from curate.stages.clean.labelissues import cnn_oof, label_issues, read_pred_probs
+
+if TYPE_CHECKING:
+    from curate.stage import Progress
+    from curate.workspace import Workspace
 
 STAGE = "clean"
-ACTIONS = ("flag", "exclude", "relabel")
-ACT_ON = ("train", "all")
-
-
-@dataclass(frozen=True)
-class CleanConfig:
-    """Settings of ``curate clean`` (defaults < curate.toml ``[clean]`` < CLI flags); module doc for semantics."""
-
-    find_mislabels: bool = False
-    find_outliers: bool = False
-    find_low_quality: bool = False
-    action: str = "flag"
-    act_on: str = "train"  # train: train rows and rows without a split; all: every split
-    max_fraction: float = 0.2
-    method: str = "low_normalized_margin"
-    relabel_threshold: float = 0.9
-    outlier_threshold: float = 0.75
-    pred_probs: str | None = None
-    model: str | None = None  # a model backend spec: probabilities and outliers from its frozen embeddings
-    folds: int = 5
-    arch: str = "small-cnn"
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3
-    augment: str = "none"
-    image_size: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    dark: float = 0.15
-    bright: float = 0.15
-    blurry: float = 0.25
-    low_information: float = 0.035
-    tiny: int = 16
-    odd_aspect: float = 4.0
-    grayscale_majority: float = 0.9
 
 
 @dataclass
@@ -93,58 +62,6 @@ class CleanResult(StageResult):
     """``StageResult`` plus the review rows: ``{"row": position in table, "issue", "score" (lower = worse), ...}``."""
 
     review: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-
-def config_dict(cfg: CleanConfig, workspace: Path | None = None) -> dict[str, Any]:
-    """The resolved config (stored in version.json); a ``--pred-probs`` file is identified by its sha256 too, and a
-    ``--model`` on disk by its digest (a retrained run at the same path is another model: no stale cache hit)."""
-    out = dataclasses.asdict(cfg)
-    if cfg.pred_probs and Path(cfg.pred_probs).is_file():
-        from curate.scoring import file_sha256
-
-        out["pred_probs_sha256"] = file_sha256(cfg.pred_probs)
-    if cfg.model:
-        from curate.models import model_path, path_digest
-
-        path = model_path(cfg.model, workspace)
-        if path is not None:
-            out["model_digest"] = path_digest(path)
-    return out
-
-
-def check_config(cfg: CleanConfig) -> None:
-    """Raises ``UsageError`` for settings outside their range (before any work)."""
-    from curate.learn.nets import ARCHS
-
-    if not (cfg.find_mislabels or cfg.find_outliers or cfg.find_low_quality):
-        raise UsageError("nothing to check: pass --find-mislabels, --find-outliers and/or --find-low-quality")
-    for name, value, allowed in (("action", cfg.action, ACTIONS), ("act-on", cfg.act_on, ACT_ON), ("method", cfg.method, METHODS)):
-        if value not in allowed:
-            raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
-    if cfg.arch not in ARCHS:
-        raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, not {cfg.arch!r}")
-    if not 0 < cfg.max_fraction <= 1 or not 0 < cfg.relabel_threshold <= 1:
-        raise UsageError("--max-fraction and --relabel-threshold must be in (0, 1]")
-    if cfg.folds < 2 or cfg.epochs < 1 or cfg.batch_size < 1:
-        raise UsageError("--folds must be >= 2, --epochs and --batch-size >= 1")
-    if cfg.pred_probs and not Path(cfg.pred_probs).is_file():
-        raise UsageError(f"--pred-probs {cfg.pred_probs}: no such file")
-    if cfg.model:
-        from curate.models import parse_spec
-
-        parse_spec(cfg.model)
-        if cfg.pred_probs and not cfg.find_outliers:
-            raise UsageError("--model and --pred-probs both give the label probabilities: pass one (or add --find-outliers)")
-    if not 0 < cfg.outlier_threshold <= 1:
-        raise UsageError("--outlier-threshold must be in (0, 1]")
-    _thresholds(cfg).check()
-
-
-def _thresholds(cfg: CleanConfig) -> Any:
-    from curate.quality import QualityThresholds
-
-    names = ("dark", "bright", "blurry", "low_information", "tiny", "odd_aspect", "grayscale_majority")
-    return QualityThresholds(**{n: getattr(cfg, n) for n in names})
 
 
 def _column(table: pa.Table, name: str, typ: pa.DataType, positions: np.ndarray, values: list[Any] | np.ndarray) -> pa.Table:
@@ -176,12 +93,13 @@ def _capped(flags: np.ndarray, badness: np.ndarray, allowed: np.ndarray, fractio
 
 
 def run_clean(
-    ws: Any, parent: pa.Table | None, parent_id: str | None, cfg: CleanConfig, *, workers: int = 1, progress: Any = None
+    ws: Workspace, parent: pa.Table | None, parent_id: str | None, cfg: CleanConfig, *, workers: int = 1,
+    progress: Progress = no_progress,
 ) -> CleanResult:
     """Check the ``ok`` rows of ``parent`` and annotate (and act on) what was found.
 
     Args:
-        progress: optional ``progress(description, total)`` -> context manager yielding ``advance(n)``.
+        progress: the progress factory (``curate.stage.Progress``).
 
     Raises:
         CurateError: empty workspace, missing blobs, too few labeled rows; UsageError: bad settings or pred-probs.
@@ -210,7 +128,7 @@ def run_clean(
         rows = table.take(pa.array(lpos)).select(["sample_id", "pack", "mode", "width", "height"])
         opos, oscore = lpos, None  # the rows the outlier check scores, and their score when a model gives it
         if cfg.model:
-            from curate.labelissues import embedding_judgements
+            from curate.stages.clean.labelissues import embedding_judgements
 
             got = embedding_judgements(ws, table, lpos, ok_pos, labels, len(classes), cfg, progress)
             probs, opos, oscore, info = got["probs"], got["outlier_pos"], got["outlier_score"], {**got["info"], "state": got["state"]}
@@ -333,14 +251,13 @@ def _relabel(
 
 
 def _low_quality(
-    ws: Any, table: pa.Table, ok_pos: np.ndarray, cfg: CleanConfig, workers: int, progress: Any
+    ws: Workspace, table: pa.Table, ok_pos: np.ndarray, cfg: CleanConfig, workers: int, progress: Progress
 ) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
     """Model-free checks of the ok rows: columns, the acted-on mask, stats and review rows."""
-    from curate.quality import compute_quality, flag_quality
+    from curate.stages.clean.quality import compute_quality, flag_quality
 
     rows = table.take(pa.array(ok_pos))
-    bar = (lambda total: progress("quality", total)) if progress else None
-    flagged = flag_quality(compute_quality(ws, rows, workers=workers, progress=bar), thresholds=_thresholds(cfg))
+    flagged = flag_quality(compute_quality(ws, rows, workers=workers, progress=progress), thresholds=thresholds(cfg))
     where = {sid: i for i, sid in enumerate(flagged.column("sample_id").to_pylist())}
     order = np.array([where.get(s, -1) for s in rows.column("sample_id").to_pylist()], np.int64)
     have = order >= 0

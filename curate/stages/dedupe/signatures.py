@@ -9,7 +9,7 @@ What one signature holds (``SIGNATURE_SCHEMA``, one row per sample, cached per `
 - ``thumb``: the grayscale image as uint8, kept at its native resolution when a side is at most ``THUMB`` (32)
   pixels and resized (bicubic, antialiased) to ``THUMB`` on that side otherwise; at most 1 KB. Keeping small
   images at their own pixel grid is what makes a 1-2 px shift or a crop of a 28x28 image an *integer*
-  translation that ``curate.dupverify`` can match exactly, instead of a resampled, blurred one.
+  translation that ``curate.stages.dedupe.verify`` can match exactly, instead of a resampled, blurred one.
 - ``thumb_h``/``thumb_w`` (its shape), ``width``/``height`` (the decoded size), ``sharpness`` (variance of the
   Laplacian of the gray image at <= 256 px, for ``--keep sharpest``).
 
@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 THUMB = 32
 SIG_VERSION = "thumb32-v1"
@@ -168,7 +171,7 @@ def cache_bytes(sigs: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def read_cached(ws: Any, vid: str, ids: Iterable[str]) -> pa.Table:
+def read_cached(ws: Workspace, vid: str, ids: Iterable[str]) -> pa.Table:
     """Cached signatures for ``ids`` found in the ``state/`` of ``vid`` or its ancestors (newest first).
 
     Caches written by another signature version are ignored, so changing the algorithm never mixes signatures.

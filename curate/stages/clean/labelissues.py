@@ -19,13 +19,18 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError, UsageError
+from curate.stage import no_progress
+
+if TYPE_CHECKING:
+    from curate.stage import Progress
+    from curate.workspace import Workspace
 
 OOF_STATE = "clean_oof.parquet"
 OOF_KEY_STATE = "clean_oof.json"
@@ -51,20 +56,21 @@ def geometry(rows: pa.Table, image_size: int | None, max_side: int = 64) -> tupl
     return channels, (side, side)
 
 
-def load_images(ws: Any, rows: pa.Table, channels: int, size: tuple[int, int], *, progress: Any = None) -> np.ndarray:
+def load_images(
+    ws: Workspace, rows: pa.Table, channels: int, size: tuple[int, int], *, progress: Progress = no_progress,
+    description: str = "decode",
+) -> np.ndarray:
     """Decode the blobs of ``rows`` (``sample_id``, ``pack``) to uint8 ``(N, H, W, C)`` in the order of ``rows``.
 
     Raises:
         CurateError: a row has no bytes in the packs, or its bytes do not decode (named by sample_id).
     """
-    import contextlib
-
     from curate.learn.shards import decode
 
     index = {sid: i for i, sid in enumerate(rows.column("sample_id").to_pylist())}
     out = np.zeros((len(index), size[0], size[1], channels), np.uint8)
     seen = 0
-    with progress(len(index)) if progress else contextlib.nullcontext(None) as advance:
+    with progress(description, len(index)) as advance:
         for batch in ws.blobs.iter_packs(rows.select(["sample_id", "pack"]), batch_rows=2048):
             for sid, data in zip(batch.column("sample_id").to_pylist(), batch.column("data").to_pylist(), strict=True):
                 try:
@@ -72,8 +78,7 @@ def load_images(ws: Any, rows: pa.Table, channels: int, size: tuple[int, int], *
                 except Exception as exc:  # noqa: BLE001 - any decoder failure is a data error here
                     raise CurateError(f"sample {sid} cannot be decoded: {type(exc).__name__}: {exc}") from exc
             seen += batch.num_rows
-            if advance:
-                advance(batch.num_rows)
+            advance(batch.num_rows)
     if seen != len(index):
         raise CurateError(f"{len(index) - seen} samples have no bytes in the blob packs", hint="was `curate gc` run?")
     return out
@@ -93,7 +98,7 @@ MODEL_SETTINGS = ("folds", "arch", "epochs", "batch_size", "lr", "augment", "ima
 
 
 def cnn_oof(
-    ws: Any, rows: pa.Table, labels: np.ndarray, classes: list[str], cfg: Any, progress: Any
+    ws: Workspace, rows: pa.Table, labels: np.ndarray, classes: list[str], cfg: Any, progress: Progress
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Out-of-sample ``(probs, ood_z, info)`` for ``rows`` (``sample_id``, ``pack``, ``mode``, ``width``, ``height``)
     from k of curate's own networks (``cfg``: ``CleanConfig``): cached, or trained now."""
@@ -112,14 +117,11 @@ def cnn_oof(
     order = np.argsort(np.array(ids), kind="stable")
     rows, labels, ids = rows.take(pa.array(order)), labels[order], [ids[i] for i in order]
     back = np.argsort(order, kind="stable")
-    images = load_images(ws, rows, channels, size, progress=(lambda total: progress("decode", total)) if progress else None)
+    images = load_images(ws, rows, channels, size, progress=progress)
     tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment, device=cfg.device)
     t0 = time.perf_counter()
-    if progress:
-        with progress(f"{cfg.folds}-fold models", cfg.folds) as advance:
-            res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True, on_fold=lambda f, k: advance(1))
-    else:
-        res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True)
+    with progress(f"{cfg.folds}-fold models", cfg.folds) as advance:
+        res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True, on_fold=lambda f, k: advance(1))
     info = {"oof": "computed", "oof_seconds": round(time.perf_counter() - t0, 1), "input": [channels, *size]}
     state = OOFCache.state(key, ids, res.probs, res.ood_z, classes)
     return res.probs[back], res.ood_z[back], {**info, "state": state}
@@ -128,7 +130,7 @@ def cnn_oof(
 class OOFCache:
     """Out-of-sample results stored in version state, found again by key."""
 
-    def __init__(self, ws: Any) -> None:
+    def __init__(self, ws: Workspace) -> None:
         self.ws = ws
 
     def find(self, key: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str] | None:
@@ -242,7 +244,8 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, method: str = "low_no
 
 
 def embedding_judgements(
-    ws: Any, table: pa.Table, lpos: np.ndarray, ok_pos: np.ndarray, labels: np.ndarray, n_classes: int, cfg: Any, progress: Any
+    ws: Workspace, table: pa.Table, lpos: np.ndarray, ok_pos: np.ndarray, labels: np.ndarray, n_classes: int, cfg: Any,
+    progress: Progress,
 ) -> dict[str, Any]:
     """``clean --model``: the model's embeddings of the checked rows, a k-fold linear head and kNN outlier scores.
 
@@ -250,7 +253,7 @@ def embedding_judgements(
         table: the version's sample table; lpos: positions of the labeled ok rows (``labels`` int ``(L,)`` are
             theirs); ok_pos: positions of every ok row (ascending, like ``lpos``).
         cfg: ``CleanConfig`` (``model``, ``device``, ``batch_size``, ``folds``, ``seed``, ``find_*``, ``pred_probs``).
-        progress: optional ``progress(description, total)`` -> context manager yielding ``advance(n)``.
+        progress: the progress factory (``curate.stage.Progress``).
 
     Returns:
         ``probs`` float32 ``(L, K)`` out-of-sample (None when not needed), ``outlier_pos`` / ``outlier_score``

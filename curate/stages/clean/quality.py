@@ -49,16 +49,20 @@ not flagged) and 0.17-0.19 (sigma 4 px, flagged); luma scaled into the bottom 15
 
 from __future__ import annotations
 
-import contextlib
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import CurateError, UsageError
+from curate.stage import no_progress
+
+if TYPE_CHECKING:
+    from curate.stage import Progress
+    from curate.workspace import Workspace
 
 #: Longest side (px) at which pixels are measured; larger images are downscaled (antialiased), smaller ones kept.
 WORK_SIDE = 256
@@ -207,14 +211,16 @@ def quality_batch(batch: pa.Table, cfg: Any = None) -> pa.Table:
     return pa.table(rows, schema=MEASUREMENT_SCHEMA)
 
 
-def compute_quality(ws: Any, table: pa.Table, *, workers: int = 1, progress: Any = None, batch_rows: int = 512) -> pa.Table:
+def compute_quality(
+    ws: Workspace, table: pa.Table, *, workers: int = 1, progress: Progress = no_progress, batch_rows: int = 512
+) -> pa.Table:
     """Measurements for the ``ok`` rows of ``table``, read from the workspace's blob packs.
 
     Args:
         ws: the workspace (``ws.blobs``).
         table: a sample table with at least ``sample_id`` and ``pack`` (``status`` when present: only ``ok`` rows).
         workers: processes for the per-sample work (1 = in this process).
-        progress: optional ``progress(total) -> context manager yielding advance(n)`` (as for dedupe).
+        progress: the progress factory (``curate.stage.Progress``; the bar is named ``quality``).
         batch_rows: images per batch handed to the executor.
 
     Returns:
@@ -232,12 +238,10 @@ def compute_quality(ws: Any, table: pa.Table, *, workers: int = 1, progress: Any
     if not rows.num_rows:
         return MEASUREMENT_SCHEMA.empty_table()
     parts: list[pa.Table] = []
-    bar = progress(rows.num_rows) if progress else contextlib.nullcontext(None)
-    with bar as advance:
+    with progress("quality", rows.num_rows) as advance:
         for out in map_batches(quality_batch, ws.blobs.iter_packs(rows, batch_rows=batch_rows), None, workers=workers):
             parts.append(out)
-            if advance:
-                advance(out.num_rows)
+            advance(out.num_rows)
     out = pa.concat_tables(parts) if parts else MEASUREMENT_SCHEMA.empty_table()
     if out.num_rows < rows.num_rows:
         lost = sorted(set(rows.column("sample_id").to_pylist()) - set(out.column("sample_id").to_pylist()))

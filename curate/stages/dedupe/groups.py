@@ -1,7 +1,7 @@
 """Duplicate groups from signatures: exact groups, near edges, components, representatives, table columns.
 
 Driver-side work of ``curate.stages.dedupe`` over small arrays (one signature per image); the pixel-level
-parts are in ``curate.dupsearch`` / ``curate.dupverify``.
+parts are in ``curate.stages.dedupe.search`` / ``curate.stages.dedupe.verify``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.schema import exclude
-from curate.signatures import thumbs_array
+from curate.stages.dedupe.signatures import thumbs_array
 
 DUP_COLUMNS: dict[str, pa.DataType] = {
     "dup_group": pa.string(),
@@ -41,7 +41,7 @@ def group_items(
 
     Args:
         items: ``sample_id``, ``label``, ``order`` (row in the sample table; -1 for reference rows outside it).
-        sigs: ``curate.signatures.SIGNATURE_SCHEMA`` rows aligned with ``items`` (no errors).
+        sigs: ``curate.stages.dedupe.signatures.SIGNATURE_SCHEMA`` rows aligned with ``items`` (no errors).
         ref_ids: ``--against`` reference sample_ids (always preferred as representative, never compared
             with each other).
 
@@ -49,8 +49,8 @@ def group_items(
         dict with per-item arrays ``comp`` (component id), ``rep`` (item index of the representative), ``score``,
         ``kind``, plus ``edges`` (a pa.Table of near pairs) and ``timings``.
     """
-    from curate.dupsearch import near_pairs
-    from curate.dupverify import verify_pairs
+    from curate.stages.dedupe.search import near_pairs
+    from curate.stages.dedupe.verify import verify_pairs
 
     t0 = time.perf_counter()
     m = items.num_rows

@@ -1,0 +1,131 @@
+"""Dedupe: find exact and near-duplicate images, group them, keep one representative per group.
+
+The contract (settings, checks, summary); the work is in ``find`` (the driver, with the threshold calibration),
+``signatures`` (per-sample decode, pixel hash, thumbnail), ``search`` (descriptor ANN index), ``verify``
+(aligned pair scores) and ``groups`` (connected components, representatives, columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from curate.errors import UsageError
+from curate.stage import Context, Stage, cli
+
+if TYPE_CHECKING:
+    from curate.stage import StageResult
+
+#: Calibrated on planted copies (``curate.stages.dedupe.find``, ``bench/bench_dedupe.py``).
+DEFAULT_THRESHOLD = 0.90
+ACTIONS = ("exclude", "flag")
+KEEPS = ("first", "largest", "sharpest")
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    """Settings of ``curate dedupe`` (defaults < curate.toml ``[dedupe]`` < CLI flags).
+
+    Attributes:
+        threshold: Near-duplicate score needed (0-1, higher = stricter). Default 0.90, calibrated on planted copies.
+        action: exclude: mark duplicates excluded (reason duplicate); flag: columns only.
+        keep: Representative kept per group: first | largest | sharpest.
+        against: Check rows not in this reference against it: a VERSION of this workspace, a workspace folder, or
+            FOLDER@VERSION. Reference rows are never marked duplicate.
+        exact_only: Only identical decoded pixels; skip the near search.
+        k: Nearest descriptor views fetched per view (candidate pairs to verify).
+        nprobe: IVF lists scanned per query (the index is exact up to 4,096 descriptor vectors).
+        batch_size: Samples per per-sample batch.
+    """
+
+    threshold: float = DEFAULT_THRESHOLD
+    action: str = "exclude"
+    keep: str = "first"
+    against: str | None = None
+    exact_only: bool = False
+    k: int = field(default=4, metadata=cli(hidden=True))
+    nprobe: int = field(default=4, metadata=cli(hidden=True))
+    batch_size: int = field(default=512, metadata=cli(hidden=True))
+
+
+def check_config(cfg: DedupeConfig) -> None:
+    """Raises ``UsageError`` for values outside their range."""
+    if cfg.action not in ACTIONS:
+        raise UsageError(f"--action must be one of {', '.join(ACTIONS)}, not {cfg.action!r}")
+    if cfg.keep not in KEEPS:
+        raise UsageError(f"--keep must be one of {', '.join(KEEPS)}, not {cfg.keep!r}")
+    if not 0.0 < cfg.threshold <= 1.0:
+        raise UsageError(f"--threshold must be in (0, 1], not {cfg.threshold}")
+    if cfg.k < 1 or cfg.nprobe < 1 or cfg.batch_size < 1:
+        raise UsageError("k, nprobe and batch_size must be positive")
+
+
+def run(ctx: Context, cfg: DedupeConfig) -> StageResult:
+    """Find and annotate duplicates (``curate.stages.dedupe.find``)."""
+    from curate.stages.dedupe.find import run_dedupe
+
+    return run_dedupe(ctx.ws, ctx.need_table(), ctx.parent, cfg, workers=ctx.n_workers(), progress=ctx.progress)
+
+
+def summary(res: dict[str, Any]) -> str:
+    st = res["stats"]
+    return f"{st['duplicates']:,} duplicates; {st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded"
+
+
+def details(res: dict[str, Any]) -> list[str]:
+    """The groups, the signature cache, label conflicts and groups spanning splits (a fresh run only)."""
+    if res.get("cached") or "stats" not in res:
+        return []
+    st = res["stats"]
+    verb = "excluded" if st.get("action", "exclude") == "exclude" else "flagged"
+    out = [
+        f"{st['participants']:,} samples, {st['groups']:,} groups -> {st['duplicates']:,} duplicates {verb} "
+        f"({st['exact_duplicates']:,} exact, {st['near_duplicates']:,} near; largest group {st['largest_group']}), "
+        f"{st['seconds']:.1f}s",
+        f"signatures: {st['signatures_computed']:,} computed, {st['signatures_cached']:,} cached, {st['signature_errors']:,} failed",
+    ]
+    if st["label_conflict_groups"]:
+        out.append(f"label conflicts: {st['label_conflict_groups']:,} groups ({st['label_conflict_rows']:,} rows) "
+                   "carry different labels")
+    cross = st["cross_split"]
+    if cross["groups_spanning"]:
+        per = ", ".join(f"{s} {n:,}" for s, n in sorted(cross["rows_with_dup_in_other_split"].items()))
+        out.append(f"across {cross['column']}: {cross['groups_spanning']:,} groups span several splits ({per} rows)")
+    return out
+
+
+STAGE = Stage(
+    "dedupe",
+    DedupeConfig,
+    run,
+    doc="""Find exact and near-duplicate images and keep one per group.
+
+    Exact duplicates have the same decoded pixels (a PNG and its lossless re-encode); near duplicates survive
+    re-encoding, resizing, JPEG, small brightness changes, 1-2 px shifts and small crops. Each group gets one
+    representative (--keep); the others get is_duplicate=true and dup_of, and are excluded (reason duplicate)
+    unless --action flag. Groups whose labels disagree are flagged dup_label_conflict. Signatures are cached per
+    sample, so re-running or checking new data with --against only decodes what is new.
+
+    Examples:
+
+        curate dedupe
+        curate dedupe --threshold 0.95 --action flag
+        curate dedupe --keep largest
+        curate dedupe --against 2                 # new rows vs version 2 of this workspace
+        curate dedupe --against ../train-ws       # vs HEAD of another workspace
+    """,
+    columns={
+        "dup_group": "sample_id of the group's representative; null when the image has no duplicate",
+        "is_duplicate": "true for every member but the representative (never for --against reference rows)",
+        "dup_of": "the representative a duplicate was matched to",
+        "dup_score": "similarity to the representative: 1.0 same pixels, else the verification score",
+        "dup_kind": "exact (same decoded pixels) or near",
+        "dup_label_conflict": "the group's members carry more than one distinct label (a label-noise signal)",
+    },
+    summary=summary,
+    details=details,
+    check=check_config,
+    # another workspace may change under the same reference, so only an in-workspace run is reused
+    cacheable=lambda _ctx, cfg: cfg.against is None,
+    workers=True,
+)

@@ -1,0 +1,202 @@
+"""Filter: score samples with a trained curate classifier and exclude those unlikely to belong to the task.
+
+The contract (settings, checks, the cache key with the model's identity, summary); the work is in ``classify``
+(scoring pack by pack, the columns, the score semantics) and ``scoring`` (loading the run, the task classes,
+the batched forward pass).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from curate.errors import UsageError
+from curate.stage import Context, Stage, cli
+
+if TYPE_CHECKING:
+    from curate.stage import StageResult
+    from curate.stages.filter.scoring import Target
+
+REASON = "classifier_filter"
+ACTIONS = ("exclude", "flag")
+SPLITS = ("train", "train_dev", "val", "test", "none")  # "none": rows without a split yet
+DEVICES = ("auto", "cpu", "cuda", "mps")
+CHECKPOINTS = ("best", "last")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Settings of ``curate filter`` (defaults < curate.toml ``[filter]`` < CLI flags).
+
+    Attributes:
+        model: Run folder written by `curate train` (or a model_*.pt file). Required.
+        classes: Comma-separated model classes that belong to the task; filter_score = the sum of their
+            probabilities. Default: the model classes that occur as labels of the version's included rows; when
+            that is every model class (no 'other' class), filter_score = the max probability.
+        min_prob: Rows with filter_score below this are filtered (0-1].
+        action: exclude: filtered rows excluded, reason classifier_filter; flag: columns only.
+        splits: Splits whose included rows are scored: train,val,test,none (no split yet), or all.
+        which: Checkpoint of the run: best (else last) | last.
+        batch_size: Images decoded and scored per batch (bounds memory).
+        device: auto (cuda, then mps, then cpu) | cpu | cuda | mps.
+    """
+
+    model: str | None = field(default=None, metadata=cli("--model", "-m"))
+    classes: tuple[str, ...] | None = field(default=None, metadata=cli(metavar="A,B"))
+    min_prob: float = 0.5
+    action: str = "exclude"
+    splits: tuple[str, ...] = field(default=("all",), metadata=cli(metavar="SPLITS"))
+    which: str = "best"
+    batch_size: int = 256
+    device: str = "auto"
+
+
+def check_config(cfg: FilterConfig) -> None:
+    """Raises ``UsageError`` for missing or out-of-range settings (before any work starts)."""
+    if not cfg.model:
+        raise UsageError("--model is required: a run folder written by `curate train`")
+    if cfg.action not in ACTIONS:
+        raise UsageError(f"--action must be one of {', '.join(ACTIONS)}, not {cfg.action!r}")
+    if not 0.0 < cfg.min_prob <= 1.0:
+        raise UsageError(f"--min-prob must be in (0, 1], not {cfg.min_prob}")
+    if cfg.which not in CHECKPOINTS:
+        raise UsageError(f"--which must be one of {', '.join(CHECKPOINTS)}, not {cfg.which!r}")
+    if cfg.device not in DEVICES:
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {cfg.device!r}")
+    if cfg.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    splits = tuple(cfg.splits)
+    if not splits:
+        raise UsageError("--splits needs at least one split, or all")
+    bad = [s for s in splits if s not in (*SPLITS, "all")]
+    if bad:
+        raise UsageError(f"--splits: unknown split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)} or all")
+    if "all" in splits and len(splits) > 1:
+        raise UsageError("--splits all cannot be combined with named splits")
+    if cfg.classes is not None and not cfg.classes:
+        raise UsageError("--classes needs at least one class name")
+
+
+def prepare(values: dict[str, Any]) -> dict[str, Any]:
+    """``classes`` / ``splits`` given as text (``"a, b"``) -> tuples of names."""
+    out = dict(values)
+    for name in ("classes", "splits"):
+        if isinstance(out.get(name), str):
+            out[name] = tuple(v.strip() for v in out[name].split(",") if v.strip())
+    return out
+
+
+def config_dict(cfg: FilterConfig, run: Any, target: Target, checkpoint_sha: str | None = None) -> dict[str, Any]:
+    """The resolved config stored in version.json and hashed by the runner for caching.
+
+    Holds what decides the result: the checkpoint's sha256 (a retrained model at the same path is a new
+    config), the resolved task classes and score mode, the threshold, action and splits. The batch size and
+    device are left out: they change the speed and at most the float rounding of a score (batched convolutions
+    round differently), so a result computed with other values of them is reused.
+    """
+    import dataclasses
+
+    from curate.stages.filter.scoring import file_sha256
+
+    d = dataclasses.asdict(cfg)
+    for runtime in ("batch_size", "device"):
+        d.pop(runtime)
+    d["model"] = str(cfg.model)
+    d["classes"] = list(target.classes)
+    d["splits"] = list(cfg.splits)
+    d.update(
+        {
+            "checkpoint": str(run.path),
+            "checkpoint_sha256": checkpoint_sha or file_sha256(run.path),
+            "model_classes": list(run.classes),
+            "score": target.mode,
+            "classes_from": target.source,
+        }
+    )
+    return d
+
+
+def key(ctx: Context, cfg: FilterConfig) -> dict[str, Any]:
+    """Load the run and resolve the task classes on the chosen version first: both are part of the settings (and
+    so of the cache key). The loaded run waits in ``ctx.scratch`` for ``run``."""
+    from curate.stages.filter.scoring import file_sha256, load_model, resolve_target
+
+    loaded = load_model(cfg)
+    sha = file_sha256(loaded.path)
+    table = ctx.data if ctx.data is not None else ctx.ws.samples(ctx.ws.resolve(ctx.version()), columns=["status", "label"])
+    target = resolve_target(cfg, loaded.classes, table)
+    ctx.scratch.update(run=loaded, checkpoint_sha=sha)
+    return config_dict(cfg, loaded, target, sha)
+
+
+def run(ctx: Context, cfg: FilterConfig) -> StageResult:
+    """Score and filter (``curate.stages.filter.classify``) with the run ``key`` loaded."""
+    from curate.stages.filter.classify import run_filter
+
+    return run_filter(ctx.ws, ctx.need_table(), ctx.parent, cfg, run=ctx.scratch.get("run"),
+                      checkpoint_sha=ctx.scratch.get("checkpoint_sha"), progress=ctx.progress)  # fmt: skip
+
+
+def summary(res: dict[str, Any]) -> str:
+    st = res["stats"]
+    return f"{st['filtered']:,} filtered; {st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded"
+
+
+def _per(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
+
+
+def details(res: dict[str, Any]) -> list[str]:
+    """What was scored and filtered, per split and predicted class; then the new HEAD's counts."""
+    if "stats" not in res:
+        return []
+    st = res["stats"]
+    if res.get("cached"):
+        return [f"same parent, model and settings as {res['version']}; HEAD moved there (nothing recomputed)"]
+    verb = "excluded" if st["action"] == "exclude" else "flagged"
+    out = [f"filter {res['parent']} with {st['checkpoint']} ({st['device']}): {st['scored']:,} scored, {st['filtered']:,} with "
+           f"score < {st['min_prob']} {verb}; score = {st['score_description']}; {st['seconds']:.1f}s"]  # fmt: skip
+    if st["filtered"]:
+        out.append(f"filtered per split: {_per(st['filtered_per_split'])}")
+        out.append(f"filtered per predicted class: {_per(st['filtered_per_predicted'])}")
+    if st["decode_errors"]:
+        out.append(f"{st['decode_errors']:,} images could not be decoded and were not scored")
+    out.append(f"version {res['version']} (HEAD): {st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded")
+    return out
+
+
+STAGE = Stage(
+    "filter",
+    FilterConfig,
+    run,
+    doc="""Score every included sample with a trained classifier and exclude those unlikely to belong to the task.
+
+    The usual clean-up for web data: train a classifier (classes relevant/irrelevant, or the task classes plus
+    an "other" class) with `curate train`, then drop what it does not believe belongs. Adds filter_score (the
+    probability mass on --classes), filter_predicted (the argmax class), filter_confidence (its probability) and
+    is_filtered (filter_score < --min-prob). Filtered rows are excluded (stage filter, reason classifier_filter)
+    unless --action flag; rows already excluded are not scored and keep their reason; every row stays in the
+    table. Without --classes the task classes are the model classes found among the version's labels; if that
+    is all of them the score falls back to the max probability (a model unsure between the task classes).
+    Uses the GPU when there is one. --version filters another version: the result is its child and becomes
+    HEAD. The checkpoint's sha256 is part of the stage settings, so a retrained model is never a cached no-op.
+
+    Examples:
+
+        curate filter --model models/web-relevance --classes relevant --min-prob 0.5
+        curate filter -m models/fm-plus-other --classes shirt,shoe,bag --min-prob 0.7 --action flag
+        curate filter -m models/fm --splits train --device cpu      # max probability (no "other" class)
+    """,
+    columns={
+        "filter_score": "probability mass on the task classes (or the max probability), 0..1",
+        "filter_predicted": "the model's most probable class (argmax)",
+        "filter_confidence": "the probability of filter_predicted",
+        "is_filtered": "filter_score < min_prob",
+    },
+    summary=summary,
+    details=details,
+    check=check_config,
+    prepare=prepare,
+    key=key,
+    reads_version=True,
+)
