@@ -49,11 +49,12 @@ def load_section(path: Path | None, section: str) -> dict[str, Any]:
         raise UsageError(f"{path}: invalid TOML ({exc})") from exc
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the settings file ({exc.strerror or exc})") from None
-    from curate.steps import STEPS
+    from curate.registry import stages
 
-    unknown = sorted(set(data) - set(STEPS))
+    known = stages()  # the converted stages and the legacy steps alike
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise UsageError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(STEPS))}")
+        raise UsageError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(known))}")
     value = data.get(section, {})
     if not isinstance(value, dict):
         raise UsageError(f"{path}: [{section}] must be a table")
@@ -158,3 +159,22 @@ def coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     if got is _NO:
         raise UsageError(f"{origin}: {key} = {value!r} must be {type_name(hint)}")
     return got
+
+
+def size_setting(values: dict[str, Any], key: str = "max_bytes") -> dict[str, Any]:
+    """A byte-size setting given as text (``max_bytes = "64MB"`` in a file, ``--max-bytes 64MB``) -> bytes; a number
+    stays as it is. The ``prepare`` of the stages with such a setting (ingest, crawl).
+
+    Raises:
+        UsageError: text that is not a size.
+    """
+    text = values.get(key)
+    if not isinstance(text, str):
+        return values
+    from curate.export import parse_shard_size
+
+    try:
+        rows, nbytes = parse_shard_size(text)
+    except CurateError:
+        raise UsageError(f"--{key.replace('_', '-')} {text!r}: give a number of bytes or a size (64MB, 1GiB)") from None
+    return {**values, key: nbytes if nbytes is not None else rows}

@@ -79,7 +79,6 @@ from curate import registry  # noqa: E402
 from curate.cli import (  # noqa: E402
     balance,
     clean,
-    crawl,
     data,
     dedupe,
     filter,
@@ -95,7 +94,6 @@ from curate.cli import (  # noqa: E402
 
 for _module in (
     data,
-    crawl,
     dedupe,
     clean,
     review,

@@ -136,11 +136,7 @@ def get(name: str) -> Step:
 
 
 _W = {"workers": int}
-_S, _C, _O = "curate.steps.sources", "curate.steps.curation", "curate.steps.outputs"
-register(Step("ingest", "curate.stages.ingest:IngestConfig", f"{_S}:ingest_step", prepare=f"{_S}:prepare_ingest",
-              summary=f"{_S}:summary", kind=SOURCE, options=_W, workers=True))  # fmt: skip
-register(Step("crawl", "curate.stages.crawl:CrawlConfig", f"{_S}:crawl_step", check="curate.stages.crawl:check_config",
-              prepare=f"{_S}:prepare_crawl", summary=f"{_S}:summary", kind=SOURCE, workers=True))  # fmt: skip
+_C, _O = "curate.steps.curation", "curate.steps.outputs"
 register(Step("dedupe", "curate.stages.dedupe:DedupeConfig", f"{_C}:dedupe_step", check="curate.stages.dedupe:check_config",
               summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
 register(Step("clean", "curate.stages.clean:CleanConfig", f"{_C}:clean_step", check="curate.stages.clean:check_config",

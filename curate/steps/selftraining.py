@@ -21,12 +21,15 @@ def pseudolabel_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     pool = ctx.options.get("pool")
     if pool:
+        from curate.pipeline import execute
+        from curate.stage import Context, rich_progress
         from curate.stages.dedupe import DedupeConfig
+        from curate.stages.ingest import STAGE as INGEST
         from curate.stages.ingest import IngestConfig
         from curate.steps.curation import dedupe_step
-        from curate.steps.sources import ingest_step
 
-        ing = ingest_step(ws, IngestConfig(source=str(pool), unlabeled=True), ctx)
+        ing = execute(INGEST, Context(ws, base=ctx.base, workers=ctx.workers, progress=rich_progress(ctx.progress), reuse=ctx.reuse),
+                      IngestConfig(source=str(pool), unlabeled=True))  # fmt: skip
         dd = dedupe_step(ws, DedupeConfig(), StepContext(workers=ctx.workers, progress=ctx.progress, log=ctx.log))
         extra["pool"] = {"ingest": ing["version"], "dedupe": dd["version"], "new_samples": ing["stats"].get("new_samples")}
         ctx = StepContext(workers=ctx.workers, progress=ctx.progress, log=ctx.log, base=dd["version"], reuse=ctx.reuse)
