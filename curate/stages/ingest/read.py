@@ -211,45 +211,54 @@ def run_ingest(
                 del out  # its bytes are in the pack writer now: not kept while the next batch is processed
                 if big:
                     pa.default_memory_pool().release_unused()
-        if acc.n_in == 0:
-            raise CurateError(f"{cfg.source}: no files found", hint="check the path, or --format / --unlabeled")
-        # ``unknown_label`` is the user's own --classes filter, not a failed input: it must not trip the limit.
-        failures = Counter({r: n for r, n in acc.reasons.items() if r not in NOT_FAILURES})
-        failed = sum(failures.values())
-        if failed > cfg.max_error_fraction * acc.n_in:
-            detail = ", ".join(f"{r}={n}" for r, n in failures.most_common())
-            raise TooManyErrors(
-                f"{cfg.source}: {failed} of {acc.n_in} inputs failed ({detail}), more than --max-error-fraction "
-                f"{cfg.max_error_fraction}; nothing was committed",
-                hint="`--max-error-fraction 1` ingests anyway and keeps every failure as an excluded row",
-            )
+        _check_failures(acc, cfg)
         acc.packs.close()
     except BaseException:
         acc.packs.discard()
         raise
-    new_parts, extra, packs, reasons = acc.parts, acc.extra, acc.packs, acc.reasons
-    n_in, n_dup, n_bytes = acc.n_in, acc.n_dup, acc.n_bytes
-    new = pa.concat_tables(new_parts) if new_parts else OUT_SCHEMA.empty_table().drop_columns(["data"])
+    new = _new_rows(acc, parent, cfg)
+    table = pa.concat_tables([parent, conform(new)], promote_options="default")
+    if acc.extra:
+        table = _record_extra_sources(table, acc.extra)
+    stats = {
+        "source": cfg.source,
+        "inputs": acc.n_in,
+        "new_samples": new.num_rows,
+        "duplicate_bytes": acc.n_dup,
+        "new_excluded_by_reason": dict(sorted(acc.reasons.items())),
+        "bytes_stored": acc.n_bytes,
+        "packs_written": len(acc.packs.written),
+        "notes": opts.notes,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return StageResult(table=table, stats=stats)
+
+
+def _check_failures(acc: _Accumulator, cfg: IngestConfig) -> None:
+    """Refuse an empty source, and one where more than ``max_error_fraction`` of the inputs failed."""
+    if acc.n_in == 0:
+        raise CurateError(f"{cfg.source}: no files found", hint="check the path, or --format / --unlabeled")
+    # ``unknown_label`` is the user's own --classes filter, not a failed input: it must not trip the limit.
+    failures = Counter({r: n for r, n in acc.reasons.items() if r not in NOT_FAILURES})
+    failed = sum(failures.values())
+    if failed > cfg.max_error_fraction * acc.n_in:
+        detail = ", ".join(f"{r}={n}" for r, n in failures.most_common())
+        raise TooManyErrors(
+            f"{cfg.source}: {failed} of {acc.n_in} inputs failed ({detail}), more than --max-error-fraction "
+            f"{cfg.max_error_fraction}; nothing was committed",
+            hint="`--max-error-fraction 1` ingests anyway and keeps every failure as an excluded row",
+        )
+
+
+def _new_rows(acc: _Accumulator, parent: pa.Table, cfg: IngestConfig) -> pa.Table:
+    """The rows of new bytes: ``excluded_by`` / ``label_source`` set, a manifest's other columns expanded."""
+    new = pa.concat_tables(acc.parts) if acc.parts else OUT_SCHEMA.empty_table().drop_columns(["data"])
     new = new.append_column("excluded_by", pc.if_else(pc.equal(new.column("status"), OK), pa.scalar(None, pa.string()), STAGE))
     new = new.append_column("label_source", pc.if_else(pc.is_null(new.column("label")), pa.scalar(None, pa.string()), "given"))
     new = _expand_extra(new, reserved=set(parent.column_names))
     if cfg.assign_split:
         new = new.append_column("split", new.column("origin_split"))
-    table = pa.concat_tables([parent, conform(new)], promote_options="default")
-    if extra:
-        table = _record_extra_sources(table, extra)
-    stats = {
-        "source": cfg.source,
-        "inputs": n_in,
-        "new_samples": new.num_rows,
-        "duplicate_bytes": n_dup,
-        "new_excluded_by_reason": dict(sorted(reasons.items())),
-        "bytes_stored": n_bytes,
-        "packs_written": len(packs.written),
-        "notes": opts.notes,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    return StageResult(table=table, stats=stats)
+    return new
 
 
 def _expand_extra(new: pa.Table, *, reserved: set[str]) -> pa.Table:
