@@ -169,16 +169,16 @@ def curate_dedupe(
     ws_dir: Path, source: Path | None, workers: int, threshold: float, *, idx: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     """Ingest ``source`` into a fresh workspace, then run the dedupe stage with --action flag (as the CLI does)."""
-    from curate.pipeline import run_stage
+    from curate.pipeline import execute, run_stage
+    from curate.stage import Context
     from curate.stages.dedupe import DedupeConfig
     from curate.stages.dedupe.find import run_dedupe
-    from curate.stages.ingest import IngestConfig, run_ingest
-    from curate.stages.ingest import config_dict as ingest_dict
+    from curate.stages.ingest import STAGE as INGEST
+    from curate.stages.ingest import IngestConfig
     from curate.workspace import Workspace
 
     ws = Workspace(reset_dir(ws_dir))
-    icfg = IngestConfig(source=str(source), unlabeled=not idx)
-    run_stage(ws, "ingest", ingest_dict(icfg), lambda p, pid: run_ingest(ws, p, icfg, parent_id=pid, workers=workers), cacheable=False)
+    execute(INGEST, Context(ws, workers=workers), IngestConfig(source=str(source), unlabeled=not idx))
     cfg = DedupeConfig(threshold=threshold, action="flag")
     t0 = time.perf_counter()
     res = run_stage(ws, "dedupe", dataclasses.asdict(cfg), lambda p, pid: run_dedupe(ws, p, pid, cfg, workers=workers))

@@ -161,3 +161,22 @@ def coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
     if got is _NO:
         raise UsageError(f"{origin}: {key} = {value!r} must be {type_name(hint)}")
     return got
+
+
+def size_setting(values: dict[str, Any], key: str = "max_bytes") -> dict[str, Any]:
+    """A byte-size setting given as text (``max_bytes = "64MB"`` in a file, ``--max-bytes 64MB``) -> bytes; a number
+    stays as it is. The ``prepare`` of the stages with such a setting (ingest, crawl).
+
+    Raises:
+        UsageError: text that is not a size.
+    """
+    text = values.get(key)
+    if not isinstance(text, str):
+        return values
+    from curate.export import parse_shard_size
+
+    try:
+        rows, nbytes = parse_shard_size(text)
+    except CurateError:
+        raise UsageError(f"--{key.replace('_', '-')} {text!r}: give a number of bytes or a size (64MB, 1GiB)") from None
+    return {**values, key: nbytes if nbytes is not None else rows}

@@ -95,7 +95,7 @@ def execute(stage: Stage, ctx: Context, cfg: Any) -> dict[str, Any]:
     key = stage.key(ctx, cfg)
     fingerprint = stage.fingerprint(ctx, cfg) if stage.fingerprint is not None else None
     if ctx.reuse and fingerprint is not None:
-        from curate.steps.sources import find_reusable, reuse_version
+        from curate.sources.fingerprint import find_reusable, reuse_version
 
         hit, ctx.base = find_reusable(ctx.ws, stage.name, key, ctx.base, *fingerprint)
         if hit is not None:

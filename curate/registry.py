@@ -19,9 +19,9 @@ _STAGES: dict[str, Stage] | None = None
 
 
 def _builtin() -> list[ModuleType]:
-    from curate.stages import augment, balance, clean, dedupe, filter, normalize, pseudolabel, split
+    from curate.stages import augment, balance, clean, crawl, dedupe, filter, ingest, normalize, pseudolabel, split
 
-    return [dedupe, clean, filter, split, balance, normalize, augment, pseudolabel]
+    return [ingest, crawl, dedupe, clean, filter, split, balance, normalize, augment, pseudolabel]
 
 
 def _plugin_modules() -> list[str]:

@@ -67,13 +67,24 @@ def no_progress(_description: str, _total: int | None) -> Iterator[Advance]:
     yield lambda n=1: None
 
 
+class RichProgress:
+    """Rich bars on stderr (``curate.ui``), shown when stderr is a terminal: the one shape, and named richer bars
+    of their own shape for ``Context.bar`` (``crawl``: ``update(done, known, failed, bytes)``)."""
+
+    def __call__(self, description: str, total: int | None) -> AbstractContextManager[Advance]:
+        from curate.ui import progress
+
+        return progress(description, total)
+
+    def crawl(self, total: int | None) -> AbstractContextManager[Callable[[int, int | None, int, int], None]]:
+        from curate.ui import crawl_progress
+
+        return crawl_progress(total)
+
+
 def rich_progress(enabled: bool = True) -> Progress:
     """A rich bar on stderr when ``enabled`` and stderr is a terminal (``curate.ui.progress``)."""
-    if not enabled:
-        return no_progress
-    from curate.ui import progress
-
-    return lambda description, total: progress(description, total)
+    return RichProgress() if enabled else no_progress
 
 
 @dataclass
@@ -160,6 +171,12 @@ class Context:
         """The version reference an output stage reads (None: HEAD)."""
         return None if self.base == HEAD else self.base
 
+    def bar(self, name: str, total: int | None) -> AbstractContextManager[Any] | None:
+        """A richer bar of its own shape (``RichProgress.crawl``) when ``progress`` offers one, else None: the
+        stage then reports through ``progress``."""
+        make = getattr(self.progress, name, None)
+        return make(total) if make is not None else None
+
 
 @dataclass(frozen=True)
 class Option:
@@ -181,18 +198,28 @@ class Option:
 
 
 def cli(
-    *flags: str, argument: bool = False, hidden: bool = False, metavar: str | None = None, panel: str | None = None
+    *flags: str,
+    argument: bool = False,
+    hidden: bool = False,
+    metavar: str | None = None,
+    text: bool = False,
+    multiple: bool = False,
+    panel: str | None = None,
 ) -> dict[str, Any]:
     """``dataclasses.field`` metadata for a Config field's command-line form.
 
     Args:
-        flags: spellings (``"--workers", "-j"``); default ``--field-name``.
+        flags: spellings (``"--workers", "-j"``); default ``--field-name``. A bool field may name its off form
+            (``"--ignore-robots/--respect-robots"``).
         argument: a positional argument instead of an option (ingest's ``SRC``).
         hidden: settable in files and with ``--set`` only.
         metavar: the placeholder shown in the help.
+        text: taken as text on the command line for ``prepare`` to parse (``--max-bytes 64MB`` of an int field).
+        multiple: a repeatable option (``--seed A --seed B``) of a tuple field.
         panel: the help panel the option is listed under (default: the common one).
     """
-    return {"cli": {"flags": flags, "argument": argument, "hidden": hidden, "metavar": metavar, "panel": panel}}
+    return {"cli": {"flags": flags, "argument": argument, "hidden": hidden, "metavar": metavar, "text": text,
+                    "multiple": multiple, "panel": panel}}  # fmt: skip
 
 
 def _asdict(_ctx: Context, cfg: Any) -> dict[str, Any]:

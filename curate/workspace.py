@@ -211,6 +211,11 @@ class Workspace:
         """
         return self.root / "review" / f"{vid}.jsonl"
 
+    def crawl_journal(self, crawl_id: str) -> Path:
+        """The journal folder of one crawl (``<root>/crawls/<crawl_id>``): per-URL records that outlive a killed or
+        failed run, so that the same crawl resumes instead of fetching again."""
+        return self.root / "crawls" / crawl_id
+
     def lineage(self, vid: str) -> list[str]:
         """``vid`` and its ancestors, oldest first."""
         chain: list[str] = []

@@ -125,19 +125,24 @@ def write_mnist_like(
 
 
 def ingest(ws: Any, source: str | Path, *, workers: int = 1, **cfg_kwargs: Any) -> dict[str, Any]:
-    """Run ingest against ``ws`` exactly as ``curate ingest`` does; returns run_stage's result dict."""
-    from curate.pipeline import run_stage
-    from curate.stages.ingest import IngestConfig, config_dict, run_ingest
+    """Run ingest against ``ws`` exactly as ``curate ingest`` does; returns the runner's result dict."""
+    from curate.pipeline import execute
+    from curate.stage import Context
+    from curate.stages.ingest import STAGE, IngestConfig
 
     for key in ("classes", "class_names"):
         if key in cfg_kwargs and cfg_kwargs[key] is not None:
             cfg_kwargs[key] = tuple(cfg_kwargs[key])
-    cfg = IngestConfig(source=str(source), **cfg_kwargs)
+    return execute(STAGE, Context(ws, workers=workers), IngestConfig(source=str(source), **cfg_kwargs))
 
-    def body(parent, parent_id):  # noqa: ANN001, ANN202
-        return run_ingest(ws, parent, cfg, parent_id=parent_id, workers=workers)
 
-    return run_stage(ws, "ingest", config_dict(cfg), body, cacheable=False)
+def crawl(ws: Any, cfg: Any) -> dict[str, Any]:
+    """Run a crawl against ``ws`` exactly as ``curate crawl`` does (on HEAD); returns the runner's result dict."""
+    from curate.pipeline import execute
+    from curate.stage import Context
+    from curate.stages.crawl import STAGE
+
+    return execute(STAGE, Context(ws), cfg)
 
 
 # --------------------------------------------------------------------------------------------- fixtures

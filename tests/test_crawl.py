@@ -15,8 +15,9 @@ from helpers import assert_one_error_line, sha256_bytes
 from typer.testing import CliRunner
 
 from curate.cli import app
-from curate.stages.crawl import CrawlConfig, crawl
+from curate.stages.crawl import CrawlConfig
 from curate.workspace import Workspace
+from tests.conftest import crawl
 
 
 def site_routes(png_bytes) -> dict[str, object]:

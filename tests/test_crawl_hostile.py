@@ -14,8 +14,9 @@ import time
 import pytest
 from crawl_sites import Site, drip, endless, gzip_bomb, hang, html, redirect, reset, sequence, static
 
-from curate.stages.crawl import CrawlConfig, crawl
+from curate.stages.crawl import CrawlConfig
 from curate.workspace import Workspace
+from tests.conftest import crawl
 
 # generous enough that a normal answer never times out on a loaded 2-core machine, short enough to keep the file fast
 TIMEOUT, READ, RETRIES, BACKOFF = 3.0, 1.5, 2, 0.05

@@ -19,8 +19,9 @@ import pytest
 from crawl_sites import Gate, Site, html, sequence, static, wait_for
 from helpers import clean_env, curate_exe
 
-from curate.stages.crawl import CrawlConfig, crawl
+from curate.stages.crawl import CrawlConfig
 from curate.workspace import Workspace
+from tests.conftest import crawl
 
 N_PAGES, PER_PAGE = 4, 8
 

@@ -543,7 +543,7 @@ def test_fifo_and_socket_in_a_folder_are_rows_not_a_hang(tmp_path, image_folder)
 
 
 def test_read_path_refuses_devices_and_directories(tmp_path):
-    from curate.stages.ingest import _read_path
+    from curate.stages.ingest.read import _read_path
 
     assert _read_path("/dev/zero", 1000) == (None, "not_a_file", "is a character device")
     assert _read_path(str(tmp_path), 1000) == (None, "not_an_image", "is a directory")

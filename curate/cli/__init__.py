@@ -77,7 +77,6 @@ def _root(
 _stages = None
 from curate import registry  # noqa: E402
 from curate.cli import (  # noqa: E402
-    crawl,
     data,
     learn,
     models,
@@ -90,7 +89,6 @@ from curate.cli import (  # noqa: E402
 
 for _module in (
     data,
-    crawl,
     review,
     _stages,
     versions,

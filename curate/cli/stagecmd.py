@@ -69,14 +69,18 @@ def config_params(stage: Stage) -> list[inspect.Parameter]:
     params = []
     for f in dataclasses.fields(stage.config):
         meta = f.metadata.get("cli", {})
-        typ = cli_type(hints[f.name])
+        typ = str if meta.get("text") else cli_type(hints[f.name])
         if meta.get("hidden") or typ is None:
             continue
         default = _default_text(f)
-        text = helps.get(f.name, "") + (f" [default: {default}]" if default else "")
+        text = helps.get(f.name, "") + (f" [default: {default}]" if default and default != "required" else "")
         metavar = meta.get("metavar")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if meta.get("argument"):
             info: Any = typer.Argument(help=text, show_default=False, metavar=metavar or f.name.upper())
+            if required:  # a missing SRC is typer's usage error (exit 2), as before
+                params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[typ, info]))
+                continue
         elif typ is bool:
             flag = (meta.get("flags") or (_flag(f.name),))[0]
             # a flag that is on by default needs its off form; one that is off by default reads better alone
@@ -85,6 +89,8 @@ def config_params(stage: Stage) -> list[inspect.Parameter]:
         else:
             info = typer.Option(*(meta.get("flags") or (_flag(f.name),)), help=text, show_default=False, metavar=metavar,
                                 rich_help_panel=meta.get("panel"))  # fmt: skip
+        if meta.get("multiple"):
+            typ = list[typ]  # type: ignore[valid-type]
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[typ | None, info]))  # fmt: skip
     return params
@@ -125,7 +131,7 @@ def run_command(stage: Stage, values: dict[str, Any]) -> None:
     json_out = values["json_out"]
     ws = Workspace(values["workspace"])
     fields = stage.config_fields()
-    given = {k: v for k, v in values.items() if k in fields and v is not None}
+    given = {k: v for k, v in values.items() if k in fields and v is not None and v not in ([], ())}  # empty: a repeatable not given
     if stage.prepare is not None:  # flags are text the way file values are ("80:10:10", "64MB")
         given = stage.prepare(given)
     cfg = command_config(stage.config, stage.name, ws.root, given, prepare=stage.prepare)

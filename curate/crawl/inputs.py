@@ -117,6 +117,18 @@ def _columns(path: Path, fmt: str) -> list[str]:
         ) from None
 
 
+def list_path(path: str | Path) -> Path:
+    """The resolved path of a URL list.
+
+    Raises:
+        CurateError: it is not a file.
+    """
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.is_file():
+        raise CurateError(f"{path}: no such file", hint="give a .txt/.csv/.parquet/.jsonl list of URLs, or --seed URL")
+    return resolved
+
+
 class UrlList:
     """The entries of a URL list file, read lazily; ``total`` is known up front.
 
@@ -125,9 +137,7 @@ class UrlList:
     """
 
     def __init__(self, path: str | Path, *, url_col: str | None = None, label_col: str | None = None) -> None:
-        self.path = Path(path).expanduser().resolve()
-        if not self.path.is_file():
-            raise CurateError(f"{path}: no such file", hint="give a .txt/.csv/.parquet/.jsonl list of URLs, or --seed URL")
+        self.path = list_path(path)
         self.fmt = list_format(self.path)
         self.url_col = self.label_col = None
         if self.fmt != "txt":

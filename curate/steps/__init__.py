@@ -136,11 +136,7 @@ def get(name: str) -> Step:
 
 
 _W = {"workers": int}
-_S, _O = "curate.steps.sources", "curate.steps.outputs"
-register(Step("ingest", "curate.stages.ingest:IngestConfig", f"{_S}:ingest_step", prepare=f"{_S}:prepare_ingest",
-              summary=f"{_S}:summary", kind=SOURCE, options=_W, workers=True))  # fmt: skip
-register(Step("crawl", "curate.stages.crawl:CrawlConfig", f"{_S}:crawl_step", check="curate.stages.crawl:check_config",
-              prepare=f"{_S}:prepare_crawl", summary=f"{_S}:summary", kind=SOURCE, workers=True))  # fmt: skip
+_O = "curate.steps.outputs"
 register(Step("export", "curate.export:ExportConfig", f"{_O}:export_step", check=f"{_O}:check_export",
               prepare="curate.export:prepare_export", summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
 register(Step("train", "curate.learn.train:TrainConfig", f"{_O}:train_step", check="curate.learn.train:check_config",

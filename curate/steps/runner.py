@@ -3,7 +3,7 @@
 The pipeline keeps its own position (a version id; None before its first version) and hands it to every step, so
 it never depends on where HEAD points; stage steps move HEAD as they commit or reuse a version. Whether a step is
 skipped is decided from the workspace itself, never from the journal alone: run_stage reuses a version made from
-the same parent and settings, source and output steps check their inputs and files (``curate.steps.sources``,
+the same parent and settings, source and output steps check their inputs and files (``curate.sources.fingerprint``,
 ``curate.steps.outputs``). A rerun after a failure therefore finds every finished step cached and continues at the
 one that failed.
 

@@ -1,4 +1,4 @@
-"""Ingest: read images from a folder, manifest, idx pair or archive into a new version.
+"""The work of ingest: read, hash and decode every input, merge exact duplicates, write new bytes into packs.
 
 Per-sample work (``process_items``: read or fetch, sha256, full decode) runs wherever the executor puts it;
 the driver (``run_ingest``) merges exact duplicates by sha256, writes new bytes into blob packs and builds
@@ -8,7 +8,6 @@ the table. Every input becomes a row: good images ``ok``, the rest ``excluded`` 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import io
@@ -17,20 +16,23 @@ import os
 import stat
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.blobs import PackWriter
-from curate.crawl import DEFAULT_CONCURRENCY, DEFAULT_PER_HOST
 from curate.errors import CurateError, TooManyErrors
-from curate.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, inspect_image
+from curate.images import inspect_image
 from curate.remote import is_remote, read_capped
 from curate.schema import EXCLUDED, OK, RESERVED, SAMPLE_SCHEMA, conform, placeholder_id, sha256_hex
-from curate.stages import StageResult
+from curate.stage import Progress, StageResult, no_progress
+from curate.stages.ingest import IngestConfig
 
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
+
+#: ``excluded_by`` of the rows ingest excludes.
 STAGE = "ingest"
 #: Exclusion reasons that are decisions the user or the site asked for, not failures counted against max_error_fraction.
 NOT_FAILURES = frozenset({"unknown_label", "robots", "noai"})
@@ -57,51 +59,6 @@ OUT_SCHEMA = pa.schema(
         ("extra", pa.string()),
     ]
 )
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    """Settings of ``curate ingest`` (defaults < curate.toml < CLI flags).
-
-    Attributes:
-        source: folder, manifest, idx file/folder or archive.
-        format: ``auto`` or one of ``curate.sources.FORMATS``.
-        unlabeled: ignore folder names / label columns; every row gets ``label = null``.
-        classes: if set, labels outside it are excluded with reason ``unknown_label``.
-        class_names: idx only: names for label ids 0..K-1 (default: the ids as text).
-        assign_split: also set ``split`` from the origin split (idx file name, ``--split-name``, split column).
-        follow_links: folder: read symbolic links that point outside it (else reason ``outside_source``).
-        max_error_fraction: fail (commit nothing) when more than this share of inputs failed. 0.5, as crawl: a
-            folder with a few broken files goes through (they stay as excluded rows), a flood (the wrong folder,
-            a format curate cannot read, where most inputs fail) is refused.
-        timeout: seconds one URL may take in all (connect, redirects, body, retries and their waits).
-        concurrency, per_host, allow_private, allow_hosts, ignore_robots, allow_noai, proxy: URL rows, as ``curate crawl``
-            (``curate.crawl.batchfetch`` fetches them through the crawler).
-    """
-
-    source: str
-    format: str = "auto"
-    unlabeled: bool = False
-    path_col: str | None = None
-    label_col: str | None = None
-    split_col: str | None = None
-    split_name: str | None = None
-    classes: tuple[str, ...] | None = None
-    class_names: tuple[str, ...] | None = None
-    assign_split: bool = False
-    max_bytes: int = DEFAULT_MAX_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    follow_links: bool = False
-    max_error_fraction: float = 0.5
-    timeout: float = 30.0
-    batch_size: int = 512
-    concurrency: int = DEFAULT_CONCURRENCY
-    per_host: int = DEFAULT_PER_HOST
-    allow_private: bool = False
-    allow_hosts: tuple[str, ...] = ()
-    ignore_robots: bool = False
-    allow_noai: bool = False
-    proxy: str | None = None
 
 
 def _not_regular(mode: int) -> tuple[str, str] | None:
@@ -200,7 +157,13 @@ def process_items(batch: pa.Table, cfg: IngestConfig) -> pa.Table:
 
 
 def run_ingest(
-    ws: Any, parent: pa.Table | None, cfg: IngestConfig, *, parent_id: str | None, workers: int = 1, progress: Any = None
+    ws: Workspace,
+    parent: pa.Table | None,
+    cfg: IngestConfig,
+    *,
+    parent_id: str | None,
+    workers: int = 1,
+    progress: Progress = no_progress,
 ) -> StageResult:
     """Ingest ``cfg.source`` on top of ``parent`` (None for an empty workspace).
 
@@ -208,7 +171,7 @@ def run_ingest(
     new place in ``extra_sources`` (and its label in ``extra_labels``).
 
     Args:
-        progress: optional ``progress(total) -> context manager yielding advance(n)`` for a progress bar.
+        progress: the progress factory (``curate.stage.Progress``): one ``ingest`` bar over the inputs.
 
     Raises:
         CurateError: the source cannot be opened, is empty, or (``TooManyErrors``) too many inputs failed.
@@ -233,10 +196,10 @@ def run_ingest(
     acc = _Accumulator(
         set(parent.column("sample_id").to_pylist()), ws.pack_writer(hashlib.sha256(f"{parent_id}|{cfg}".encode()).hexdigest()[:12])
     )
-    bar = progress(source.total) if progress else contextlib.nullcontext(None)
     try:
         # URL rows are fetched here in the driver, concurrently, through the crawler (its address checks and limits).
-        with bar as advance, contextlib.closing(prefetch_urls(source.batches(cfg.batch_size), cfg)) as batches:
+        fetched = prefetch_urls(source.batches(cfg.batch_size), cfg)
+        with progress("ingest", source.total) as advance, contextlib.closing(fetched) as batches:
             for out in map_batches(process_items, batches, cfg, workers=workers):
                 # Arrow's allocator keeps freed blocks: with large members, hand back what processing freed before
                 # the pack writer copies the bytes, and what the batch held after; else each copy adds to the peak.
@@ -244,50 +207,58 @@ def run_ingest(
                 if big:
                     pa.default_memory_pool().release_unused()
                 acc.add(out)
-                if advance:
-                    advance(out.num_rows)
+                advance(out.num_rows)
                 del out  # its bytes are in the pack writer now: not kept while the next batch is processed
                 if big:
                     pa.default_memory_pool().release_unused()
-        if acc.n_in == 0:
-            raise CurateError(f"{cfg.source}: no files found", hint="check the path, or --format / --unlabeled")
-        # ``unknown_label`` is the user's own --classes filter, not a failed input: it must not trip the limit.
-        failures = Counter({r: n for r, n in acc.reasons.items() if r not in NOT_FAILURES})
-        failed = sum(failures.values())
-        if failed > cfg.max_error_fraction * acc.n_in:
-            detail = ", ".join(f"{r}={n}" for r, n in failures.most_common())
-            raise TooManyErrors(
-                f"{cfg.source}: {failed} of {acc.n_in} inputs failed ({detail}), more than --max-error-fraction "
-                f"{cfg.max_error_fraction}; nothing was committed",
-                hint="`--max-error-fraction 1` ingests anyway and keeps every failure as an excluded row",
-            )
+        _check_failures(acc, cfg)
         acc.packs.close()
     except BaseException:
         acc.packs.discard()
         raise
-    new_parts, extra, packs, reasons = acc.parts, acc.extra, acc.packs, acc.reasons
-    n_in, n_dup, n_bytes = acc.n_in, acc.n_dup, acc.n_bytes
-    new = pa.concat_tables(new_parts) if new_parts else OUT_SCHEMA.empty_table().drop_columns(["data"])
+    new = _new_rows(acc, parent, cfg)
+    table = pa.concat_tables([parent, conform(new)], promote_options="default")
+    if acc.extra:
+        table = _record_extra_sources(table, acc.extra)
+    stats = {
+        "source": cfg.source,
+        "inputs": acc.n_in,
+        "new_samples": new.num_rows,
+        "duplicate_bytes": acc.n_dup,
+        "new_excluded_by_reason": dict(sorted(acc.reasons.items())),
+        "bytes_stored": acc.n_bytes,
+        "packs_written": len(acc.packs.written),
+        "notes": opts.notes,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return StageResult(table=table, stats=stats)
+
+
+def _check_failures(acc: _Accumulator, cfg: IngestConfig) -> None:
+    """Refuse an empty source, and one where more than ``max_error_fraction`` of the inputs failed."""
+    if acc.n_in == 0:
+        raise CurateError(f"{cfg.source}: no files found", hint="check the path, or --format / --unlabeled")
+    # ``unknown_label`` is the user's own --classes filter, not a failed input: it must not trip the limit.
+    failures = Counter({r: n for r, n in acc.reasons.items() if r not in NOT_FAILURES})
+    failed = sum(failures.values())
+    if failed > cfg.max_error_fraction * acc.n_in:
+        detail = ", ".join(f"{r}={n}" for r, n in failures.most_common())
+        raise TooManyErrors(
+            f"{cfg.source}: {failed} of {acc.n_in} inputs failed ({detail}), more than --max-error-fraction "
+            f"{cfg.max_error_fraction}; nothing was committed",
+            hint="`--max-error-fraction 1` ingests anyway and keeps every failure as an excluded row",
+        )
+
+
+def _new_rows(acc: _Accumulator, parent: pa.Table, cfg: IngestConfig) -> pa.Table:
+    """The rows of new bytes: ``excluded_by`` / ``label_source`` set, a manifest's other columns expanded."""
+    new = pa.concat_tables(acc.parts) if acc.parts else OUT_SCHEMA.empty_table().drop_columns(["data"])
     new = new.append_column("excluded_by", pc.if_else(pc.equal(new.column("status"), OK), pa.scalar(None, pa.string()), STAGE))
     new = new.append_column("label_source", pc.if_else(pc.is_null(new.column("label")), pa.scalar(None, pa.string()), "given"))
     new = _expand_extra(new, reserved=set(parent.column_names))
     if cfg.assign_split:
         new = new.append_column("split", new.column("origin_split"))
-    table = pa.concat_tables([parent, conform(new)], promote_options="default")
-    if extra:
-        table = _record_extra_sources(table, extra)
-    stats = {
-        "source": cfg.source,
-        "inputs": n_in,
-        "new_samples": new.num_rows,
-        "duplicate_bytes": n_dup,
-        "new_excluded_by_reason": dict(sorted(reasons.items())),
-        "bytes_stored": n_bytes,
-        "packs_written": len(packs.written),
-        "notes": opts.notes,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    return StageResult(table=table, stats=stats)
+    return new
 
 
 def _expand_extra(new: pa.Table, *, reserved: set[str]) -> pa.Table:
@@ -360,8 +331,3 @@ def _record_extra_sources(table: pa.Table, extra: dict[str, list[tuple[str, str 
                 labs[i] = (labs[i] or []) + [lab for _, lab in fresh]
     table = table.set_column(table.schema.get_field_index("extra_sources"), "extra_sources", pa.array(srcs, pa.list_(pa.string())))
     return table.set_column(table.schema.get_field_index("extra_labels"), "extra_labels", pa.array(labs, pa.list_(pa.string())))
-
-
-def config_dict(cfg: IngestConfig) -> dict[str, Any]:
-    """The resolved config as JSON-able dict (stored in version.json)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
