@@ -97,7 +97,7 @@ def _peer_logreg(ws: Path, truth: set[str]) -> tuple[tuple[float, float, float],
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
-    from curate.stages.clean.labelissues import load_images
+    from curate.learn.blobimages import load_images
     from curate.workspace import Workspace
 
     w = Workspace(ws)
@@ -186,7 +186,7 @@ def ood(args: argparse.Namespace) -> list[list[str]]:
     if args.peer:
         from cleanlab.outlier import OutOfDistribution
 
-        from curate.stages.clean.labelissues import load_images
+        from curate.learn.blobimages import load_images
 
         x = load_images(Workspace(ws), t, 1, (28, 28)).reshape(t.num_rows, -1).astype(np.float32) / 255
         t0 = time.perf_counter()

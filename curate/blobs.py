@@ -8,6 +8,7 @@ because millions of tiny files are inode- and seek-bound; Parquet row groups kee
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -267,3 +268,12 @@ def read_slice(path: str, start: int, rows: int, keep: Sequence[int]) -> pa.Tabl
         at += n
     t = pf.read_row_groups(groups, columns=["sample_id", "data"]).slice(start - (first or 0), rows)
     return t.take(pa.array(keep, pa.int32())).combine_chunks()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks (the identity of a checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -104,7 +104,7 @@ def config_dict(cfg: CleanConfig, workspace: Path | None = None) -> dict[str, An
 
     out = dataclasses.asdict(cfg)
     if cfg.pred_probs and Path(cfg.pred_probs).is_file():
-        from curate.stages.filter.scoring import file_sha256
+        from curate.blobs import file_sha256
 
         out["pred_probs_sha256"] = file_sha256(cfg.pred_probs)
     if cfg.model:

@@ -96,7 +96,7 @@ def config_dict(cfg: FilterConfig, run: Any, target: Target, checkpoint_sha: str
     """
     import dataclasses
 
-    from curate.stages.filter.scoring import file_sha256
+    from curate.blobs import file_sha256
 
     d = dataclasses.asdict(cfg)
     for runtime in ("batch_size", "device"):
@@ -119,7 +119,8 @@ def config_dict(cfg: FilterConfig, run: Any, target: Target, checkpoint_sha: str
 def key(ctx: Context, cfg: FilterConfig) -> dict[str, Any]:
     """Load the run and resolve the task classes on the chosen version first: both are part of the settings (and
     so of the cache key). The loaded run waits in ``ctx.scratch`` for ``run``."""
-    from curate.stages.filter.scoring import file_sha256, load_model, resolve_target
+    from curate.blobs import file_sha256
+    from curate.stages.filter.scoring import load_model, resolve_target
 
     loaded = load_model(cfg)
     sha = file_sha256(loaded.path)

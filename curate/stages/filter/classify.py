@@ -48,11 +48,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.blobs import file_sha256
 from curate.errors import CurateError
 from curate.schema import OK, conform, exclude
 from curate.stage import StageResult, no_progress
 from curate.stages.filter import REASON, FilterConfig, check_config
-from curate.stages.filter.scoring import Scorer, file_sha256, load_model, rebatch, resolve_target, score_probs
+from curate.stages.filter.scoring import Scorer, load_model, rebatch, resolve_target, score_probs
 
 if TYPE_CHECKING:
     from curate.stage import Advance, Progress

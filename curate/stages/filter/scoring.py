@@ -8,7 +8,6 @@ the score itself (``score_probs``). See ``curate.stages.filter`` for the score's
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,15 +70,6 @@ def load_model(cfg: FilterConfig) -> Any:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a checkpoint of another shape or net
         raise CurateError(f"--model {path}: not a usable curate checkpoint ({type(exc).__name__}: {exc})") from exc
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, read in 1 MiB chunks (the identity of a checkpoint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_target(cfg: FilterConfig, model_classes: list[str], table: pa.Table) -> Target:

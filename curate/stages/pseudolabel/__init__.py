@@ -142,7 +142,7 @@ def key(_ctx: Context, cfg: PseudolabelConfig) -> dict[str, Any]:
     for name in RUNTIME:
         d.pop(name)
     if cfg.truth:
-        from curate.scoring import file_sha256
+        from curate.blobs import file_sha256
 
         if not Path(cfg.truth).exists():
             raise UsageError(f"--truth {cfg.truth}: no such file")

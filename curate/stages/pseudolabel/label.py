@@ -73,8 +73,8 @@ def run_pseudolabel(
     Raises:
         CurateError: no versions, no labeled train rows, a single class, an empty pool, undecodable blobs.
     """
+    from curate.learn.blobimages import geometry, load_images
     from curate.learn.data import DecodedSplit, fit_normalization
-    from curate.stages.clean.labelissues import geometry, load_images
     from curate.stages.pseudolabel.loop import run_loop
 
     check(cfg)
