@@ -19,9 +19,9 @@ _STAGES: dict[str, Stage] | None = None
 
 
 def _builtin() -> list[ModuleType]:
-    from curate.stages import normalize, split
+    from curate.stages import export, normalize, split
 
-    return [split, normalize]
+    return [split, normalize, export]
 
 
 def _plugin_modules() -> list[str]:

@@ -207,6 +207,22 @@ class Workspace:
         """
         return self.root / "review" / f"{vid}.jsonl"
 
+    def exports_dir(self) -> Path:
+        """The folder of the default exports: ``<root>/exports``."""
+        return self.root / "exports"
+
+    def export_dir(self, vid: str) -> Path:
+        """The default export of version ``vid`` (``curate export`` without ``--out``): ``<root>/exports/<vid>``."""
+        return self.exports_dir() / vid
+
+    def models_dir(self) -> Path:
+        """Where training runs go and are looked for by default: ``<root>/models``."""
+        return self.root / "models"
+
+    def run_journal(self, name: str) -> Path:
+        """The journal of pipeline ``name`` (``curate run``): ``<root>/runs/<name>.json``."""
+        return self.root / "runs" / f"{name}.json"
+
     def lineage(self, vid: str) -> list[str]:
         """``vid`` and its ancestors, oldest first."""
         chain: list[str] = []
@@ -316,7 +332,7 @@ class Workspace:
                     if not dry_run:
                         shutil.rmtree(p, ignore_errors=True)
         # Leftovers of interrupted exports and HEAD updates.
-        for folder, prefixes in ((self.root / "exports", (".tmp-export-", ".trash-")), (self.root, (".HEAD.", ".lock."))):
+        for folder, prefixes in ((self.exports_dir(), (".tmp-export-", ".trash-")), (self.root, (".HEAD.", ".lock."))):
             if folder.exists():
                 for p in folder.iterdir():
                     if p.name.startswith(prefixes):

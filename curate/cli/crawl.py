@@ -38,7 +38,7 @@ def _size(text: str | None) -> int | None:
     if text is None:
         return None
     from curate.errors import CurateError
-    from curate.export import parse_shard_size
+    from curate.stages.export import parse_shard_size
 
     try:
         rows, nbytes = parse_shard_size(text)

@@ -149,8 +149,6 @@ register(Step("balance", "curate.stages.balance:BalanceConfig", f"{_C}:balance_s
               summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
 register(Step("augment", "curate.stages.augment:AugmentConfig", f"{_C}:augment_step", check="curate.stages.augment:check_config",
               summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
-register(Step("export", "curate.export:ExportConfig", f"{_O}:export_step", check=f"{_O}:check_export",
-              prepare="curate.export:prepare_export", summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
 register(Step("train", "curate.learn.train:TrainConfig", f"{_O}:train_step", check="curate.learn.train:check_config",
               summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
 register(Step("evaluate", f"{_O}:EvaluateConfig", f"{_O}:evaluate_step", check=f"{_O}:check_evaluate",

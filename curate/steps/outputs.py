@@ -22,50 +22,6 @@ from curate.steps import StepContext
 from curate.workspace import config_sha256
 
 
-def check_export(cfg: Any) -> None:
-    """Reject unknown shard formats, and shard sizes or a minimum shard count below 1 (exit code 2)."""
-    from curate.export import FORMATS
-
-    bad = [f for f in cfg.formats if f not in FORMATS]
-    if bad or not cfg.formats:
-        raise UsageError(f"export formats {list(cfg.formats)}: choose from {', '.join(FORMATS)}")
-    if any(v is not None and v < 1 for v in (cfg.shard_rows, cfg.shard_bytes, cfg.min_shards)):
-        raise UsageError("shard_rows, shard_bytes and min_shards must be at least 1")
-
-
-def finished_export(ws: Any, vid: str, cfg: Any) -> dict[str, Any] | None:
-    """The result of an export of ``vid`` with these settings that is already complete on disk, else None."""
-    from curate.exportsink import open_sink, read_finished
-
-    sink = open_sink(cfg.out or str(ws.root / "exports" / vid), ws.root)
-    found = read_finished(sink)
-    if found is None:
-        return None
-    card, index = found
-    lineage = [{"id": i["id"], "stage": i["stage"], "config_sha256": i["config_sha256"]} for i in map(ws.info, ws.lineage(vid))]
-    keys = ("version", "lineage", "formats", "shard_rows", "shard_bytes", "min_shards")
-    if tuple(card.get(k) for k in keys) != (vid, lineage, list(cfg.formats), cfg.shard_rows, cfg.shard_bytes, cfg.min_shards):
-        return None
-    return {"version": vid, "out": sink.where, "formats": card["formats"], "splits": card["splits"], "shards": len(index),
-            "bytes": sum(r["bytes"] for r in index), "seconds": 0.0, "mb_per_s": None, "cached": True}  # fmt: skip
-
-
-def export_step(ws: Any, cfg: Any, ctx: StepContext) -> dict[str, Any]:
-    """``curate export``: the included rows of the version as Parquet / WebDataset shards."""
-    from curate.export import export_version
-    from curate.ui import progress
-
-    if ctx.reuse:
-        done = finished_export(ws, ws.resolve(ctx.version()), cfg)
-        if done is not None:
-            return done
-    with ws.writer():
-        vid = ws.resolve(ctx.version())
-        with progress("export", ws.info(vid)["included"], enabled=ctx.progress) as advance:
-            res = export_version(ws, vid, cfg, advance=advance)
-    return {**res, "cached": False} if ctx.reuse else res
-
-
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
     """The training settings that decide the model: no dataset version, no runtime knobs (device, workers ...)."""
     from curate.learn.train import RUNTIME

@@ -33,7 +33,7 @@ RESULT_KEYS = ("out", "path", "run", "requested", "mtime_ns")  # what later runs
 
 
 def journal_path(ws: Any, name: str) -> Path:
-    return ws.root / "runs" / f"{name}.json"
+    return ws.run_journal(name)
 
 
 def read_journal(path: Path) -> dict[str, Any] | None:

@@ -94,7 +94,7 @@ def _size_value(values: dict[str, Any]) -> dict[str, Any]:
     """``max_bytes = "64MB"`` in a pipeline file means what ``--max-bytes 64MB`` means."""
     if isinstance(values.get("max_bytes"), str):
         from curate.errors import UsageError
-        from curate.export import parse_shard_size
+        from curate.stages.export import parse_shard_size
 
         try:
             rows, nbytes = parse_shard_size(values["max_bytes"])
