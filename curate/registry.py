@@ -19,9 +19,9 @@ _STAGES: dict[str, Stage] | None = None
 
 
 def _builtin() -> list[ModuleType]:
-    from curate.stages import export, normalize, split
+    from curate.stages import evaluate, export, normalize, report, split, train
 
-    return [split, normalize, export]
+    return [split, normalize, export, train, evaluate, report]
 
 
 def _plugin_modules() -> list[str]:

@@ -219,6 +219,10 @@ class Workspace:
         """Where training runs go and are looked for by default: ``<root>/models``."""
         return self.root / "models"
 
+    def report_file(self) -> Path:
+        """The default HTML report (``curate report`` without ``--out``, a pipeline's report step): ``<root>/report.html``."""
+        return self.root / "report.html"
+
     def run_journal(self, name: str) -> Path:
         """The journal of pipeline ``name`` (``curate run``): ``<root>/runs/<name>.json``."""
         return self.root / "runs" / f"{name}.json"

@@ -86,7 +86,6 @@ from curate.cli import (  # noqa: E402
     learn,
     models,
     pseudolabel,
-    report,
     review,
     run,
     stagecmd,  # noqa: E402
@@ -106,7 +105,6 @@ for _module in (
     versions,
     learn,
     models,
-    report,
     run,
 ):
     if _module is _stages:

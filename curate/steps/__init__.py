@@ -136,7 +136,7 @@ def get(name: str) -> Step:
 
 
 _W = {"workers": int}
-_S, _C, _O = "curate.steps.sources", "curate.steps.curation", "curate.steps.outputs"
+_S, _C = "curate.steps.sources", "curate.steps.curation"
 register(Step("ingest", "curate.stages.ingest:IngestConfig", f"{_S}:ingest_step", prepare=f"{_S}:prepare_ingest",
               summary=f"{_S}:summary", kind=SOURCE, options=_W, workers=True))  # fmt: skip
 register(Step("crawl", "curate.stages.crawl:CrawlConfig", f"{_S}:crawl_step", check="curate.stages.crawl:check_config",
@@ -149,11 +149,6 @@ register(Step("balance", "curate.stages.balance:BalanceConfig", f"{_C}:balance_s
               summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
 register(Step("augment", "curate.stages.augment:AugmentConfig", f"{_C}:augment_step", check="curate.stages.augment:check_config",
               summary=f"{_C}:summary", options=_W, workers=True))  # fmt: skip
-register(Step("train", "curate.learn.train:TrainConfig", f"{_O}:train_step", check="curate.learn.train:check_config",
-              summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
-register(Step("evaluate", f"{_O}:EvaluateConfig", f"{_O}:evaluate_step", check=f"{_O}:check_evaluate",
-              summary=f"{_O}:summary", kind=OUTPUT))  # fmt: skip
-register(Step("report", f"{_O}:ReportConfig", f"{_O}:report_step", summary=f"{_O}:summary", kind=OUTPUT))
 register(Step("filter", "curate.stages.filter:FilterConfig", f"{_C}:filter_step", check="curate.stages.filter:check_config",
               summary=f"{_C}:summary"))  # fmt: skip
 register(Step("pseudolabel", "curate.stages.pseudolabel:PseudolabelConfig", "curate.steps.selftraining:pseudolabel_step",
