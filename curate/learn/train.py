@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OPTIMIZERS", "RUNTIME", "SCHEDULES", "NanLoss", "TrainConfig", "check_config", "fit", "train"]
 
+
 def fit(
     cfg: TrainConfig,
     data: TrainingData,

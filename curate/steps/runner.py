@@ -3,14 +3,15 @@
 The pipeline keeps its own position (a version id; None before its first version) and hands it to every step, so
 it never depends on where HEAD points; stage steps move HEAD as they commit or reuse a version. Whether a step is
 skipped is decided from the workspace itself, never from the journal alone: run_stage reuses a version made from
-the same parent and settings, source and output steps check their inputs and files (``curate.steps.sources``,
-``curate.steps.outputs``). A rerun after a failure therefore finds every finished step cached and continues at the
-one that failed.
+the same parent and settings, source and output steps check their inputs and files (``curate.steps.sources``, the
+``run`` of ``curate.stages.export`` / ``train`` / ``report``). A rerun after a failure therefore finds every
+finished step cached and continues at the one that failed.
 
-The journal, ``<workspace>/runs/<pipeline name>.json``, is rewritten atomically after every step: the base version
-the run started from, then per step its status (pending, running, run, cached, failed, interrupted), the resolved
-config's sha256, the output version, seconds and a one-line summary. A rerun starts from the previous run's base
-when HEAD is still one of the versions that run made (so an unchanged rerun is all cached), else from HEAD.
+The journal, ``ws.run_journal(name)`` (``<workspace>/runs/<pipeline name>.json``), is rewritten atomically after
+every step: the base version the run started from, then per step its status (pending, running, run, cached,
+failed, interrupted), the resolved config's sha256, the output version, seconds and a one-line summary. A rerun
+starts from the previous run's base when HEAD is still one of the versions that run made (so an unchanged rerun
+is all cached), else from HEAD.
 """
 
 from __future__ import annotations
