@@ -49,11 +49,9 @@ def load_section(path: Path | None, section: str) -> dict[str, Any]:
         raise UsageError(f"{path}: invalid TOML ({exc})") from exc
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the settings file ({exc.strerror or exc})") from None
-    from curate.registry import declared
-    from curate.steps import STEPS
+    from curate.registry import stages
 
-    # the declared stages (plugins too) without loading the legacy entries' settings (torch for train)
-    known = set(STEPS) | {stage.name for stage in declared()}
+    known = set(stages())
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"{path}: unknown section(s) [{'], ['.join(unknown)}]; known: {', '.join(sorted(known))}")
@@ -173,7 +171,7 @@ def size_setting(values: dict[str, Any], key: str = "max_bytes") -> dict[str, An
     text = values.get(key)
     if not isinstance(text, str):
         return values
-    from curate.export import parse_shard_size
+    from curate.stages.export import parse_shard_size
 
     try:
         rows, nbytes = parse_shard_size(text)

@@ -19,9 +19,24 @@ _STAGES: dict[str, Stage] | None = None
 
 
 def _builtin() -> list[ModuleType]:
-    from curate.stages import augment, balance, clean, crawl, dedupe, filter, ingest, normalize, pseudolabel, split
+    from curate.stages import (
+        augment,
+        balance,
+        clean,
+        crawl,
+        dedupe,
+        evaluate,
+        export,
+        filter,
+        ingest,
+        normalize,
+        pseudolabel,
+        report,
+        split,
+        train,
+    )
 
-    return [ingest, crawl, dedupe, clean, filter, split, balance, normalize, augment, pseudolabel]
+    return [ingest, crawl, dedupe, clean, filter, split, balance, normalize, augment, pseudolabel, export, train, evaluate, report]
 
 
 def _plugin_modules() -> list[str]:
@@ -47,25 +62,18 @@ def stages() -> dict[str, Stage]:
     """Every stage by name: the built-in ones, then plugins (which may not reuse a built-in name)."""
     global _STAGES
     if _STAGES is None:
-        from curate.steps import legacy_stages
-
-        found: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in _builtin()}
-        for stage in legacy_stages():
-            found.setdefault(stage.name, stage)
-        for name in _plugin_modules():
-            stage = _load_plugin(name)
+        found: dict[str, Stage] = {}
+        for stage in declared():
             if stage.name in found:
-                raise UsageError(f"stage module {name!r}: the stage name {stage.name!r} is taken")
+                raise UsageError(f"a stage module declares the stage name {stage.name!r}, which is taken")
             found[stage.name] = stage
         _STAGES = found
     return _STAGES
 
 
 def declared() -> list[Stage]:
-    """The stages their modules declare (built-in, then plugins), without the transitional legacy entries, which
-    would import every stage's settings (torch for train) at ``curate --help``."""
-    found = [m.STAGE for m in _builtin()]
-    return found + [_load_plugin(name) for name in _plugin_modules()]
+    """The declared stages in order: the built-in ones, then plugins (entry points, ``CURATE_STAGES``)."""
+    return [m.STAGE for m in _builtin()] + [_load_plugin(name) for name in _plugin_modules()]
 
 
 def get(name: str) -> Stage:

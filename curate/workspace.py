@@ -202,7 +202,7 @@ class Workspace:
 
     def model_dir(self, name: str) -> Path:
         """A folder of trained models of this workspace: ``<root>/models/<name>`` (e.g. ``<vid>-pseudolabel``)."""
-        return self.root / "models" / name
+        return self.models_dir() / name
 
     def review_journal(self, vid: str) -> Path:
         """The append-only JSONL journal of review-desk decisions on version ``vid``: ``<root>/review/<vid>.jsonl``.
@@ -215,6 +215,26 @@ class Workspace:
         """The journal folder of one crawl (``<root>/crawls/<crawl_id>``): per-URL records that outlive a killed or
         failed run, so that the same crawl resumes instead of fetching again."""
         return self.root / "crawls" / crawl_id
+
+    def exports_dir(self) -> Path:
+        """The folder of the default exports: ``<root>/exports``."""
+        return self.root / "exports"
+
+    def export_dir(self, vid: str) -> Path:
+        """The default export of version ``vid`` (``curate export`` without ``--out``): ``<root>/exports/<vid>``."""
+        return self.exports_dir() / vid
+
+    def models_dir(self) -> Path:
+        """Where training runs go and are looked for by default: ``<root>/models``."""
+        return self.root / "models"
+
+    def report_file(self) -> Path:
+        """The default HTML report (``curate report`` without ``--out``, a pipeline's report step): ``<root>/report.html``."""
+        return self.root / "report.html"
+
+    def run_journal(self, name: str) -> Path:
+        """The journal of pipeline ``name`` (``curate run``): ``<root>/runs/<name>.json``."""
+        return self.root / "runs" / f"{name}.json"
 
     def lineage(self, vid: str) -> list[str]:
         """``vid`` and its ancestors, oldest first."""
@@ -325,7 +345,7 @@ class Workspace:
                     if not dry_run:
                         shutil.rmtree(p, ignore_errors=True)
         # Leftovers of interrupted exports and HEAD updates.
-        for folder, prefixes in ((self.root / "exports", (".tmp-export-", ".trash-")), (self.root, (".HEAD.", ".lock."))):
+        for folder, prefixes in ((self.exports_dir(), (".tmp-export-", ".trash-")), (self.root, (".HEAD.", ".lock."))):
             if folder.exists():
                 for p in folder.iterdir():
                     if p.name.startswith(prefixes):

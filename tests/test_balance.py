@@ -141,8 +141,9 @@ def test_undersample_drops_flagged_duplicates_first(ws: Workspace) -> None:
 
 
 def test_oversample_meets_the_target_and_export_writes_rows_repeat_times(ws: Workspace) -> None:
-    from curate.export import ExportConfig, export_version
     from curate.learn.data import workspace_data
+    from curate.stages.export import ExportConfig
+    from curate.stages.export.write import export_version
 
     before = ws.samples()
     after = _balance(ws, strategy="oversample")

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.errors import CurateError
-from curate.export import ExportConfig, export_version, parse_shard_size
 from curate.schema import exclude
+from curate.stages.export import ExportConfig, parse_shard_size
+from curate.stages.export.write import export_version
 from curate.workspace import Workspace
 
 V1 = "000001-ingest"

@@ -75,7 +75,8 @@ def test_grayscale_set_gives_one_channel_and_val_images_do_not_matter(tmp_path: 
 
 
 def test_normalization_lands_in_export_dataset_json(tmp_path: Path, workspace) -> None:
-    from curate.export import ExportConfig, export_version
+    from curate.stages.export import ExportConfig
+    from curate.stages.export.write import export_version
 
     src = tmp_path / "src"
     for i in range(12):

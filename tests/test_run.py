@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.errors import CurateError, UsageError
-from curate.steps.plan import load_plan
+from curate.pipeline.plan import load_plan
 from curate.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent

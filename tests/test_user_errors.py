@@ -261,7 +261,7 @@ def test_train_reads_curate_toml(exported_ws: Path) -> None:
 
 
 def test_one_coercer_for_files_pipelines_and_the_command_line() -> None:
-    import curate.steps.plan as plan
+    import curate.pipeline.plan as plan
     from curate.config import coerce
     from curate.errors import UsageError
 

@@ -72,35 +72,14 @@ def _root(
             fail(exc.message, exc.hint, exc.exit_code)
 
 
-# Each module registers its commands on ``app``; the order here is the order of ``curate --help``. The stages'
-# commands are generated from the registry (``curate.cli.stagecmd``) where ``_stages`` stands.
-_stages = None
+# The stages' commands are generated from the registry (``curate.cli.stagecmd``), in its order; the hand-written
+# commands (versions, review desk, predict, export-model, pipelines) follow. This order is ``curate --help``'s.
 from curate import registry  # noqa: E402
-from curate.cli import (  # noqa: E402
-    data,
-    learn,
-    models,
-    report,
-    review,
-    run,
-    stagecmd,  # noqa: E402
-    versions,
-)
+from curate.cli import learn, models, review, run, stagecmd, versions  # noqa: E402
 
-for _module in (
-    data,
-    review,
-    _stages,
-    versions,
-    learn,
-    models,
-    report,
-    run,
-):
-    if _module is _stages:
-        for _stage in registry.declared():
-            stagecmd.register(app, _stage)
-        continue
+for _stage in registry.declared():
+    stagecmd.register(app, _stage)
+for _module in (review, versions, learn, models, run):
     _module.register(app)
 
 

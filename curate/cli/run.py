@@ -1,4 +1,4 @@
-"""``curate run``: run a pipeline file (the steps, their settings, caching and resume live in ``curate.steps``)."""
+"""``curate run``: run a pipeline file (the steps, their settings, caching and resume live in ``curate.pipeline``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from curate.cli.common import DebugOpt, JsonOpt, handle_errors, say
 
 if TYPE_CHECKING:
-    from curate.steps.plan import Plan
+    from curate.pipeline.plan import Plan
     from curate.workspace import Workspace
 
 STYLE = {"run": "green", "cached": "cyan", "failed": "bold red", "interrupted": "bold red", "running": "yellow", "pending": "dim"}
@@ -99,7 +99,7 @@ def run(
         curate run pipelines/fashion-mnist.toml --executor ray --address auto --set ingest.source=...
     """
     from curate.errors import UsageError
-    from curate.steps.plan import load_plan
+    from curate.pipeline.plan import load_plan
     from curate.workspace import DEFAULT_WORKSPACE, Workspace
 
     if workers is not None and workers < 1:
@@ -130,7 +130,7 @@ def _dry_run(plan: Plan, ws: Workspace, json_out: bool) -> None:
 
 def _run_plan(plan: Plan, ws: Workspace, executor_name: str, json_out: bool) -> None:
     """Run ``plan`` with a line per step (or, with ``--json``, the journal), the table, and the report's path."""
-    from curate.steps.runner import journal_path, read_journal, run_plan
+    from curate.pipeline.runner import journal_path, read_journal, run_plan
     from curate.ui import emit_json
 
     n = len(plan.steps)

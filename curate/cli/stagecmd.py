@@ -169,7 +169,8 @@ def build(stage: Stage) -> Callable[..., None]:
 
     params = config_params(stage) + option_params(stage)
     taken = {p.name for p in params}
-    clash = taken & {f.name for f in dataclasses.fields(stage.config)} & set(_COMMON) - {"workers"}
+    shown = {f.name for f in dataclasses.fields(stage.config) if not f.metadata.get("cli", {}).get("hidden")}
+    clash = taken & shown & set(_COMMON) - {"workers"}  # a hidden field (train's ``version``) is set by the runner
     if clash:
         raise RuntimeError(f"stage {stage.name}: Config fields {sorted(clash)} clash with the common options")
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

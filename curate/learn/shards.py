@@ -2,7 +2,7 @@
 
 An export (``<workspace>/exports/<version>/``) holds ``parquet/{split}-NNNNNN.parquet`` (columns ``sample_id``,
 ``image{bytes,path}``, ``label`` int, ...) and/or ``webdataset/{split}-NNNNNN.tar`` (``<key>.<ext>``,
-``<key>.cls``, ``<key>.json``), ``index.json`` and ``dataset.json`` (see ``curate.export``).
+``<key>.cls``, ``<key>.json``), ``index.json`` and ``dataset.json`` (see ``curate.stages.export.write``).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def read_index(root: Path) -> list[dict[str, Any]]:
     Raises:
         CurateError: no index (an export of an older curate: export the version again) or a damaged one.
     """
-    from curate.export import INDEX
+    from curate.stages.export.write import INDEX
 
     try:
         index = json.loads((root / INDEX).read_text())
@@ -72,12 +72,13 @@ def read_index(root: Path) -> list[dict[str, Any]]:
 
 def open_export(ws: Any, version: str | None, fmt: str = "parquet") -> ExportInfo:
     """The export of ``version`` (HEAD by default) holding ``fmt`` shards; exports it first when missing."""
-    from curate.export import FORMATS, ExportConfig, export_version
+    from curate.stages.export import FORMATS, ExportConfig
+    from curate.stages.export.write import export_version
 
     if fmt not in FORMATS:
         raise CurateError(f"unknown shard format {fmt!r}; choose from {', '.join(FORMATS)}", exit_code=2)
     vid = ws.resolve(version)
-    root = ws.root / "exports" / vid
+    root = ws.export_dir(vid)
     card_path = root / "dataset.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else None
     if card is None or fmt not in card.get("formats", []) or not (root / "index.json").exists():

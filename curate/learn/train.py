@@ -19,9 +19,9 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,57 +32,12 @@ from curate.learn.data import TrainingData, set_epoch
 from curate.learn.evaluation import amp_name, epoch_line, evaluate, score_splits
 from curate.learn.nets import build, count_params
 from curate.learn.runtime import CKPT_FORMAT, NanLoss, amp_dtype, load_checkpoint, make_optimizer, make_schedule, pick_device
+from curate.stages.train import OPTIMIZERS, RUNTIME, SCHEDULES, TrainConfig, check_config
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
-RUNTIME = ("device", "workers", "max_minutes", "resume", "out")  # settings a resumed run may change
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run (stored in every checkpoint and ``meta_*.json``)."""
-
-    version: str | None = None  # dataset version (default HEAD)
-    arch: str = "small-cnn"  # small-cnn | resnet-mini | resnet-mini-wide | linear
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 3e-3  # peak lr for onecycle
-    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9, nesterov)
-    weight_decay: float | None = None  # default 0.05 for adamw, 5e-4 for sgd
-    schedule: str = "onecycle"  # onecycle | cosine | step (x0.1 at 1/2 and 3/4) | constant
-    label_smoothing: float = 0.0
-    augment: str = "none"  # none | flip | shift | flip-shift | standard | light | medium | heavy (curate.augmentation.policies)
-    patience: int = 5  # early stopping: epochs without a better val score; 0 = never stop early
-    seed: int = 0
-    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | mps
-    amp: bool = True  # mixed precision: CUDA (bf16, else fp16 + loss scaling); CPUs with native bf16 (AVX512-BF16/AMX)
-    channels_last: bool = True  # channels-last memory format on CUDA (ignored elsewhere)
-    workers: int = 0  # DataLoader worker processes
-    loader: str = "auto"  # auto | memory | stream
-    format: str = "parquet"  # shard format read: parquet | webdataset
-    image_size: int | None = None  # resize to a square side (default: the data's own size)
-    max_minutes: float | None = None  # do not start an epoch that would end after this wall-clock budget
-    out: str | None = None  # run folder (default models/<version>-<arch>)
-    resume: bool = False
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Reject impossible settings before any work starts (exit code 2)."""
-    from curate.learn.data import AUGMENT_POLICIES
-    from curate.learn.nets import ARCHS
-
-    bad = [
-        (cfg.arch in ARCHS, f"--arch {cfg.arch!r}: choose from {', '.join(ARCHS)}"),
-        (cfg.optimizer in OPTIMIZERS, f"--optimizer {cfg.optimizer!r}: choose from {', '.join(OPTIMIZERS)}"),
-        (cfg.schedule in SCHEDULES, f"--schedule {cfg.schedule!r}: choose from {', '.join(SCHEDULES)}"),
-        (cfg.augment in AUGMENT_POLICIES, f"--augment {cfg.augment!r}: choose from {', '.join(AUGMENT_POLICIES)}"),
-        (cfg.device in ("auto", "cpu", "cuda", "mps"), f"--device {cfg.device!r}: choose auto, cpu, cuda or mps"),
-        (cfg.epochs >= 1 and cfg.batch_size >= 1, "--epochs and --batch-size must be at least 1"),
-        (cfg.lr >= 0 and 0 <= cfg.label_smoothing < 1, "--lr must be >= 0 and --label-smoothing in [0, 1)"),
-    ]
-    for ok, message in bad:
-        if not ok:
-            raise CurateError(message, exit_code=2)
+__all__ = ["OPTIMIZERS", "RUNTIME", "SCHEDULES", "NanLoss", "TrainConfig", "check_config", "fit", "train"]
 
 
 def fit(
@@ -250,12 +205,13 @@ def config_from_meta(saved: dict[str, Any], given: TrainConfig) -> TrainConfig:
     return TrainConfig(**merged)
 
 
-def default_run_dir(cfg: TrainConfig, version: str) -> Path:
-    return Path(cfg.out) if cfg.out else Path("models") / f"{version}-{cfg.arch}"
+def default_run_dir(ws: Workspace, cfg: TrainConfig, version: str) -> Path:
+    """``cfg.out``, else ``<workspace>/models/<version>-<arch>``."""
+    return Path(cfg.out) if cfg.out else ws.models_dir() / f"{version}-{cfg.arch}"
 
 
 def train(
-    ws: Any,
+    ws: Workspace,
     cfg: TrainConfig,
     *,
     log: Callable[[str], None] = lambda s: None,
@@ -275,7 +231,7 @@ def train(
     """
     check_config(cfg)
     vid = ws.resolve(cfg.version)
-    run_dir = default_run_dir(cfg, vid)
+    run_dir = default_run_dir(ws, cfg, vid)
     if not sanity:
         if (run_dir / "model_last.pt").exists() and not cfg.resume:
             raise CurateError(f"{run_dir} already holds a training run", hint="pass --resume to continue it, or --out for a new run")

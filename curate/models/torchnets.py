@@ -32,9 +32,12 @@ def resolve_run(name: str, workspace: Path | None) -> Path:
     direct = Path(name).expanduser()
     if direct.exists():
         return direct
-    if workspace is not None and (Path(workspace) / "models" / name).exists():
-        return Path(workspace) / "models" / name
-    where = f" nor {Path(workspace) / 'models' / name}" if workspace is not None else ""
+    from curate.workspace import Workspace
+
+    in_ws = Workspace(workspace).models_dir() / name if workspace is not None else None
+    if in_ws is not None and in_ws.exists():
+        return in_ws
+    where = f" nor {in_ws}" if in_ws is not None else ""
     raise CurateError(f"curate:{name}: no run folder or checkpoint at {direct}{where}", hint="give a folder written by `curate train`")
 
 

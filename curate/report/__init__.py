@@ -24,17 +24,21 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate.errors import CurateError, UsageError
 
-#: Sample-table columns the sections read (whichever of them the version has).
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
+
+#: Sample-table columns the sections read (whichever of them the version has), besides the columns that the
+#: registered stages declare (``Stage.columns``, added by ``_columns``): the reserved ones, and those of the stages
+#: that do not declare theirs yet.
 COLUMNS = (
     "sample_id",
     "source",
     "label",
     "label_source",
-    "split",
     "status",
     "excluded_by",
     "reason",
@@ -68,14 +72,17 @@ COLUMNS = (
 Progress = Callable[[str, int | None], Any]
 
 
-def _columns(ws: Any, vid: str) -> list[str]:
+def _columns(ws: Workspace, vid: str) -> list[str]:
     names = ws.info(vid).get("columns")
     if not names:
         import pyarrow.parquet as pq
 
         first = sorted((ws.path(vid) / "samples").glob("part-*.parquet"))[0]
         names = pq.read_schema(first).names
-    return [c for c in COLUMNS if c in names]
+    from curate.registry import declared
+
+    wanted = dict.fromkeys([*COLUMNS, *(c for stage in declared() for c in stage.columns)])
+    return [c for c in wanted if c in names]
 
 
 def _check_writable(out: Path) -> None:
@@ -92,7 +99,7 @@ def _check_writable(out: Path) -> None:
 
 
 def write_report(
-    ws: Any,
+    ws: Workspace,
     out: Path,
     *,
     version: str | None = None,
@@ -113,7 +120,8 @@ def write_report(
         run: a training run folder; None picks the newest run under ``models`` trained on the version, if any.
         max_gallery: most thumbnails per gallery (and per duplicate-group section).
         seed: the seed of the sampled galleries.
-        models: where to look for runs when ``run`` is None (default ``./models``).
+        models: where to look for runs when ``run`` is None (default ``ws.models_dir()``; when that folder does not
+            exist, ``./models``, where ``curate train`` put its runs before the workspace held them).
         progress: ``progress(description, total)`` -> context manager yielding ``advance(n)`` (the CLI's bar).
         human_error: the human-level error (0..1) of the bias / variance / data-mismatch table; None: unknown.
         tags: a tags CSV (``curate.review.tags.read_tags_csv``), counted with the version's ``review_tags`` by cause.
@@ -139,7 +147,9 @@ def write_report(
     if human_error is not None and not 0 <= human_error < 1:
         raise UsageError(f"--human-error {human_error}: give an error rate in [0, 1), e.g. 0.02 for 2%")
     vid = ws.resolve(version)
-    run_dir, run_why = training.find_run(vid, Path(run) if run is not None else None, models or Path("models"))
+    if models is None:
+        models = ws.models_dir() if ws.models_dir().is_dir() else training.LEGACY_MODELS
+    run_dir, run_why = training.find_run(vid, Path(run) if run is not None else None, models)
     _check_writable(out)
     ctx = collect.Context(ws, vid, ws.samples(vid, columns=_columns(ws, vid)), ws.lineage(vid), max_gallery, seed)
     tagged, tag_source = _tags(ctx.table, tags)  # read before any work: a bad file fails at once

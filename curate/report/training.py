@@ -1,6 +1,6 @@
 """The training-run section of the report: curves, metrics, confusion matrices and the worst errors of a run.
 
-A run folder (``curate train --out``, default ``models/<version>-<arch>``) holds ``metrics.json`` (``history``: one
+A run folder (``curate train --out``, default ``<workspace>/models/<version>-<arch>``) holds ``metrics.json`` (``history``: one
 row per epoch; ``splits``: per split ``accuracy``, ``macro_f1``, ``per_class``, ``confusion``, ``worst``: the
 misclassified samples the model was surest about), ``meta_best.json``/``meta_last.json`` (config, classes,
 ``dataset_version``, ``history``) and ``model_best.pt``. When ``metrics.json`` is missing (a run killed before its
@@ -52,7 +52,12 @@ def run_info(run: Path) -> dict[str, Any] | None:
     return None
 
 
-def find_run(vid: str, run: Path | None, models: Path = Path("models")) -> tuple[Path | None, str]:
+#: Where ``curate train`` put its runs before the workspace held them (``ws.models_dir()``): relative to the working
+#: folder; the report still looks there when the workspace has no ``models/``.
+LEGACY_MODELS = Path("models")
+
+
+def find_run(vid: str, run: Path | None, models: Path = LEGACY_MODELS) -> tuple[Path | None, str]:
     """The run folder to report on and, when there is none, why.
 
     Without ``run``: the newest folder under ``models`` (by the time its run files were written) whose dataset version

@@ -1,4 +1,4 @@
-"""Export the included rows of a version as Parquet and/or WebDataset shards, byte-for-byte reproducibly.
+"""The work of ``curate export``: a version's included rows as Parquet / WebDataset shards, byte-for-byte reproducibly.
 
 ``<out>/`` (default ``<workspace>/exports/<version>/``) gets one folder per format, holding nothing but shards,
 so the obvious glob of each reader reads exactly the shards (``parquet/*.parquet`` for pandas, DuckDB and
@@ -19,10 +19,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import tarfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +29,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import __version__
-from curate.errors import CurateError, UsageError
-from curate.exportsink import open_sink
+from curate.errors import CurateError
 from curate.schema import RESERVED, included
+from curate.stages.export import ExportConfig
+from curate.stages.export.sink import open_sink, read_finished
 from curate.workspace import Workspace
 
-FORMATS = ("parquet", "webdataset")
 SUFFIX = {"parquet": "parquet", "webdataset": "tar"}  # the folder of a format is its name
 INDEX = "index.json"
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F", "P;L"})
@@ -44,43 +42,6 @@ SPLIT_ORDER = ("train", "train_dev", "val", "test")
 MTIME = 1_700_000_000  # fixed, integer: a float mtime would add a PAX header to every member
 _INTERNAL = {"status", "excluded_by", "reason", "error", "pack", "extra_labels"}
 _EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff", "MPO": "jpg"}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b)\s*$", re.I)
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Settings of ``curate export``.
-
-    Attributes:
-        formats: any of ``parquet``, ``webdataset``.
-        shard_rows: at most this many samples per shard (None: no row limit).
-        shard_bytes: at most about this many image bytes per shard (None: no byte limit).
-        min_shards: at least this many shards per split (fewer rows: one shard per row), so that a loader
-            with that many workers gets a shard each.
-        out: output folder or fsspec URL (``s3://bucket/prefix``); default ``<workspace>/exports/<version>``.
-        memory_bytes: image bytes held in memory at once while writing.
-    """
-
-    formats: tuple[str, ...] = FORMATS
-    shard_rows: int | None = 10_000
-    shard_bytes: int | None = None
-    min_shards: int = 4
-    out: str | None = None
-    memory_bytes: int = 512 << 20
-
-
-def prepare_export(values: dict[str, Any]) -> dict[str, Any]:
-    """The command's option names in ``curate.toml`` and pipeline files -> ExportConfig fields:
-    ``shard_size = "5000"`` / ``"256MB"`` -> ``shard_rows`` / ``shard_bytes``; ``format = "parquet,webdataset"`` ->
-    ``formats``."""
-    values = dict(values)
-    if "shard_size" in values:
-        rows, nbytes = parse_shard_size(str(values.pop("shard_size")))
-        values.update(shard_rows=rows, shard_bytes=nbytes)
-    if "format" in values:
-        fmt = values.pop("format")
-        values["formats"] = parse_formats(fmt if isinstance(fmt, str) else ",".join(map(str, fmt)))
-    return values
 
 
 def shard_name(fmt: str, split: str, k: int) -> str:
@@ -95,29 +56,6 @@ def image_info(modes: set[str | None], normalization: dict[str, Any] | None) -> 
     gray = channels == 1
     return {"mode": "L" if gray else "RGB", "channels": channels, "webdataset_decode": "pill" if gray else "pilrgb",
             "webdataset_decode_numpy": "l8" if gray else "rgb8", "pil_convert": "L" if gray else "RGB"}  # fmt: skip
-
-
-def parse_shard_size(text: str) -> tuple[int | None, int | None]:
-    """``"5000"`` -> (5000 rows, None); ``"256MB"``/``"1GiB"`` -> (None, bytes)."""
-    text = str(text).strip()
-    if text.isdigit() and int(text) > 0:
-        return int(text), None
-    m = _SIZE.match(text)
-    if not m:
-        # A value the user typed that is not a size: a user error (exit 1), like an unknown version.
-        raise UsageError(f"--shard-size {text!r}: give a row count (5000) or a size (256MB, 1GiB)")
-    unit = m.group(2).lower()
-    power = "kmgt".index(unit[0]) + 1
-    base = 1024 if "i" in unit else 1000
-    return None, int(float(m.group(1)) * base**power)
-
-
-def parse_formats(text: str) -> tuple[str, ...]:
-    fmts = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    bad = [f for f in fmts if f not in FORMATS]
-    if bad or not fmts:
-        raise UsageError(f"--format {text!r}: choose from {', '.join(FORMATS)} (comma-separated)")
-    return fmts
 
 
 def class_list(labels: list[str | None]) -> list[str]:
@@ -324,7 +262,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
         ``{"version", "out", "formats", "splits" (split -> rows), "shards", "bytes", "seconds"}``.
 
     ``cfg.out`` may be an fsspec URL (``s3://bucket/prefix``): the same files, uploaded with ``dataset.json`` last
-    (what a reader can rely on there: ``curate.exportsink``).
+    (what a reader can rely on there: ``curate.stages.export.sink``).
 
     Raises:
         CurateError: the version has no included rows, ``out`` is a non-empty folder (prefix) that is not an
@@ -339,7 +277,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
     classes = class_list(inc.column("label").to_pylist())
     if inc.num_rows == 0:
         raise CurateError(f"version {vid} has no included samples to export")
-    sink = open_sink(cfg.out or str(ws.root / "exports" / vid), ws.root)
+    sink = open_sink(cfg.out or str(ws.export_dir(vid)), ws.root)
     sink.check()
     tmp = sink.staging()
     splits = pc.fill_null(inc.column("split"), "all")
@@ -391,3 +329,18 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
         "seconds": round(secs, 3),
         "mb_per_s": round(total_bytes / 1e6 / secs, 1) if secs > 0 else None,
     }
+
+
+def finished_export(ws: Workspace, vid: str, cfg: ExportConfig) -> dict[str, Any] | None:
+    """The result of an export of ``vid`` with these settings that is already complete on disk, else None."""
+    sink = open_sink(cfg.out or str(ws.export_dir(vid)), ws.root)
+    found = read_finished(sink)
+    if found is None:
+        return None
+    card, index = found
+    lineage = [{"id": i["id"], "stage": i["stage"], "config_sha256": i["config_sha256"]} for i in map(ws.info, ws.lineage(vid))]
+    keys = ("version", "lineage", "formats", "shard_rows", "shard_bytes", "min_shards")
+    if tuple(card.get(k) for k in keys) != (vid, lineage, list(cfg.formats), cfg.shard_rows, cfg.shard_bytes, cfg.min_shards):
+        return None
+    return {"version": vid, "out": sink.where, "formats": card["formats"], "splits": card["splits"], "shards": len(index),
+            "bytes": sum(r["bytes"] for r in index), "seconds": 0.0, "mb_per_s": None, "cached": True}  # fmt: skip

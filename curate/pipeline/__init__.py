@@ -1,10 +1,12 @@
-"""Run one stage against a workspace: lock, read the parent, call the stage, commit, move HEAD.
+"""The one runner: run a stage against a workspace (lock, resolve the parent, call it, commit, move HEAD).
 
-A stage whose parent version and resolved settings already produced a version is not run again (nor one whose
-HEAD already is that stage's output with the same settings): HEAD moves to that version and the result says
-``cached`` (ingest opts out, since its input lives outside the
-workspace and may have changed). Pipeline files (``curate run``) are in ``curate.steps``: they call this with an
-explicit ``parent`` so that each step builds on the previous step's version.
+``execute(stage, ctx, cfg)`` runs any registered ``curate.stage.Stage`` for the CLI, pipeline files, Ray runs and
+the Python API alike. A stage whose parent version and resolved settings already produced a version is not run
+again (nor one whose HEAD already is that stage's output with the same settings): HEAD moves to that version and
+the result says ``cached``. Sources opt out (their input lives outside the workspace and may have changed); in a
+pipeline they are reused when their input fingerprint is unchanged. Pipeline files (``curate run``) are read by
+``curate.pipeline.plan`` and run by ``curate.pipeline.runner``, which passes an explicit parent so that each step
+builds on the previous step's version.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def execute(stage: Stage, ctx: Context, cfg: Any) -> dict[str, Any]:
         stage.check(cfg)
     if stage.before is not None:
         _run_before(ctx, stage.before(ctx, cfg))
-    if stage.kind == OUTPUT or getattr(stage.run, "legacy", False):
+    if stage.kind == OUTPUT:
         return stage.run(ctx, cfg)
     if stage.reads_version and ctx.base not in (HEAD, None):  # --version 3: build on that version's id
         ctx.base = ctx.ws.resolve(ctx.base)

@@ -4,13 +4,14 @@ The pipeline keeps its own position (a version id; None before its first version
 it never depends on where HEAD points; stage steps move HEAD as they commit or reuse a version. Whether a step is
 skipped is decided from the workspace itself, never from the journal alone: run_stage reuses a version made from
 the same parent and settings, source and output steps check their inputs and files (``curate.sources.fingerprint``,
-``curate.steps.outputs``). A rerun after a failure therefore finds every finished step cached and continues at the
-one that failed.
+the ``run`` of ``curate.stages.export`` / ``train`` / ``report``). A rerun after a failure therefore finds every
+finished step cached and continues at the one that failed.
 
-The journal, ``<workspace>/runs/<pipeline name>.json``, is rewritten atomically after every step: the base version
-the run started from, then per step its status (pending, running, run, cached, failed, interrupted), the resolved
-config's sha256, the output version, seconds and a one-line summary. A rerun starts from the previous run's base
-when HEAD is still one of the versions that run made (so an unchanged rerun is all cached), else from HEAD.
+The journal, ``ws.run_journal(name)`` (``<workspace>/runs/<pipeline name>.json``), is rewritten atomically after
+every step: the base version the run started from, then per step its status (pending, running, run, cached,
+failed, interrupted), the resolved config's sha256, the output version, seconds and a one-line summary. A rerun
+starts from the previous run's base when HEAD is still one of the versions that run made (so an unchanged rerun
+is all cached), else from HEAD.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from typing import Any
 
 from curate.errors import CurateError
 from curate.pipeline import execute
+from curate.pipeline.plan import Plan, PlannedStep
 from curate.stage import SOURCE, STAGE, Context, rich_progress
-from curate.steps.plan import Plan, PlannedStep
 
 OnStep = Callable[[str, PlannedStep, dict[str, Any]], None]
 RESULT_KEYS = ("out", "path", "run", "requested", "mtime_ns")  # what later runs may need from a step's result
 
 
 def journal_path(ws: Any, name: str) -> Path:
-    return ws.root / "runs" / f"{name}.json"
+    return ws.run_journal(name)
 
 
 def read_journal(path: Path) -> dict[str, Any] | None:
