@@ -127,3 +127,11 @@ def exclude(table: pa.Table, mask: pa.Array | Iterable[bool], *, stage: str, rea
 def included(table: pa.Table) -> pa.Table:
     """Rows with ``status == 'ok'``."""
     return table.filter(pc.equal(table.column("status"), OK))
+
+
+def class_list(labels: list[str | None]) -> list[str]:
+    """Sorted class names; numerically when every name is an integer (so "10" follows "9")."""
+    names = {x for x in labels if x is not None}
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)

@@ -65,7 +65,7 @@ def test_stage_packages_do_not_import_each_other() -> None:
 
 
 def test_only_the_workspace_joins_paths_under_a_workspace_root() -> None:
-    pattern = re.compile(r"\bws\.root\s*/|Path\(\"models\"\)")
+    pattern = re.compile(r"\bws\.root\s*/|Path\(\"models\"\)\s*/")
     bad = [
         f"{p.relative_to(ROOT)}:{i}"
         for p in _modules()

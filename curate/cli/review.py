@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from curate.cli.common import DEFAULT_WS, DebugOpt, JsonOpt, WorkspaceOpt, handle_errors, say
+
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 
 def review(
@@ -64,7 +67,9 @@ def review(
     _serve(ws, version, queue, port, causes, limit, json_out, not no_browser)
 
 
-def _serve(ws: Any, version: str | None, queue: str, port: int, causes: str | None, limit: int, json_out: bool, browser: bool) -> None:
+def _serve(
+    ws: Workspace, version: str | None, queue: str, port: int, causes: str | None, limit: int, json_out: bool, browser: bool
+) -> None:
     from curate.review.desk import Desk, parse_causes
 
     try:

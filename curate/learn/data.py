@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from curate.augmentation.policies import POLICIES as AUGMENT_POLICIES
 from curate.errors import CurateError
 from curate.learn.shards import decode, image_geometry, iter_records, open_export
 from curate.learn.stream import StreamBatches, augment_batch
+
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 DEFAULT_CACHE_BYTES = 4 << 30
 SPLITS = ("train", "train_dev", "val", "test")  # the splits a training run reads; train_dev is scored, never trained on
@@ -263,7 +266,7 @@ def memory_data(
 
 
 def workspace_data(
-    ws: Any,
+    ws: Workspace,
     version: str | None,
     *,
     fmt: str = "parquet",
@@ -321,6 +324,16 @@ def workspace_data(
         return data
     if mode != "stream":
         raise CurateError(f"unknown --loader {loader!r}; choose auto, memory or stream", exit_code=2)
+    return _stream_data(info, rows, fmt, channels, size, norm, batch_size=batch_size, augment=augment, seed=seed,
+                        workers=workers, pin=pin)  # fmt: skip
+
+
+def _stream_data(
+    info: Any, rows: dict[str, int], fmt: str, channels: int, size: tuple[int, int], norm: dict[str, Any] | None, *,
+    batch_size: int, augment: str, seed: int, workers: int, pin: bool,
+) -> TrainingData:
+    """``TrainingData`` that decodes the shards on the fly (``loader = stream``): needs the stored normalization,
+    and refuses sample weights (the weighted sampler draws from a decoded split in memory)."""
     if not norm:
         raise CurateError("streaming needs the normalization stored in the version", hint="run `curate normalize` first")
     if "sample_weight" in info.card.get("columns", []):

@@ -183,3 +183,10 @@ def write_report(
     payload = {**(extra or {}), "classes": classes, "splits": out, "history": history or []}
     (run_dir / name).write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return out
+
+
+def fmt_metrics(split: str, m: dict[str, Any]) -> str:
+    """``val: accuracy 0.9012, macro-F1 0.8990, AUC 0.9911, top-2 err 0.0210``."""
+    top = ", ".join(f"top-{k} err {v:.4f}" for k, v in m.get("topk_error", {}).items() if k != "1")
+    auc = f", AUC {m['roc_auc_ovr_macro']:.4f}" if m.get("roc_auc_ovr_macro") is not None else ""
+    return f"{split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}{auc}{', ' + top if top else ''}"

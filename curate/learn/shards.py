@@ -12,12 +12,15 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from curate.errors import CurateError
+
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 MAX_AUTO_SIDE = 128
 
@@ -70,7 +73,7 @@ def read_index(root: Path) -> list[dict[str, Any]]:
     return list(index)
 
 
-def open_export(ws: Any, version: str | None, fmt: str = "parquet") -> ExportInfo:
+def open_export(ws: Workspace, version: str | None, fmt: str = "parquet") -> ExportInfo:
     """The export of ``version`` (HEAD by default) holding ``fmt`` shards; exports it first when missing."""
     from curate.stages.export import FORMATS, ExportConfig
     from curate.stages.export.write import export_version

@@ -233,15 +233,7 @@ def train(
     vid = ws.resolve(cfg.version)
     run_dir = default_run_dir(ws, cfg, vid)
     if not sanity:
-        if (run_dir / "model_last.pt").exists() and not cfg.resume:
-            raise CurateError(f"{run_dir} already holds a training run", hint="pass --resume to continue it, or --out for a new run")
-        if cfg.resume and (run_dir / "model_last.pt").exists():
-            last = run_dir / "model_last.pt"
-            saved = read_meta(load_checkpoint(last), last)
-            cfg = config_from_meta(saved["config"], cfg)
-            vid = saved["dataset_version"]
-        elif cfg.resume:
-            log(f"--resume: no checkpoint in {run_dir} yet; starting a new run there")
+        cfg, vid = _resume_or_refuse(run_dir, cfg, vid, log)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     from curate.learn.data import workspace_data
@@ -290,17 +282,21 @@ def train(
     }
     report = write_report(run_dir, splits, data.classes, res["history"], extra=info)
     keys = ("accuracy", "macro_f1", "roc_auc_ovr_macro", "topk_error")
-    return {
-        "run": str(run_dir),
-        "version": vid,
-        "arch": cfg.arch,
-        "device": res["device"],
-        "amp": res["amp"],
-        "epochs_run": len(res["history"]),
-        "stopped": res["stopped"],
-        "best_epoch": res["best"].get("epoch"),
-        "train_seconds": res["seconds"],
-        "metrics": {k: {m: v[m] for m in keys} for k, v in report.items()},
-        "errors": errors,
-        "diagnosis": diagnose(errors),
-    }
+    return {"run": str(run_dir), "version": vid, "arch": cfg.arch, "device": res["device"], "amp": res["amp"],
+            "epochs_run": len(res["history"]), "stopped": res["stopped"], "best_epoch": res["best"].get("epoch"),
+            "train_seconds": res["seconds"], "metrics": {k: {m: v[m] for m in keys} for k, v in report.items()},
+            "errors": errors, "diagnosis": diagnose(errors)}  # fmt: skip
+
+
+def _resume_or_refuse(run_dir: Path, cfg: TrainConfig, vid: str, log: Callable[[str], None]) -> tuple[TrainConfig, str]:
+    """A run folder that holds a run is refused unless ``resume``; resuming takes the checkpoint's settings and
+    dataset version, so the continued run is the same run."""
+    last = run_dir / "model_last.pt"
+    if last.exists() and not cfg.resume:
+        raise CurateError(f"{run_dir} already holds a training run", hint="pass --resume to continue it, or --out for a new run")
+    if cfg.resume and last.exists():
+        saved = read_meta(load_checkpoint(last), last)
+        return config_from_meta(saved["config"], cfg), saved["dataset_version"]
+    if cfg.resume:
+        log(f"--resume: no checkpoint in {run_dir} yet; starting a new run there")
+    return cfg, vid

@@ -15,7 +15,7 @@ import contextlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,9 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.models.base import Backend
+
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 BATCH_ROWS = 1024  # blobs read (and held) per embed call: bounded memory, full model batches
 
@@ -50,7 +53,7 @@ class Embedded:
     from_file: int = 0
 
 
-def read_cached(ws: Any, digest: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+def read_cached(ws: Workspace, digest: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
     """``sample_id -> float32 (D,)`` for the ``ids`` any version stores for the model ``digest`` (newest first)."""
     want = set(ids)
     found: dict[str, np.ndarray] = {}
@@ -84,7 +87,7 @@ def cache_bytes(backend: Backend, ids: Sequence[str], vectors: np.ndarray) -> by
     return buf.getvalue()
 
 
-def embed_samples(ws: Any, rows: pa.Table, backend: Backend, *, progress: Callable[..., Any] | None = None) -> Embedded:
+def embed_samples(ws: Workspace, rows: pa.Table, backend: Backend, *, progress: Callable[..., Any] | None = None) -> Embedded:
     """Embeddings of ``rows`` (``sample_id``, ``pack``): cached ones read back, the rest embedded from their blobs.
 
     Args:

@@ -22,18 +22,21 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curate.errors import CurateError
 from curate.pipeline import execute
 from curate.pipeline.plan import Plan, PlannedStep
 from curate.stage import SOURCE, STAGE, Context, rich_progress
 
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
+
 OnStep = Callable[[str, PlannedStep, dict[str, Any]], None]
 RESULT_KEYS = ("out", "path", "run", "requested", "mtime_ns")  # what later runs may need from a step's result
 
 
-def journal_path(ws: Any, name: str) -> Path:
+def journal_path(ws: Workspace, name: str) -> Path:
     return ws.run_journal(name)
 
 
@@ -57,7 +60,7 @@ def write_journal(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def start_version(ws: Any, previous: dict[str, Any] | None) -> str | None:
+def start_version(ws: Workspace, previous: dict[str, Any] | None) -> str | None:
     """Where a run starts: the previous run's base while HEAD is one of its versions, else HEAD."""
     head = ws.head()
     if previous is None or head is None:
@@ -83,7 +86,7 @@ def _previous_record(previous: dict[str, Any] | None, ps: PlannedStep) -> dict[s
 
 
 def run_plan(
-    ws: Any,
+    ws: Workspace,
     plan: Plan,
     *,
     progress: bool = True,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate.errors import CurateError, UsageError
+from curate.stage import Progress, no_progress
 
 if TYPE_CHECKING:
     from curate.workspace import Workspace
@@ -69,7 +70,6 @@ COLUMNS = (
     "review_tags",
 )
 
-Progress = Callable[[str, int | None], Any]
 
 
 def _columns(ws: Workspace, vid: str) -> list[str]:
@@ -142,32 +142,17 @@ def write_report(
     from curate.report.html import render
 
     out = Path(out)
-    if max_gallery < 0:
-        raise UsageError(f"--max-gallery must be >= 0, not {max_gallery}")
-    if human_error is not None and not 0 <= human_error < 1:
-        raise UsageError(f"--human-error {human_error}: give an error rate in [0, 1), e.g. 0.02 for 2%")
-    vid = ws.resolve(version)
-    if models is None:
-        models = ws.models_dir() if ws.models_dir().is_dir() else training.LEGACY_MODELS
-    run_dir, run_why = training.find_run(vid, Path(run) if run is not None else None, models)
-    _check_writable(out)
+    vid, run_dir, run_why = _resolve(ws, out, version, run, models, max_gallery, human_error)
     ctx = collect.Context(ws, vid, ws.samples(vid, columns=_columns(ws, vid)), ws.lineage(vid), max_gallery, seed)
     tagged, tag_source = _tags(ctx.table, tags)  # read before any work: a bad file fails at once
     builders: list[Callable[[collect.Context], dict[str, Any]]] = [
-        collect.overview,
-        collect.lineage,
-        collect.classes,
-        collect.excluded,
-        collect.duplicates,
-        issues.label_issues,
-        issues.flagged,
-        issues.normalization,
-        issues.pseudolabels,
+        collect.overview, collect.lineage, collect.classes, collect.excluded, collect.duplicates,
+        issues.label_issues, issues.flagged, issues.normalization, issues.pseudolabels,
         lambda c: training.training(c, run_dir, run_why),
         lambda c: analysis.bias_variance(c, run_dir, human_error, run_why),
         lambda c: analysis.causes(c, tagged, tag_source),
-    ]
-    bar = progress or (lambda _d, _t: contextlib.nullcontext(lambda n=1: None))
+    ]  # fmt: skip
+    bar = progress or no_progress
     sections = []
     with bar("report sections", len(builders)) as advance:
         for build in builders:
@@ -183,6 +168,43 @@ def write_report(
         sections,
     )
     data = page.encode("utf-8")
+    _write_atomically(out, data)
+    where = {"path": str(out), "bytes": len(data), "version": vid, "run": str(run_dir) if run_dir is not None else None}
+    return {**where, **_outline(sections), "images": thumbs["images"], "images_failed": thumbs["failed"], "seed": seed,
+            "max_gallery": max_gallery}  # fmt: skip
+
+
+def _outline(sections: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sections rendered and omitted (with why), and the diagnosis and cause counts when there are any."""
+    return {
+        "sections": [s["id"] for s in sections if not s.get("omitted")],
+        "omitted": {s["id"]: s["omitted"] for s in sections if s.get("omitted")},
+        "diagnosis": next((s["diagnosis"] for s in sections if "diagnosis" in s), None),
+        "causes": next((s["counts"] for s in sections if "counts" in s), None),
+    }
+
+
+def _resolve(
+    ws: Workspace, out: Path, version: str | None, run: Path | None, models: Path | None, max_gallery: int,
+    human_error: float | None,
+) -> tuple[str, Path | None, str]:
+    """Check the settings and ``out``, resolve the version and find the run: ``(vid, run folder or None, why not)``."""
+    from curate.report import training
+
+    if max_gallery < 0:
+        raise UsageError(f"--max-gallery must be >= 0, not {max_gallery}")
+    if human_error is not None and not 0 <= human_error < 1:
+        raise UsageError(f"--human-error {human_error}: give an error rate in [0, 1), e.g. 0.02 for 2%")
+    vid = ws.resolve(version)
+    if models is None:
+        models = ws.models_dir() if ws.models_dir().is_dir() else training.LEGACY_MODELS
+    run_dir, run_why = training.find_run(vid, Path(run) if run is not None else None, models)
+    _check_writable(out)
+    return vid, run_dir, run_why
+
+
+def _write_atomically(out: Path, data: bytes) -> None:
+    """Write to a temporary name beside ``out`` and rename it into place: a reader never sees half a report."""
     tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     try:
         tmp.write_bytes(data)
@@ -192,20 +214,6 @@ def write_report(
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-    return {
-        "path": str(out),
-        "bytes": len(data),
-        "version": vid,
-        "run": str(run_dir) if run_dir is not None else None,
-        "sections": [s["id"] for s in sections if not s.get("omitted")],
-        "omitted": {s["id"]: s["omitted"] for s in sections if s.get("omitted")},
-        "images": thumbs["images"],
-        "images_failed": thumbs["failed"],
-        "seed": seed,
-        "max_gallery": max_gallery,
-        "diagnosis": next((s["diagnosis"] for s in sections if "diagnosis" in s), None),
-        "causes": next((s["counts"] for s in sections if "counts" in s), None),
-    }
 
 
 def _tags(table: Any, path: Path | None) -> tuple[dict[str, list[str]], str]:

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.report.gallery import GROUP_MEMBERS, item, rows_of, sample_table, seeded_key, short_source
 from curate.schema import OK
+
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 Section = dict[str, Any]
 #: Rows of a class table before it is cut (the plot shows fewer; see ``plots.MAX_BARS``).
@@ -47,7 +50,7 @@ class Context:
         seed: the seed of every sampled gallery.
     """
 
-    ws: Any
+    ws: Workspace
     vid: str
     table: pa.Table
     lineage: list[str]

@@ -14,10 +14,13 @@ import hashlib
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from curate.workspace import Workspace
 
 #: Longest side of a thumbnail in px: a few KB each, so hundreds of them keep the page far below its size budget.
 THUMB = 96
@@ -68,7 +71,7 @@ def short_source(source: str | None, keep: int = 40) -> str:
 
 
 def fill_thumbnails(
-    ws: Any, items: Iterable[Item], *, thumb: int = THUMB, advance: Callable[[int], None] | None = None
+    ws: Workspace, items: Iterable[Item], *, thumb: int = THUMB, advance: Callable[[int], None] | None = None
 ) -> dict[str, int]:
     """Give every item its thumbnail (``uri``, ``w``, ``h``) or a ``missing`` reason, reading each pack once.
 

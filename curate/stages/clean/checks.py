@@ -104,7 +104,7 @@ def run_clean(
     Raises:
         CurateError: empty workspace, missing blobs, too few labeled rows; UsageError: bad settings or pred-probs.
     """
-    from curate.stages.export.write import class_list
+    from curate.schema import class_list
 
     check_config(cfg)
     if parent is None:

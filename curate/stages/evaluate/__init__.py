@@ -72,7 +72,7 @@ def summary(res: dict[str, Any]) -> str:
 def details(res: dict[str, Any]) -> list[str]:
     """What was scored and where the report went, the scores, what was not scored (``src``), the worst errors."""
     from curate.learn.gaps import summary_line
-    from curate.stages.train import fmt_metrics
+    from curate.learn.metrics import fmt_metrics
 
     if res["split"] == "all":
         out = [f"evaluate {res['run']} on every split of {res['version']} -> {res['path']}"]

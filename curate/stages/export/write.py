@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate.errors import CurateError
-from curate.schema import RESERVED, included
+from curate.schema import RESERVED, class_list, included
 from curate.stages.export import ExportConfig
 from curate.stages.export.sink import open_sink, read_finished
 from curate.workspace import Workspace
@@ -56,14 +56,6 @@ def image_info(modes: set[str | None], normalization: dict[str, Any] | None) -> 
     gray = channels == 1
     return {"mode": "L" if gray else "RGB", "channels": channels, "webdataset_decode": "pill" if gray else "pilrgb",
             "webdataset_decode_numpy": "l8" if gray else "rgb8", "pil_convert": "L" if gray else "RGB"}  # fmt: skip
-
-
-def class_list(labels: list[str | None]) -> list[str]:
-    """Sorted class names; numerically when every name is an integer (so "10" follows "9")."""
-    names = {x for x in labels if x is not None}
-    if names and all(n.lstrip("-").isdigit() for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
 
 
 def _split_key(s: str) -> tuple[int, str]:

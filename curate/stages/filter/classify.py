@@ -167,10 +167,58 @@ def run_filter(
     mask = selected_mask(table, splits)
     sel_idx = np.flatnonzero(mask.to_numpy(zero_copy_only=False))  # table rows to score, in table order
     rows = table.filter(mask).select(["sample_id", "pack"])
-    n, m, k = table.num_rows, len(sel_idx), len(classes)
+    probs, errors = _score_selected(ws, rows, run, cfg, progress)
+    t_score = time.perf_counter() - t0
+    table, d = _annotate(table, probs, sel_idx, classes, target, cfg)
+    score, pred, idx_scored, good = d["score"], d["pred"], d["idx_scored"], d["good"]
+    idx_filtered = np.flatnonzero(d["filtered"])
+    split_col = table.column("split")
+    split_of = split_col.take(pa.array(idx_filtered)).to_pylist() if len(idx_filtered) else []
+    stats = {
+        "model": str(cfg.model),
+        "checkpoint": str(run.path),
+        "checkpoint_sha256": sha,
+        "model_classes": classes,
+        "classes": list(target.classes),
+        "score": target.mode,
+        "score_description": target.describe(),
+        "classes_from": target.source,
+        "min_prob": cfg.min_prob,
+        "action": cfg.action,
+        "splits": list(splits),
+        "device": str(run.device),
+        "candidates": rows.num_rows,
+        "scored": int(d["scored"].sum()),
+        "decode_errors": len(errors),
+        "filtered": len(idx_filtered),
+        "excluded": d["excluded_now"],
+        "scored_per_split": _counts(split_col.take(pa.array(idx_scored)).to_pylist() if len(idx_scored) else []),
+        "filtered_per_split": _counts(split_of),
+        "filtered_per_predicted": _counts([classes[i] for i in pred[idx_filtered]]),
+        "score_quantiles": _quantiles(score[idx_scored]),
+        "seconds_scoring": round(t_score, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if errors:
+        stats["decode_error_examples"] = dict(sorted(errors.items())[:5])
+    ids_scored = table.column("sample_id").take(pa.array(idx_scored, pa.int64()))
+    prob_cols = {f"p_{c}": pa.array(good[:, j], pa.float32()) for j, c in enumerate(classes)}
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"sample_id": ids_scored, **prob_cols}), buf, compression="zstd")
+    return StageResult(table=table, stats=stats, state={"filter_probs.parquet": buf.getvalue()})
 
-    # --- per-sample work: decode + forward pass, pack by pack, one batch at a time. Probabilities are kept only
-    # for the selected rows (m x k float32): bounded by the rows scored, not by the images or the whole table.
+
+def _score_selected(
+    ws: Workspace, rows: pa.Table, run: Any, cfg: FilterConfig, progress: Progress
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Per-sample work: decode + forward pass of ``rows`` (``sample_id``, ``pack``), pack by pack, one batch at a
+    time. Probabilities are kept only for these rows (``(m, k)`` float32, NaN where an image does not decode):
+    bounded by the rows scored, not by the images or the whole table.
+
+    Returns:
+        ``(probs, errors)``: probabilities in the order of ``rows``; sample_id -> decode error.
+    """
+    m, k = rows.num_rows, len(run.classes)
     probs = np.full((m, k), np.nan, np.float32)
     errors: dict[str, str] = {}
     position = {sid: i for i, sid in enumerate(rows.column("sample_id").to_pylist())}
@@ -178,26 +226,30 @@ def run_filter(
     scorer = Scorer(run, cfg.batch_size)
     try:
         with progress("filter", m) as advance:
-            _score_all(
-                scorer,
-                rebatch(ws.blobs.iter_packs(rows, batch_rows=cfg.batch_size), cfg.batch_size),
-                position,
-                probs,
-                seen,
-                errors,
-                advance,
-            )
+            batches = rebatch(ws.blobs.iter_packs(rows, batch_rows=cfg.batch_size), cfg.batch_size)
+            _score_all(scorer, batches, position, probs, seen, errors, advance)
     except FileNotFoundError as exc:
         where = exc.filename or str(exc)  # pyarrow names the file in the message only
         raise CurateError(
             f"a blob pack of this version is missing: {where}", hint="was `curate gc` run, or the workspace copied in part?"
         ) from exc
-    t_score = time.perf_counter() - t0
     if not seen.all():
         missing = rows.column("sample_id").filter(pa.array(~seen)).to_pylist()
         raise CurateError(f"{len(missing)} samples have no bytes in the blob packs (e.g. {missing[0]})", hint="was `curate gc` run?")
+    return probs, errors
 
-    # --- global decisions over small arrays: score, threshold, columns, exclusion
+
+def _annotate(
+    table: pa.Table, probs: np.ndarray, sel_idx: np.ndarray, classes: list[str], target: Any, cfg: FilterConfig
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Global decisions over small arrays: score, threshold, the filter columns, the exclusion.
+
+    Returns:
+        The table with the columns (and, with ``action = exclude``, the exclusions), and the arrays the stats need:
+        ``score``/``pred`` per table row, ``filtered``/``scored`` masks, ``idx_scored``, ``good`` (the decoded rows'
+        probabilities) and ``excluded_now``.
+    """
+    n = table.num_rows
     ok_probs = ~np.isnan(probs).any(1)  # undecodable images stay unscored
     good = probs[ok_probs]
     idx_scored = sel_idx[ok_probs]
@@ -225,40 +277,5 @@ def run_filter(
     if cfg.action == "exclude":
         table = exclude(table, pa.array(filtered_np), stage=STAGE, reason=REASON)
     excluded_now = int(pc.sum(pc.and_(pc.equal(status_before, OK), pc.not_equal(table.column("status"), OK))).as_py() or 0)
-
-    # --- stats and state
-    idx_filtered = np.flatnonzero(filtered_np)
-    split_col = table.column("split")
-    split_of = split_col.take(pa.array(idx_filtered)).to_pylist() if len(idx_filtered) else []
-    stats = {
-        "model": str(cfg.model),
-        "checkpoint": str(run.path),
-        "checkpoint_sha256": sha,
-        "model_classes": classes,
-        "classes": list(target.classes),
-        "score": target.mode,
-        "score_description": target.describe(),
-        "classes_from": target.source,
-        "min_prob": cfg.min_prob,
-        "action": cfg.action,
-        "splits": list(splits),
-        "device": str(run.device),
-        "candidates": rows.num_rows,
-        "scored": int(scored_np.sum()),
-        "decode_errors": len(errors),
-        "filtered": int(filtered_np.sum()),
-        "excluded": excluded_now,
-        "scored_per_split": _counts(split_col.take(pa.array(idx_scored)).to_pylist() if len(idx_scored) else []),
-        "filtered_per_split": _counts(split_of),
-        "filtered_per_predicted": _counts([classes[i] for i in pred[idx_filtered]]),
-        "score_quantiles": _quantiles(score[idx_scored]),
-        "seconds_scoring": round(t_score, 3),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    if errors:
-        stats["decode_error_examples"] = dict(sorted(errors.items())[:5])
-    ids_scored = table.column("sample_id").take(pa.array(idx_scored, pa.int64()))
-    prob_cols = {f"p_{c}": pa.array(good[:, j], pa.float32()) for j, c in enumerate(classes)}
-    buf = io.BytesIO()
-    pq.write_table(pa.table({"sample_id": ids_scored, **prob_cols}), buf, compression="zstd")
-    return StageResult(table=table, stats=stats, state={"filter_probs.parquet": buf.getvalue()})
+    arrays = {"score": score, "pred": pred, "filtered": filtered_np, "scored": scored_np, "idx_scored": idx_scored, "good": good}
+    return table, {**arrays, "excluded_now": excluded_now}

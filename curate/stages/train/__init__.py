@@ -117,13 +117,6 @@ def run(ctx: Context, cfg: TrainConfig) -> dict[str, Any]:
     return {**res, "cached": False} if ctx.reuse else res
 
 
-def fmt_metrics(split: str, m: dict[str, Any]) -> str:
-    """``val: accuracy 0.9012, macro-F1 0.8990, AUC 0.9911, top-2 err 0.0210``."""
-    top = ", ".join(f"top-{k} err {v:.4f}" for k, v in m.get("topk_error", {}).items() if k != "1")
-    auc = f", AUC {m['roc_auc_ovr_macro']:.4f}" if m.get("roc_auc_ovr_macro") is not None else ""
-    return f"{split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}{auc}{', ' + top if top else ''}"
-
-
 def summary(res: dict[str, Any]) -> str:
     """The pipeline table's line; the sanity check's verdict."""
     if "sanity" in res:
@@ -136,6 +129,8 @@ def details(res: dict[str, Any]) -> list[str]:
     """How the run went, every split's scores and the largest error gap."""
     if "sanity" in res:
         return []
+    from curate.learn.metrics import fmt_metrics
+
     out = [f"trained {res['arch']} on {res['version']} ({res['device']}): {res['epochs_run']} epochs in "
            f"{res['train_seconds']:.0f}s, stopped by {res['stopped']}; best epoch {res['best_epoch']} -> {res['run']}"]  # fmt: skip
     out += [fmt_metrics(split, m) for split, m in res["metrics"].items()]
