@@ -27,49 +27,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate.errors import CurateError, UsageError
+from curate.schema import RESERVED
 from curate.stage import Progress, no_progress
 
 if TYPE_CHECKING:
     from curate.workspace import Workspace
 
-#: Sample-table columns the sections read (whichever of them the version has), besides the columns that the
-#: registered stages declare (``Stage.columns``, added by ``_columns``): the reserved ones, and those of the stages
-#: that do not declare theirs yet.
-COLUMNS = (
-    "sample_id",
-    "source",
-    "label",
-    "label_source",
-    "status",
-    "excluded_by",
-    "reason",
-    "error",
-    "pack",
-    "dup_group",
-    "is_duplicate",
-    "dup_of",
-    "dup_score",
-    "dup_kind",
-    "dup_label_conflict",
-    "is_label_issue",
-    "label_quality",
-    "suggested_label",
-    "suggested_confidence",
-    "given_label",
-    "is_outlier",
-    "ood_score",
-    "is_low_quality",
-    "low_quality_score",
-    "low_quality_reasons",
-    "is_filtered",
-    "filter_score",
-    "filter_predicted",
-    "repeat",
-    "parent_id",
-    "extra_sources",
-    "review_tags",
-)
-
+#: Sample-table columns the sections read besides those the registered stages declare (``Stage.columns``, added by
+#: ``_columns``): the reserved ones, and the review desk's (its versions are committed by ``curate review``, not by a
+#: registered stage).
+COLUMNS = (*RESERVED, "review_tags", "review_decision")
 
 
 def _columns(ws: Workspace, vid: str) -> list[str]:
