@@ -174,6 +174,8 @@ def run_dedupe(
         good,
         ref_ids,
         threshold=cfg.threshold,
+        robust_threshold=cfg.robust_threshold,
+        flip=cfg.flip_is_duplicate,
         keep=cfg.keep,
         exact_only=cfg.exact_only,
         k=cfg.k,

@@ -31,6 +31,8 @@ def group_items(
     ref_ids: set[str],
     *,
     threshold: float,
+    robust_threshold: float = 2.0,
+    flip: bool = False,
     keep: str = "first",
     exact_only: bool = False,
     k: int = 4,
@@ -50,7 +52,6 @@ def group_items(
         ``kind``, plus ``edges`` (a pa.Table of near pairs) and ``timings``.
     """
     from curate.stages.dedupe.search import near_pairs
-    from curate.stages.dedupe.verify import verify_pairs
 
     t0 = time.perf_counter()
     m = items.num_rows
@@ -66,7 +67,18 @@ def group_items(
     timings: dict[str, Any] = {}
     pairs, scores = np.empty((0, 2), np.int64), np.empty(0, np.float32)
     if not exact_only and nu > 1:
-        pairs, scores, timings = near_pairs(thumbs, shapes, sizes, threshold, query=query_u, k=k, nprobe=nprobe, threads=threads)
+        pairs, scores, timings = near_pairs(
+            thumbs,
+            shapes,
+            sizes,
+            threshold,
+            robust_threshold=robust_threshold,
+            query=query_u,
+            k=k,
+            nprobe=nprobe,
+            threads=threads,
+            flip=flip,
+        )
     comp_u = _components(nu, pairs)
     comp = comp_u[u_of]
     order = items.column("order").to_numpy()
@@ -85,7 +97,7 @@ def group_items(
     score = np.where(u_of == u_of[rep], 1.0, np.nan).astype(np.float32)
     need = np.flatnonzero(np.isnan(score))
     if need.size:  # near members: score against the representative itself (it may be linked through others)
-        score[need] = verify_pairs(thumbs, shapes, sizes, np.stack([u_of[need], u_of[rep[need]]], 1))
+        score[need] = _rep_scores(thumbs, shapes, sizes, np.stack([u_of[need], u_of[rep[need]]], 1), threshold, robust_threshold, flip)
     kind = np.where(u_of == u_of[rep], "exact", "near")
     edges = pa.table(
         {
@@ -96,6 +108,24 @@ def group_items(
     )
     timings["group_s"] = round(time.perf_counter() - t0 - sum(v for k, v in timings.items() if k.endswith("_s")), 3)
     return {"comp": comp, "rep": rep, "score": score, "kind": kind, "is_ref": is_ref, "edges": edges, "timings": timings}
+
+
+def _rep_scores(
+    thumbs: np.ndarray, shapes: np.ndarray, sizes: np.ndarray, pairs: np.ndarray, threshold: float, robust_threshold: float, flip: bool
+) -> np.ndarray:
+    """``dup_score`` of members against their representative: the better of both scores (and of the mirror)."""
+    from curate.stages.dedupe.search import mirrored, pair_scores
+
+    score, _ = pair_scores(thumbs, shapes, sizes, pairs, threshold, robust_threshold)
+    if flip:
+        n = len(thumbs)
+        both = np.concatenate([thumbs, mirrored(thumbs, shapes)])
+        mp = np.stack([pairs[:, 0], pairs[:, 1] + n], 1)
+        m_score, _ = pair_scores(
+            both, np.concatenate([shapes, shapes]), np.concatenate([sizes, sizes]), mp, threshold, robust_threshold
+        )
+        score = np.maximum(score, m_score)
+    return score
 
 
 def _components(n: int, pairs: np.ndarray) -> np.ndarray:

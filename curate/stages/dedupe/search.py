@@ -239,32 +239,104 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(1, user_api="blas")
 
 
+def mirrored(thumbs: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+    """Each thumbnail flipped left-right within its own (h, w) (the zero padding stays right and bottom)."""
+    out = np.zeros_like(thumbs)
+    for h, w in {(int(h), int(w)) for h, w in shapes}:
+        sel = np.flatnonzero((shapes[:, 0] == h) & (shapes[:, 1] == w))
+        out[sel, :h, :w] = thumbs[sel, :h, :w][:, :, ::-1]
+    return out
+
+
+def _near_mirrored(
+    thumbs: np.ndarray, shapes: np.ndarray, sizes: np.ndarray, query: np.ndarray, **kw: Any
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """``near_pairs`` over the images plus their mirror images; a pair with a mirrored member counts for the image."""
+    n = len(thumbs)
+    base = np.concatenate([np.arange(n), np.arange(n)])
+    pairs, scores, timings = near_pairs(
+        np.concatenate([thumbs, mirrored(thumbs, shapes)]),
+        np.concatenate([shapes, shapes]),
+        np.concatenate([sizes, sizes]),
+        query=np.concatenate([query, query]),
+        flip=False,
+        **kw,
+    )
+    a, b = base[pairs[:, 0]], base[pairs[:, 1]]
+    keep = a != b
+    a, b, scores = np.minimum(a, b)[keep], np.maximum(a, b)[keep], scores[keep]
+    order = np.lexsort((-scores, b, a))  # per pair, the best of its (up to 4) plain/mirrored versions first
+    a, b, scores = a[order], b[order], scores[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return np.stack([a[first], b[first]], 1), scores[first], timings
+
+
+def pair_scores(
+    thumbs: np.ndarray,
+    shapes: np.ndarray,
+    sizes: np.ndarray,
+    pairs: np.ndarray,
+    threshold: float,
+    robust_threshold: float,
+    *,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both verification scores of image pairs and the decision.
+
+    Returns:
+        ``(score (P,) float32, duplicate (P,) bool)``: a pair is a duplicate when the aligned score
+        (``verify.verify_pairs``) reaches ``threshold`` or the fitted-filter score (``robust.robust_scores``)
+        reaches ``robust_threshold``; ``score`` is the larger of the two (the robust one is computed only
+        where the aligned one falls short).
+    """
+    from curate.stages.dedupe.robust import robust_scores
+
+    aligned = verify_pairs(thumbs, shapes, sizes, pairs, floor=threshold, threads=threads)
+    dup = aligned >= threshold
+    score = aligned.copy()
+    rest = np.flatnonzero(~dup)
+    if rest.size and robust_threshold < 1.0:
+        rob = robust_scores(thumbs, shapes, pairs[rest], threads=threads)
+        dup[rest] = rob >= robust_threshold
+        score[rest] = np.maximum(score[rest], rob)
+    return score, dup
+
+
 def near_pairs(
     thumbs: np.ndarray,
     shapes: np.ndarray,
     sizes: np.ndarray,
     threshold: float,
     *,
+    robust_threshold: float = 2.0,
     query: np.ndarray | None = None,
     k: int = DEFAULT_K,
     nprobe: int = DEFAULT_NPROBE,
     threads: int = 1,
+    flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Near-duplicate pairs of images.
 
     Args:
         thumbs, shapes: ``curate.stages.dedupe.signatures.thumbs_array``; sizes: ``(N, 2)`` decoded (height, width).
-        threshold: minimum verification score (``curate.stages.dedupe.verify``) of a duplicate pair.
+        threshold: minimum aligned verification score (``curate.stages.dedupe.verify``) of a duplicate pair.
+        robust_threshold: minimum fitted-filter score (``curate.stages.dedupe.robust``); above 1 = not used.
         query: ``(N,)`` bool, default all; see ``candidate_pairs``.
         threads: threads for the descriptors, the faiss search (OpenMP) and the verification.
+        flip: a left-right mirror image counts as a duplicate (its views are searched and verified too).
 
     Returns:
-        ``(pairs (E, 2) int64, scores (E,) float32, timings)`` for pairs scoring >= ``threshold``.
+        ``(pairs (E, 2) int64, scores (E,) float32, timings)`` for the duplicate pairs (``pair_scores``).
     """
     import time
 
-    t0 = time.perf_counter()
     query = np.ones(len(thumbs), bool) if query is None else query
+    if flip:
+        return _near_mirrored(
+            thumbs, shapes, sizes, query, threshold=threshold, robust_threshold=robust_threshold, k=k, nprobe=nprobe, threads=threads
+        )
+    t0 = time.perf_counter()
     # Many small products: BLAS threads only add overhead here (measured: a 265x265 eigh took 1.2 s of CPU with
     # OpenBLAS threads and 5 ms without), so BLAS gets one thread and the work is parallelised by chunks instead.
     with _one_blas_thread():
@@ -272,9 +344,8 @@ def near_pairs(
         t1 = time.perf_counter()
         cand = candidate_pairs(vecs, owner, query, k=k, nprobe=nprobe, threads=threads)
         t2 = time.perf_counter()
-        scores = verify_pairs(thumbs, shapes, sizes, cand, floor=threshold, threads=threads)
+        scores, keep = pair_scores(thumbs, shapes, sizes, cand, threshold, robust_threshold, threads=threads)
     t3 = time.perf_counter()
-    keep = scores >= threshold
     timings = {
         "descriptors_s": round(t1 - t0, 3),
         "index_s": round(t2 - t1, 3),
