@@ -284,7 +284,8 @@ def _table(k: str, t: dict[str, Any], at_default: dict[str, Any], loo: dict[str,
     for f in t["families"]:
         row = [f + (" (held out)" if f in HELD_OUT else ""), f"{loo[f]:.2f}", f"{at_default['recall'][f]:.2f}"]
         rows.append(row + [f"{v['recall'][f]:.2f}" for v in peers.values() if isinstance(v, dict)])
-    rows.append(["precision", "", f"{at_default['precision']:.3f}"] + [f"{v['precision']:.3f}" for v in peers.values() if isinstance(v, dict)])
+    prec = [f"{v['precision']:.3f}" for v in peers.values() if isinstance(v, dict)]
+    rows.append(["precision", "", f"{at_default['precision']:.3f}", *prec])
     found = [f"{v['found_pairs']} ({v['original_pairs']})" for v in peers.values() if isinstance(v, dict)]
     rows.append(["pairs found (orig-orig)", "", f"{at_default['found_pairs']} ({at_default['original_pairs']})", *found])
     print(f"\n{k}: {t['n']} files, {len(t['copies'])} planted copies")

@@ -21,31 +21,109 @@ and low-contrast guard as ``verify``); the best hypothesis wins. Its threshold i
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 import numpy as np
 
 from curate.stages.dedupe.verify import _block_edges, _float, parallel, resize_batch, resize_matrix
 
-ZOOMS = (1.0, 1.1, 1.22, 1 / 1.1, 1 / 1.22)
+#: zoom hypotheses, about 3.8 % apart: crops resized back (>1) and borders or paddings resized back (<1), +-30 %
+ZOOMS = tuple(float(z) for z in np.exp(np.linspace(np.log(1 / 1.3), np.log(1.3), 15)))
+#: rotation hypotheses (degrees): a rotated copy is matched within about 0.75 degrees
+ANGLES = (-4.5, -3.0, -1.5, 1.5, 3.0, 4.5)
+#: hypotheses scored with the full fit per pair (the best ones by plain correlation)
+TOP = 2
 RIDGE = 1e-3
 CHUNK = 2048
 
 
-def _offsets(p_img: np.ndarray, p_t: np.ndarray) -> np.ndarray:
-    """Offset of profile ``p_t`` ``(P, l)`` inside ``p_img`` ``(P, n)`` with the best normalised correlation."""
-    from numpy.lib.stride_tricks import sliding_window_view
+def _integral(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integral images ``(P, h + 1, w + 1)`` of ``img`` and of ``img**2`` (float64: exact window sums)."""
+    x = img.astype(np.float64)
+    c1 = np.zeros((len(x), x.shape[1] + 1, x.shape[2] + 1))
+    c2 = np.zeros_like(c1)
+    c1[:, 1:, 1:] = x.cumsum(1).cumsum(2)
+    c2[:, 1:, 1:] = (x * x).cumsum(1).cumsum(2)
+    return c1, c2
 
-    seg = p_t - p_t.mean(1, keepdims=True)
-    win = sliding_window_view(p_img, p_t.shape[1], axis=1)  # (P, n - l + 1, l)
-    num = np.einsum("pl,pdl->pd", seg, win)
-    wc = win - win.mean(2, keepdims=True)
-    return (num / np.sqrt(np.einsum("pdl,pdl->pd", wc, wc) + 1e-6)).argmax(1)
+
+def ncc_map(img: np.ndarray, t: np.ndarray, integral: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Normalised cross-correlation of template ``t`` ``(P, th, tw)`` at every offset inside ``img`` ``(P, h, w)``.
+
+    Direct products (the offsets are few: at most about 8 per axis for these templates), the window sums from
+    the integral images (``integral``, computed here when not given).
+
+    Returns:
+        ``(P, h - th + 1, w - tw + 1)`` float32 Pearson correlations.
+    """
+    p, h, w = img.shape
+    _, th, tw = t.shape
+    c1, c2 = _integral(img) if integral is None else integral
+    tc = t - t.mean((1, 2), keepdims=True)
+    ny, nx = h - th + 1, w - tw + 1
+    num = np.empty((p, ny, nx), np.float32)
+    for oy in range(ny):
+        for ox in range(nx):
+            num[:, oy, ox] = np.einsum("pij,pij->p", img[:, oy : oy + th, ox : ox + tw], tc)
+
+    def box(c: np.ndarray) -> np.ndarray:
+        return c[:, th:, tw:] - c[:, :-th, tw:] - c[:, th:, :-tw] + c[:, :-th, :-tw]
+
+    var = np.maximum(box(c2) - box(c1) ** 2 / (th * tw), 0)
+    den = np.sqrt(var * np.einsum("pij,pij->p", tc, tc)[:, None, None]) + 1e-6
+    return (num / den).astype(np.float32)
 
 
 def _gather(img: np.ndarray, oy: np.ndarray, ox: np.ndarray, th: int, tw: int) -> np.ndarray:
     """Per-pair windows ``img[p, oy[p]:oy[p]+th, ox[p]:ox[p]+tw]`` as ``(P, th, tw)``."""
-    rows = oy[:, None] + np.arange(th)
-    cols = ox[:, None] + np.arange(tw)
-    return img[np.arange(len(img))[:, None, None], rows[:, :, None], cols[:, None, :]]
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    return sliding_window_view(img, (th, tw), axis=(1, 2))[np.arange(len(img)), oy, ox]
+
+
+@lru_cache(maxsize=64)
+def _rotation_matrix(h: int, w: int, deg: float) -> Any:
+    """Sparse ``(h*w, h*w)`` bilinear rotation by ``deg`` about the centre, edge pixels replicated outside."""
+    from scipy.sparse import csr_matrix
+
+    r = np.deg2rad(deg)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    sy = np.clip(cy + np.cos(r) * (yy - cy) - np.sin(r) * (xx - cx), 0, h - 1).ravel()
+    sx = np.clip(cx + np.sin(r) * (yy - cy) + np.cos(r) * (xx - cx), 0, w - 1).ravel()
+    y0, x0 = np.minimum(np.floor(sy).astype(int), h - 2), np.minimum(np.floor(sx).astype(int), w - 2)
+    fy, fx = sy - y0, sx - x0
+    rows = np.repeat(np.arange(h * w), 4)
+    cols = np.stack([y0 * w + x0, y0 * w + x0 + 1, (y0 + 1) * w + x0, (y0 + 1) * w + x0 + 1], 1).ravel()
+    vals = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], 1).ravel()
+    return csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(h * w, h * w))
+
+
+def _rotate(x: np.ndarray, deg: float) -> np.ndarray:
+    """``(P, h, w)`` images rotated by ``deg`` about their centres (bilinear, edges replicated)."""
+    p, h, w = x.shape
+    return np.asarray((_rotation_matrix(h, w, deg) @ x.reshape(p, h * w).T).T, np.float32).reshape(p, h, w)
+
+
+def _hypotheses(a: np.ndarray, b: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """``(image, template, template_is_copy)``: where to look for which window, for every zoom and angle."""
+    _, h, w = a.shape
+    m = max(2, round(min(h, w) * 0.08))
+    centre_b = b[:, m : h - m, m : w - m]
+    out = [(a, centre_b, True)]
+    for s in ZOOMS:
+        if abs(s - 1) < 0.02:
+            continue
+        img, src = (a, b) if s > 1 else (b, a)
+        f = 1 / s if s > 1 else s
+        th, tw = max(6, round(h * f)), max(6, round(w * f))
+        t = resize_matrix(th, h) @ src @ resize_matrix(tw, w).T
+        k = max(1, round(min(th, tw) * 0.05))  # the rim carries resampling edges and the other image's extra
+        if min(th, tw) - 2 * k >= 5:
+            out.append((img, t[:, k : th - k, k : tw - k], s > 1))
+    out += [(_rotate(a, deg), centre_b, True) for deg in ANGLES]
+    return out
 
 
 def filter_fit_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -75,31 +153,37 @@ def filter_fit_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(sst < 1e-6 * bi.shape[1], -1.0, score).astype(np.float32)
 
 
-def zoom_scores(a: np.ndarray, b: np.ndarray, zooms: tuple[float, ...] = ZOOMS) -> np.ndarray:
-    """Best ``filter_fit_scores`` over the zoom hypotheses for same-shape batches ``(P, h, w)`` (uint8 or float)."""
+def zoom_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Best ``filter_fit_scores`` over the zoom and rotation hypotheses for same-shape batches ``(P, h, w)``.
+
+    Every hypothesis is placed at its best offset by normalised cross-correlation (``ncc_map``, all offsets);
+    the ``TOP`` hypotheses of each pair by that correlation, and the same-frame one, get the full fit (at the
+    best offset +-1 px, by correlation again), and the best fit is the score. ``a`` is the original (the
+    filter's input), ``b`` the copy.
+    """
     a, b = _float(a), _float(b)
-    p, h, w = a.shape
+    p = len(a)
+    hyps = _hypotheses(a, b)
+    ncc = np.full((len(hyps), p), -2.0, np.float32)
+    where = np.zeros((len(hyps), p, 2), np.int64)
+    integrals: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i, (img, t, _) in enumerate(hyps):
+        if id(img) not in integrals:
+            integrals[id(img)] = _integral(img)
+        c = ncc_map(img, t, integrals[id(img)])
+        flat = c.reshape(p, -1).argmax(1)
+        ncc[i] = c.reshape(p, -1)[np.arange(p), flat]
+        where[i] = np.stack(np.unravel_index(flat, c.shape[1:]), 1)
+    top = np.concatenate([np.argsort(-ncc, axis=0)[:TOP], np.zeros((1, p), np.int64)])
     best = np.full(p, -1.0, np.float32)
-    for s in zooms:
-        if s == 1.0:  # B's centre inside A: shifts up to ~8 % of the side
-            m = max(2, round(min(h, w) * 0.08))
-            img, t = a, b[:, m : h - m, m : w - m]
-        else:
-            img, src = (a, b) if s > 1 else (b, a)
-            f = 1 / s if s > 1 else s
-            th, tw = max(6, round(h * f)), max(6, round(w * f))
-            t = resize_matrix(th, h) @ src @ resize_matrix(tw, w).T
-            m = max(1, round(min(th, tw) * 0.05))  # the rim carries resampling edges and the other image's extra
-            t = t[:, m : th - m, m : tw - m]
-        if min(t.shape[1:]) < 5:
+    for i, (img, t, t_is_copy) in enumerate(hyps):
+        sel = np.flatnonzero((top == i).any(0))
+        if not sel.size:
             continue
         _, th, tw = t.shape
-        oy = _offsets(img.mean(2), t.mean(2))
-        ox = _offsets(img.mean(1), t.mean(1))
-        win = _gather(img, oy, ox, th, tw)
-        # the original (the larger view) is the filter's input, the copy its output: blur is a filter, unblur is not
-        sc = filter_fit_scores(win, t) if s >= 1 else filter_fit_scores(t, win)
-        best = np.maximum(best, sc)
+        win = _gather(img[sel], where[i, sel, 0], where[i, sel, 1], th, tw)
+        sc = filter_fit_scores(win, t[sel]) if t_is_copy else filter_fit_scores(t[sel], win)
+        best[sel] = np.maximum(best[sel], sc)
     return best
 
 
