@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from curate.stages.dedupe.signatures import THUMB
-from curate.stages.dedupe.verify import parallel, verify_pairs
+from curate.stages.dedupe.verify import parallel
 
 DESC_R = 12
 PCA_DIM = 64
@@ -239,29 +239,26 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(1, user_api="blas")
 
 
-def mirrored(thumbs: np.ndarray, shapes: np.ndarray) -> np.ndarray:
-    """Each thumbnail flipped left-right within its own (h, w) (the zero padding stays right and bottom)."""
-    out = np.zeros_like(thumbs)
-    for h, w in {(int(h), int(w)) for h, w in shapes}:
-        sel = np.flatnonzero((shapes[:, 0] == h) & (shapes[:, 1] == w))
-        out[sel, :h, :w] = thumbs[sel, :h, :w][:, :, ::-1]
-    return out
-
-
 def _near_mirrored(
-    thumbs: np.ndarray, shapes: np.ndarray, sizes: np.ndarray, query: np.ndarray, **kw: Any
+    thumbs: np.ndarray,
+    shapes: np.ndarray,
+    sizes: np.ndarray,
+    query: np.ndarray,
+    values: np.ndarray | None,
+    has_value: np.ndarray | None,
+    **kw: Any,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """``near_pairs`` over the images plus their mirror images; a pair with a mirrored member counts for the image."""
+    from curate.stages.dedupe.pairs import mirrored
+
     n = len(thumbs)
     base = np.concatenate([np.arange(n), np.arange(n)])
+    two = np.concatenate
     pairs, scores, timings = near_pairs(
-        np.concatenate([thumbs, mirrored(thumbs, shapes)]),
-        np.concatenate([shapes, shapes]),
-        np.concatenate([sizes, sizes]),
-        query=np.concatenate([query, query]),
-        flip=False,
-        **kw,
-    )
+        two([thumbs, mirrored(thumbs, shapes)]), two([shapes, shapes]), two([sizes, sizes]), query=two([query, query]), flip=False,
+        values=None if values is None else two([values, mirrored(values, shapes)]),
+        has_value=None if has_value is None else two([has_value, has_value]), **kw,
+    )  # fmt: skip
     a, b = base[pairs[:, 0]], base[pairs[:, 1]]
     keep = a != b
     a, b, scores = np.minimum(a, b)[keep], np.maximum(a, b)[keep], scores[keep]
@@ -272,37 +269,6 @@ def _near_mirrored(
     return np.stack([a[first], b[first]], 1), scores[first], timings
 
 
-def pair_scores(
-    thumbs: np.ndarray,
-    shapes: np.ndarray,
-    sizes: np.ndarray,
-    pairs: np.ndarray,
-    threshold: float,
-    robust_threshold: float,
-    *,
-    threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Both verification scores of image pairs and the decision.
-
-    Returns:
-        ``(score (P,) float32, duplicate (P,) bool)``: a pair is a duplicate when the aligned score
-        (``verify.verify_pairs``) reaches ``threshold`` or the fitted-filter score (``robust.robust_scores``)
-        reaches ``robust_threshold``; ``score`` is the larger of the two (the robust one is computed only
-        where the aligned one falls short).
-    """
-    from curate.stages.dedupe.robust import robust_scores
-
-    aligned = verify_pairs(thumbs, shapes, sizes, pairs, floor=threshold, threads=threads)
-    dup = aligned >= threshold
-    score = aligned.copy()
-    rest = np.flatnonzero(~dup)
-    if rest.size and robust_threshold < 1.0:
-        rob = robust_scores(thumbs, shapes, pairs[rest], threads=threads)
-        dup[rest] = rob >= robust_threshold
-        score[rest] = np.maximum(score[rest], rob)
-    return score, dup
-
-
 def near_pairs(
     thumbs: np.ndarray,
     shapes: np.ndarray,
@@ -310,6 +276,8 @@ def near_pairs(
     threshold: float,
     *,
     robust_threshold: float = 2.0,
+    values: np.ndarray | None = None,
+    has_value: np.ndarray | None = None,
     query: np.ndarray | None = None,
     k: int = DEFAULT_K,
     nprobe: int = DEFAULT_NPROBE,
@@ -321,30 +289,36 @@ def near_pairs(
     Args:
         thumbs, shapes: ``curate.stages.dedupe.signatures.thumbs_array``; sizes: ``(N, 2)`` decoded (height, width).
         threshold: minimum aligned verification score (``curate.stages.dedupe.verify``) of a duplicate pair.
-        robust_threshold: minimum fitted-filter score (``curate.stages.dedupe.robust``); above 1 = not used.
+        robust_threshold: minimum fitted-filter score (``curate.stages.dedupe.robust``); 1 or more = not used.
+        values, has_value: ``signatures.value_thumbs`` (value-channel views and scores for colour images).
         query: ``(N,)`` bool, default all; see ``candidate_pairs``.
         threads: threads for the descriptors, the faiss search (OpenMP) and the verification.
         flip: a left-right mirror image counts as a duplicate (its views are searched and verified too).
 
     Returns:
-        ``(pairs (E, 2) int64, scores (E,) float32, timings)`` for the duplicate pairs (``pair_scores``).
+        ``(pairs (E, 2) int64, scores (E,) float32, timings)`` for the duplicate pairs (``pairs.pair_scores``).
     """
     import time
 
+    from curate.stages.dedupe.pairs import extra_views, pair_scores
+
     query = np.ones(len(thumbs), bool) if query is None else query
     if flip:
-        return _near_mirrored(
-            thumbs, shapes, sizes, query, threshold=threshold, robust_threshold=robust_threshold, k=k, nprobe=nprobe, threads=threads
-        )
+        kw = {"threshold": threshold, "robust_threshold": robust_threshold, "k": k, "nprobe": nprobe, "threads": threads}
+        return _near_mirrored(thumbs, shapes, sizes, query, values, has_value, **kw)
     t0 = time.perf_counter()
     # Many small products: BLAS threads only add overhead here (measured: a 265x265 eigh took 1.2 s of CPU with
     # OpenBLAS threads and 5 ms without), so BLAS gets one thread and the work is parallelised by chunks instead.
     with _one_blas_thread():
-        vecs, owner = descriptor_views(thumbs, shapes, threads=threads)
+        x_thumbs, x_shapes, x_owner = extra_views(thumbs, shapes, values, has_value)
+        vecs, owner = descriptor_views(np.concatenate([thumbs, x_thumbs]), np.concatenate([shapes, x_shapes]), threads=threads)
+        owner = np.concatenate([np.arange(len(thumbs)), x_owner])[owner]
         t1 = time.perf_counter()
         cand = candidate_pairs(vecs, owner, query, k=k, nprobe=nprobe, threads=threads)
         t2 = time.perf_counter()
-        scores, keep = pair_scores(thumbs, shapes, sizes, cand, threshold, robust_threshold, threads=threads)
+        scores, keep = pair_scores(
+            thumbs, shapes, sizes, cand, threshold, robust_threshold, values=values, has_value=has_value, threads=threads
+        )
     t3 = time.perf_counter()
     timings = {
         "descriptors_s": round(t1 - t0, 3),

@@ -10,6 +10,8 @@ What one signature holds (``SIGNATURE_SCHEMA``, one row per sample, cached per `
   pixels and resized (bicubic, antialiased) to ``THUMB`` on that side otherwise; at most 1 KB. Keeping small
   images at their own pixel grid is what makes a 1-2 px shift or a crop of a 28x28 image an *integer*
   translation that ``curate.stages.dedupe.verify`` can match exactly, instead of a resampled, blurred one.
+- ``thumb_v``: the same thumbnail of the HSV *value* channel ``max(R, G, B)`` for colour images (null for gray
+  ones): a hue rotation or a saturation change leaves it exactly as it is, while they move the luma.
 - ``thumb_h``/``thumb_w`` (its shape), ``width``/``height`` (the decoded size), ``sharpness`` (variance of the
   Laplacian of the gray image at <= 256 px, for ``--keep sharpest``).
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from curate.workspace import Workspace
 
 THUMB = 32
-SIG_VERSION = "thumb32-v2"
+SIG_VERSION = "thumb32-v3"
 CACHE_NAME = "signatures.parquet"
 SHARP_SIDE = 256
 
@@ -44,6 +46,7 @@ SIGNATURE_SCHEMA = pa.schema(
         ("thumb", pa.binary()),
         ("thumb_h", pa.int16()),
         ("thumb_w", pa.int16()),
+        ("thumb_v", pa.binary()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("sharpness", pa.float32()),
@@ -160,11 +163,16 @@ def signature_of(data: bytes) -> dict[str, Any]:
     small = np.asarray(Image.fromarray(arr, mode).reduce(factor)) if factor >= 2 else arr
     gray = gray_of(mode, small)
     th = thumbnail(gray) if small is arr else _thumb_of_reduced(gray, arr.shape[:2])
+    tv = None
+    if mode != "L":
+        value = small[..., :3].max(-1).astype(np.float32)
+        tv = (thumbnail(value) if small is arr else _thumb_of_reduced(value, arr.shape[:2])).tobytes()
     return {
         "pixel_hash": pixel_hash(mode, arr),
         "thumb": th.tobytes(),
         "thumb_h": th.shape[0],
         "thumb_w": th.shape[1],
+        "thumb_v": tv,
         "width": width,
         "height": height,
         "sharpness": sharpness(gray),
@@ -205,6 +213,19 @@ def thumbs_array(sigs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     for i, (raw, h, w) in enumerate(zip(sigs.column("thumb").to_pylist(), hs, ws, strict=True)):
         out[i, :h, :w] = np.frombuffer(raw, np.uint8).reshape(h, w)
     return out, np.stack([hs, ws], 1)
+
+
+def value_thumbs(sigs: pa.Table, thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, THUMB, THUMB)`` value-channel thumbnails (the luma ``thumbs`` where there is none) and ``(N,)`` has-value."""
+    out = thumbs.copy()
+    has = np.zeros(sigs.num_rows, bool)
+    hs = sigs.column("thumb_h").to_numpy(zero_copy_only=False)
+    ws = sigs.column("thumb_w").to_numpy(zero_copy_only=False)
+    for i, (raw, h, w) in enumerate(zip(sigs.column("thumb_v").to_pylist(), hs, ws, strict=True)):
+        if raw is not None:
+            out[i, :h, :w] = np.frombuffer(raw, np.uint8).reshape(h, w)
+            has[i] = True
+    return out, has
 
 
 def cache_bytes(sigs: pa.Table) -> bytes:
