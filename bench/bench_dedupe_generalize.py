@@ -6,8 +6,10 @@ family (``curate.stages.dedupe.transforms``).
 
 curate is scored from its own parts, in process, on every file: signatures (``compute_signatures``, the
 stage's per-sample work, on ``--workers`` processes), candidate pairs (``descriptor_views`` +
-``candidate_pairs``, the stage's defaults), and both verification scores of every candidate (the aligned one,
-``verify_pairs``, and the fitted-filter one, ``robust_scores``). Same pixel hash = an edge. A pair of thresholds
+``candidate_pairs`` over the images and their extra views, ``pairs.extra_views``, the stage's defaults), and both
+verification scores of every candidate (the aligned one, ``verify_pairs``, and the fitted-filter one,
+``robust_scores``; each the better of luma and value channel for colour pairs), which is what the stage's
+cheapest-first cascade (``pairs.pair_scores``) decides on. Same pixel hash = an edge. A pair of thresholds
 ``(t_aligned, t_robust)`` turns the scored candidates into edges; files are grouped by connected components,
 as the stage groups them.
 
@@ -29,6 +31,10 @@ extra), fastdup with ``SENTRY_OPT_OUT=1``.
 Run::
 
     nice -n 10 .venv/bin/python bench/bench_dedupe_generalize.py --workers 2
+    nice -n 10 .venv/bin/python bench/bench_dedupe_generalize.py --scale fashion:70000,random:1000000
+
+``--scale``: the stage's search alone (``near_pairs`` at the default thresholds, both scores) over all 70,000
+Fashion-MNIST signatures and over 1,000,000 random ones, each in a fresh process: wall time, its parts, peak RSS.
 """
 
 from __future__ import annotations
@@ -70,9 +76,10 @@ def curate_scores(folder: Path, names: list[str], workers: int) -> dict[str, Any
 
     import pyarrow as pa
 
+    from curate.stages.dedupe.pairs import extra_views
     from curate.stages.dedupe.robust import robust_scores
     from curate.stages.dedupe.search import _one_blas_thread, candidate_pairs, descriptor_views
-    from curate.stages.dedupe.signatures import thumbs_array
+    from curate.stages.dedupe.signatures import thumbs_array, value_thumbs
     from curate.stages.dedupe.verify import verify_pairs
 
     t0 = time.perf_counter()
@@ -84,15 +91,21 @@ def curate_scores(folder: Path, names: list[str], workers: int) -> dict[str, Any
     idx = np.flatnonzero(ok)
     good = sigs.filter(pa.array(ok))
     thumbs, shapes = thumbs_array(good)
+    values, has_value = value_thumbs(good, thumbs)
     sizes = np.stack([good.column("height").to_numpy(), good.column("width").to_numpy()], 1).astype(np.int64)
     t1 = time.perf_counter()
-    with _one_blas_thread():
-        vecs, owner = descriptor_views(thumbs, shapes, threads=workers)
+    with _one_blas_thread():  # the stage's own search (near_pairs), with every score computed for every candidate
+        x_thumbs, x_shapes, x_owner = extra_views(thumbs, shapes, values, has_value)
+        vecs, owner = descriptor_views(np.concatenate([thumbs, x_thumbs]), np.concatenate([shapes, x_shapes]), threads=workers)
+        owner = np.concatenate([np.arange(len(thumbs)), x_owner])[owner]
         cand = candidate_pairs(vecs, owner, np.ones(len(thumbs), bool), threads=workers)
+        colour = has_value[cand].all(1)
         t2 = time.perf_counter()
         aligned = verify_pairs(thumbs, shapes, sizes, cand, threads=workers)
+        aligned[colour] = np.maximum(aligned[colour], verify_pairs(values, shapes, sizes, cand[colour], threads=workers))
         t3 = time.perf_counter()
         robust = robust_scores(thumbs, shapes, cand, threads=workers)
+        robust[colour] = np.maximum(robust[colour], robust_scores(values, shapes, cand[colour], threads=workers))
     t4 = time.perf_counter()
     hashes = good.column("pixel_hash").to_pylist()
     first: dict[bytes, int] = {}
@@ -226,6 +239,54 @@ def fastdup_pairs(folder: Path, truth: dict[str, Any], work: Path, workers: int)
     return out, time.perf_counter() - t0
 
 
+# ---------------------------------------------------------------------------------------------- scale
+def _search_child(args: tuple[str, int, int]) -> dict[str, Any]:
+    """In a fresh process: the stage's search (``near_pairs``, default thresholds) over ``n`` signatures.
+
+    ``kind="fashion"``: all 70,000 Fashion-MNIST images (signatures computed first, not timed);
+    ``kind="random"``: ``n`` uniform random 32x32 thumbnails. Returns wall seconds, the search's own
+    timings and the peak RSS of the process (``ru_maxrss``: inputs included).
+    """
+    import resource
+
+    import pyarrow as pa
+
+    from curate.stages.dedupe import DEFAULT_ROBUST_THRESHOLD, DEFAULT_THRESHOLD
+    from curate.stages.dedupe.search import near_pairs
+    from curate.stages.dedupe.signatures import compute_signatures, thumbs_array, value_thumbs
+
+    kind, n, workers = args
+    if kind == "fashion":
+        from bench_dedupe import _png, load_fashion
+
+        x = load_fashion()[0][:n]
+        sigs = compute_signatures(pa.table({"sample_id": [str(i) for i in range(len(x))], "data": [_png(a) for a in x]}))
+        thumbs, shapes = thumbs_array(sigs)
+        values, has_value = value_thumbs(sigs, thumbs)
+        sizes = np.stack([sigs.column("height").to_numpy(), sigs.column("width").to_numpy()], 1).astype(np.int64)
+    else:
+        thumbs = np.random.default_rng(0).integers(0, 256, (n, 32, 32), dtype=np.uint8)
+        shapes = np.full((n, 2), 32, np.int64)
+        values, has_value, sizes = None, None, shapes.copy()
+    t0 = time.perf_counter()
+    kw = {"robust_threshold": DEFAULT_ROBUST_THRESHOLD, "values": values, "has_value": has_value, "threads": workers}
+    pairs, _, timings = near_pairs(thumbs, shapes, sizes, DEFAULT_THRESHOLD, **kw)
+    return {"n": n, "kind": kind, "search_s": round(time.perf_counter() - t0, 2), "pairs": len(pairs), **timings,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "load": os.getloadavg()}  # fmt: skip
+
+
+def scale(ns: list[tuple[str, int]], workers: int) -> list[dict[str, Any]]:
+    """``_search_child`` for each (kind, n), each in its own process (peak memory per run)."""
+    import multiprocessing as mp
+
+    out = []
+    for kind, n in ns:
+        with mp.get_context("spawn").Pool(1) as pool:
+            out.append(pool.apply(_search_child, ((kind, n, workers),)))
+        print(out[-1])
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- main
 def load_sets(args: argparse.Namespace) -> dict[str, tuple[Path, dict[str, Any]]]:
     root = OUT / "dedupe_generalize"
@@ -245,8 +306,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--sets", default="fashion,photos")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--scale", default="", help="search timings only, e.g. fashion:70000,random:1000000")
     args = ap.parse_args()
     print(machine(), "| load average", os.getloadavg())
+    if args.scale:
+        runs = scale([(k, int(n)) for k, n in (x.split(":") for x in args.scale.split(","))], args.workers)
+        (OUT / "bench_dedupe_scale16.json").write_text(json.dumps(runs, indent=1))
+        return
     data = load_sets(args)
     scores = {k: curate_scores(folder, t["names"], args.workers) for k, (folder, t) in data.items()}
     both = [(t, scores[k]) for k, (_, t) in data.items()]
