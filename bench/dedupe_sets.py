@@ -14,7 +14,7 @@ image (hue, saturation and grayscale do not), sources drawn without replacement.
   distinct but similar), page, retina, rocket, text; scikit-learn's ``china.jpg`` and ``flower.jpg``;
   matplotlib's ``grace_hopper.jpg`` (22 photographs, 300-640 px);
 - distinct images: each photo whole, its four quarters and its nine ninths (a 2x2 and a 3x3 grid; windows of
-  one grid do not overlap), each resized to a long side drawn log-uniformly in 200-2000 px: 13 per photo;
+  one grid do not overlap), each resized to a long side drawn log-uniformly in 200-2000 px: 14 per photo;
 - procedural distractors: smooth random scenes (blurred blobs and rectangles, colour), 300-900 px;
 - storage mixed like a real folder: mostly JPEG q90, some PNG, 10 % RGBA PNG with a soft alpha edge, 10 %
   CMYK JPEG, 10 % 16-bit gray PNG (``I;16``);
