@@ -9,10 +9,11 @@ another:
 - *Photometric / filter*: ``B ~ k * A + c * A^2 + offset`` with ``k`` a 3x3 kernel fitted per pair (least
   squares, 11 unknowns over about 500 pixels). Blur, mild sharpening, resampling kernels, JPEG smoothing,
   sub-pixel shifts, contrast and gamma are all (nearly) in that model; a different print or silhouette is not.
-- *Geometric*: zoom hypotheses ``ZOOMS`` (1, 1.1, 1.22 and their inverses): for a zoom ``s > 1`` B is taken
-  as a window of A enlarged by ``s`` (a crop resized back), for ``s < 1`` A as a window of B (a border or a
-  padding resized back). The shrunk image's centre is placed where its row and column profiles correlate
-  best with the other image's, then scored as above.
+- *Geometric*: ``ZOOMS`` (15 zooms, about 3.8 % apart, within +-30 %) and ``ANGLES`` (+-1.5, 3, 4.5 degrees).
+  For a zoom ``s > 1`` B is taken as a window of A enlarged by ``s`` (a crop resized back), for ``s < 1`` A as a
+  window of B (a border or a padding resized back), for an angle A is rotated. Each hypothesis is placed at the
+  offset where its template correlates best with the image (``ncc_map``, every offset); the ``TOP`` two by that
+  correlation, and the same-frame one, get the fit.
 
 The score of a placement is ``min(1 - max block RMS of the residual, 2 * sqrt(R^2) - 1)`` (the same block rule
 and low-contrast guard as ``verify``); the best hypothesis wins. Its threshold is separate from ``verify``'s
