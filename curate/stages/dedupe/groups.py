@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.schema import exclude
-from curate.stages.dedupe.signatures import thumbs_array
+from curate.stages.dedupe.signatures import thumbs_array, value_thumbs
 
 DUP_COLUMNS: dict[str, pa.DataType] = {
     "dup_group": pa.string(),
@@ -31,6 +31,8 @@ def group_items(
     ref_ids: set[str],
     *,
     threshold: float,
+    robust_threshold: float = 2.0,
+    flip: bool = False,
     keep: str = "first",
     exact_only: bool = False,
     k: int = 4,
@@ -50,7 +52,6 @@ def group_items(
         ``kind``, plus ``edges`` (a pa.Table of near pairs) and ``timings``.
     """
     from curate.stages.dedupe.search import near_pairs
-    from curate.stages.dedupe.verify import verify_pairs
 
     t0 = time.perf_counter()
     m = items.num_rows
@@ -59,14 +60,17 @@ def group_items(
     hashes = sigs.column("pixel_hash").to_pylist()
     _, first, u_of = np.unique(np.array(hashes, dtype=object).astype("S16"), return_index=True, return_inverse=True)
     nu = len(first)
-    thumbs, shapes = thumbs_array(sigs.take(pa.array(first)))
+    firsts = sigs.take(pa.array(first))
+    thumbs, shapes = thumbs_array(firsts)
+    values, has_value = value_thumbs(firsts, thumbs)
     sizes = np.stack([sigs.column("height").to_numpy(), sigs.column("width").to_numpy()], 1)[first].astype(np.int64)
     query_u = np.zeros(nu, bool)
     np.logical_or.at(query_u, u_of, ~is_ref)
     timings: dict[str, Any] = {}
     pairs, scores = np.empty((0, 2), np.int64), np.empty(0, np.float32)
     if not exact_only and nu > 1:
-        pairs, scores, timings = near_pairs(thumbs, shapes, sizes, threshold, query=query_u, k=k, nprobe=nprobe, threads=threads)
+        kw = {"robust_threshold": robust_threshold, "values": values, "has_value": has_value, "k": k, "nprobe": nprobe, "flip": flip}
+        pairs, scores, timings = near_pairs(thumbs, shapes, sizes, threshold, query=query_u, threads=threads, **kw)
     comp_u = _components(nu, pairs)
     comp = comp_u[u_of]
     order = items.column("order").to_numpy()
@@ -85,7 +89,8 @@ def group_items(
     score = np.where(u_of == u_of[rep], 1.0, np.nan).astype(np.float32)
     need = np.flatnonzero(np.isnan(score))
     if need.size:  # near members: score against the representative itself (it may be linked through others)
-        score[need] = verify_pairs(thumbs, shapes, sizes, np.stack([u_of[need], u_of[rep[need]]], 1))
+        pairs_rep = np.stack([u_of[need], u_of[rep[need]]], 1)
+        score[need] = _rep_scores(thumbs, shapes, sizes, pairs_rep, (values, has_value), (threshold, robust_threshold), flip)
     kind = np.where(u_of == u_of[rep], "exact", "near")
     edges = pa.table(
         {
@@ -96,6 +101,31 @@ def group_items(
     )
     timings["group_s"] = round(time.perf_counter() - t0 - sum(v for k, v in timings.items() if k.endswith("_s")), 3)
     return {"comp": comp, "rep": rep, "score": score, "kind": kind, "is_ref": is_ref, "edges": edges, "timings": timings}
+
+
+def _rep_scores(
+    thumbs: np.ndarray,
+    shapes: np.ndarray,
+    sizes: np.ndarray,
+    pairs: np.ndarray,
+    values: tuple[np.ndarray, np.ndarray],
+    t: tuple[float, float],
+    flip: bool,
+) -> np.ndarray:
+    """``dup_score`` of members against their representative: the best score computed (and of the mirror image)."""
+    from curate.stages.dedupe.pairs import mirrored, pair_scores
+
+    score, _ = pair_scores(thumbs, shapes, sizes, pairs, *t, values=values[0], has_value=values[1])
+    if flip:
+        n = len(thumbs)
+        two = np.concatenate
+        mp = np.stack([pairs[:, 0], pairs[:, 1] + n], 1)
+        m_score, _ = pair_scores(
+            two([thumbs, mirrored(thumbs, shapes)]), two([shapes, shapes]), two([sizes, sizes]), mp, *t,
+            values=two([values[0], mirrored(values[0], shapes)]), has_value=two([values[1], values[1]]),
+        )  # fmt: skip
+        score = np.maximum(score, m_score)
+    return score
 
 
 def _components(n: int, pairs: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from curate.stages.dedupe.signatures import THUMB
-from curate.stages.dedupe.verify import parallel, verify_pairs
+from curate.stages.dedupe.verify import parallel
 
 DESC_R = 12
 PCA_DIM = 64
@@ -239,42 +239,87 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(1, user_api="blas")
 
 
+def _near_mirrored(
+    thumbs: np.ndarray,
+    shapes: np.ndarray,
+    sizes: np.ndarray,
+    query: np.ndarray,
+    values: np.ndarray | None,
+    has_value: np.ndarray | None,
+    **kw: Any,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """``near_pairs`` over the images plus their mirror images; a pair with a mirrored member counts for the image."""
+    from curate.stages.dedupe.pairs import mirrored
+
+    n = len(thumbs)
+    base = np.concatenate([np.arange(n), np.arange(n)])
+    two = np.concatenate
+    pairs, scores, timings = near_pairs(
+        two([thumbs, mirrored(thumbs, shapes)]), two([shapes, shapes]), two([sizes, sizes]), query=two([query, query]), flip=False,
+        values=None if values is None else two([values, mirrored(values, shapes)]),
+        has_value=None if has_value is None else two([has_value, has_value]), **kw,
+    )  # fmt: skip
+    a, b = base[pairs[:, 0]], base[pairs[:, 1]]
+    keep = a != b
+    a, b, scores = np.minimum(a, b)[keep], np.maximum(a, b)[keep], scores[keep]
+    order = np.lexsort((-scores, b, a))  # per pair, the best of its (up to 4) plain/mirrored versions first
+    a, b, scores = a[order], b[order], scores[order]
+    first = np.ones(len(a), bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return np.stack([a[first], b[first]], 1), scores[first], timings
+
+
 def near_pairs(
     thumbs: np.ndarray,
     shapes: np.ndarray,
     sizes: np.ndarray,
     threshold: float,
     *,
+    robust_threshold: float = 2.0,
+    values: np.ndarray | None = None,
+    has_value: np.ndarray | None = None,
     query: np.ndarray | None = None,
     k: int = DEFAULT_K,
     nprobe: int = DEFAULT_NPROBE,
     threads: int = 1,
+    flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Near-duplicate pairs of images.
 
     Args:
         thumbs, shapes: ``curate.stages.dedupe.signatures.thumbs_array``; sizes: ``(N, 2)`` decoded (height, width).
-        threshold: minimum verification score (``curate.stages.dedupe.verify``) of a duplicate pair.
+        threshold: minimum aligned verification score (``curate.stages.dedupe.verify``) of a duplicate pair.
+        robust_threshold: minimum fitted-filter score (``curate.stages.dedupe.robust``); 1 or more = not used.
+        values, has_value: ``signatures.value_thumbs`` (value-channel views and scores for colour images).
         query: ``(N,)`` bool, default all; see ``candidate_pairs``.
         threads: threads for the descriptors, the faiss search (OpenMP) and the verification.
+        flip: a left-right mirror image counts as a duplicate (its views are searched and verified too).
 
     Returns:
-        ``(pairs (E, 2) int64, scores (E,) float32, timings)`` for pairs scoring >= ``threshold``.
+        ``(pairs (E, 2) int64, scores (E,) float32, timings)`` for the duplicate pairs (``pairs.pair_scores``).
     """
     import time
 
-    t0 = time.perf_counter()
+    from curate.stages.dedupe.pairs import extra_views, pair_scores
+
     query = np.ones(len(thumbs), bool) if query is None else query
+    if flip:
+        kw = {"threshold": threshold, "robust_threshold": robust_threshold, "k": k, "nprobe": nprobe, "threads": threads}
+        return _near_mirrored(thumbs, shapes, sizes, query, values, has_value, **kw)
+    t0 = time.perf_counter()
     # Many small products: BLAS threads only add overhead here (measured: a 265x265 eigh took 1.2 s of CPU with
     # OpenBLAS threads and 5 ms without), so BLAS gets one thread and the work is parallelised by chunks instead.
     with _one_blas_thread():
-        vecs, owner = descriptor_views(thumbs, shapes, threads=threads)
+        x_thumbs, x_shapes, x_owner = extra_views(thumbs, shapes, values, has_value)
+        vecs, owner = descriptor_views(np.concatenate([thumbs, x_thumbs]), np.concatenate([shapes, x_shapes]), threads=threads)
+        owner = np.concatenate([np.arange(len(thumbs)), x_owner])[owner]
         t1 = time.perf_counter()
         cand = candidate_pairs(vecs, owner, query, k=k, nprobe=nprobe, threads=threads)
         t2 = time.perf_counter()
-        scores = verify_pairs(thumbs, shapes, sizes, cand, floor=threshold, threads=threads)
+        scores, keep = pair_scores(
+            thumbs, shapes, sizes, cand, threshold, robust_threshold, values=values, has_value=has_value, threads=threads
+        )
     t3 = time.perf_counter()
-    keep = scores >= threshold
     timings = {
         "descriptors_s": round(t1 - t0, 3),
         "index_s": round(t2 - t1, 3),

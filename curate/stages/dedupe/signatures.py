@@ -10,6 +10,8 @@ What one signature holds (``SIGNATURE_SCHEMA``, one row per sample, cached per `
   pixels and resized (bicubic, antialiased) to ``THUMB`` on that side otherwise; at most 1 KB. Keeping small
   images at their own pixel grid is what makes a 1-2 px shift or a crop of a 28x28 image an *integer*
   translation that ``curate.stages.dedupe.verify`` can match exactly, instead of a resampled, blurred one.
+- ``thumb_v``: the same thumbnail of the HSV *value* channel ``max(R, G, B)`` for colour images (null for gray
+  ones): a hue rotation or a saturation change leaves it exactly as it is, while they move the luma.
 - ``thumb_h``/``thumb_w`` (its shape), ``width``/``height`` (the decoded size), ``sharpness`` (variance of the
   Laplacian of the gray image at <= 256 px, for ``--keep sharpest``).
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from curate.workspace import Workspace
 
 THUMB = 32
-SIG_VERSION = "thumb32-v1"
+SIG_VERSION = "thumb32-v3"
 CACHE_NAME = "signatures.parquet"
 SHARP_SIDE = 256
 
@@ -44,6 +46,7 @@ SIGNATURE_SCHEMA = pa.schema(
         ("thumb", pa.binary()),
         ("thumb_h", pa.int16()),
         ("thumb_w", pa.int16()),
+        ("thumb_v", pa.binary()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("sharpness", pa.float32()),
@@ -117,24 +120,73 @@ def sharpness(gray: np.ndarray) -> float:
     return float(lap.var())
 
 
-def signature_of(data: bytes) -> dict[str, Any]:
-    """Decode ``data`` (EXIF orientation applied) and return one ``SIGNATURE_SCHEMA`` row (without sample_id)."""
-    from curate.images import decode_rgb_or_l
+def decode(data: bytes) -> tuple[Any, tuple[int, int]]:
+    """Decode for a signature: ``(PIL image in L, RGB or RGBA, (width, height) of the full image)``, EXIF applied.
 
-    im = decode_rgb_or_l(data)
+    Photo inputs are normalised here: 16-bit and 32-bit gray (``I;16``, ``I``, ``F``) are scaled to 8 bits by
+    their range (Pillow's own conversion clips them to white), CMYK and palette images become RGB(A). A JPEG
+    larger than ``4 * SHARP_SIDE`` is decoded with ``draft`` (DCT scaling, 1/2 to 1/8) to at least ``SHARP_SIDE``
+    px, so the cost per photo stays near that of a small image; its pixel hash is then the hash of that
+    reduced decode (the same file still hashes the same; a lossless PNG of that JPEG becomes a near
+    duplicate at score ~1 instead of an exact one).
+    """
+    from PIL import Image, ImageOps
+
+    im = Image.open(io.BytesIO(data))
+    full = im.size
+    if im.format == "JPEG" and max(full) > 4 * SHARP_SIDE:
+        im.draft("RGB" if im.mode not in ("L",) else "L", (SHARP_SIDE, SHARP_SIDE))
+    im = ImageOps.exif_transpose(im)
+    if (im.width > im.height) != (full[0] > full[1]) and im.width != im.height:
+        full = (full[1], full[0])  # rotated by the EXIF orientation
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(np.rint(a * (255.0 / hi)), 0, 255).astype(np.uint8), "L")
+    elif im.mode not in ("L", "RGB", "RGBA"):
+        im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+    return im, full
+
+
+def signature_of(data: bytes) -> dict[str, Any]:
+    """Decode ``data`` (``decode``) and return one ``SIGNATURE_SCHEMA`` row (without sample_id).
+
+    Only the pixel hash reads every decoded pixel; the gray image, the thumbnail and the sharpness are taken
+    from a box-reduced copy of at most about ``2 * SHARP_SIDE`` px per side, so their cost does not grow with
+    the image.
+    """
+    from PIL import Image
+
+    im, (width, height) = decode(data)
     mode, arr = canonical_pixels(im)
-    gray = gray_of(mode, arr)
-    th = thumbnail(gray)
+    factor = max(arr.shape[0], arr.shape[1]) // (2 * SHARP_SIDE)
+    small = np.asarray(Image.fromarray(arr, mode).reduce(factor)) if factor >= 2 else arr
+    gray = gray_of(mode, small)
+    th = thumbnail(gray) if small is arr else _thumb_of_reduced(gray, arr.shape[:2])
+    tv = None
+    if mode != "L":
+        value = small[..., :3].max(-1).astype(np.float32)
+        tv = (thumbnail(value) if small is arr else _thumb_of_reduced(value, arr.shape[:2])).tobytes()
     return {
         "pixel_hash": pixel_hash(mode, arr),
         "thumb": th.tobytes(),
         "thumb_h": th.shape[0],
         "thumb_w": th.shape[1],
-        "width": arr.shape[1],
-        "height": arr.shape[0],
+        "thumb_v": tv,
+        "width": width,
+        "height": height,
         "sharpness": sharpness(gray),
         "error": None,
     }
+
+
+def _thumb_of_reduced(gray: np.ndarray, full_hw: tuple[int, int]) -> np.ndarray:
+    """The thumbnail of a large image from its reduced gray copy (both sides of the original exceed ``THUMB``)."""
+    from PIL import Image
+
+    g8 = Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8), mode="L")
+    th, tw = min(full_hw[0], THUMB), min(full_hw[1], THUMB)
+    return np.asarray(g8.resize((tw, th), Image.BICUBIC))
 
 
 def compute_signatures(batch: pa.Table) -> pa.Table:
@@ -161,6 +213,19 @@ def thumbs_array(sigs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     for i, (raw, h, w) in enumerate(zip(sigs.column("thumb").to_pylist(), hs, ws, strict=True)):
         out[i, :h, :w] = np.frombuffer(raw, np.uint8).reshape(h, w)
     return out, np.stack([hs, ws], 1)
+
+
+def value_thumbs(sigs: pa.Table, thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, THUMB, THUMB)`` value-channel thumbnails (the luma ``thumbs`` where there is none) and ``(N,)`` has-value."""
+    out = thumbs.copy()
+    has = np.zeros(sigs.num_rows, bool)
+    hs = sigs.column("thumb_h").to_numpy(zero_copy_only=False)
+    ws = sigs.column("thumb_w").to_numpy(zero_copy_only=False)
+    for i, (raw, h, w) in enumerate(zip(sigs.column("thumb_v").to_pylist(), hs, ws, strict=True)):
+        if raw is not None:
+            out[i, :h, :w] = np.frombuffer(raw, np.uint8).reshape(h, w)
+            has[i] = True
+    return out, has
 
 
 def cache_bytes(sigs: pa.Table) -> bytes:
