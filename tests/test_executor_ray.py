@@ -26,7 +26,10 @@ from curate.errors import CurateError, UsageError
 from tests.helpers import assert_one_error_line, clean_env, run_curate, tree_digest
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own context properties
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # Ray Data's own context properties
+    pytest.mark.usefixtures("fresh_executor"),
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,15 +44,6 @@ def local_ray() -> Iterator[None]:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(executors.ENV_EXECUTOR, raising=False)
-    monkeypatch.delenv(executors.ENV_ADDRESS, raising=False)
-    executors.reset()
-    yield
-    executors.reset()
 
 
 # ----------------------------------------------------------------------------------------------- unit tests

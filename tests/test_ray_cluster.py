@@ -166,14 +166,12 @@ def version_bytes(ws: Path) -> dict[str, str]:
     return {k: v for k, v in digest.items() if "/samples/" in k or "/state/" in k}
 
 
+@pytest.mark.usefixtures("fresh_executor")
 def test_two_nodes_share_the_work_and_match_local(cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import curate.executors.ray as ray_executor
     from tests.test_executor_ray import write_set
 
-    monkeypatch.delenv(executors.ENV_EXECUTOR, raising=False)
-    monkeypatch.delenv(executors.ENV_ADDRESS, raising=False)
     src = write_set(tmp_path / "images")
-    executors.reset()
     pipeline(tmp_path / "ws-local", src, [])
 
     # Join as the CLI does (this ships curate to the workers), then wait until both nodes are registered.

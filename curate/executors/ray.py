@@ -203,7 +203,7 @@ def map_batches_actor(
     cfg: Any,
     *,
     setting: Setting,
-    workers: int = 1,
+    workers: int | None = 1,
     num_gpus: float | None = None,
 ) -> Iterator[pa.Table]:
     """``curate.executors.map_batches_actor`` on Ray: ``workers`` actors each build ``cls(cfg)`` once (a model
@@ -217,7 +217,8 @@ def map_batches_actor(
     gpus = float(ray.cluster_resources().get("GPU", 0))
     per_gpu = (1.0 if gpus >= 1 else 0.0) if num_gpus is None else float(num_gpus)
     # Never ask for more actors than the cluster can place: round robin would wait forever on an unplaced one.
-    n = max(1, min(workers, int(gpus // per_gpu) if per_gpu else _cpus(ray)))
+    room = int(gpus // per_gpu) if per_gpu else _cpus(ray)
+    n = max(1, room if workers is None else min(workers, room))
     shell = ray.remote(ActorShell).options(num_cpus=1, num_gpus=per_gpu)
     return _translate(_run_actors(ray, [shell.remote(cls, cfg) for _ in range(n)], batches))
 
