@@ -224,6 +224,14 @@ def map_batches_actor(
 
 
 def _run_actors(ray: Any, actors: list[Any], batches: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """Batches round robin over ``actors``, at most two per actor in flight; blob-pack batches (``PackBatches``)
+    go as one-row descriptions that the actor reads from the pack itself, so their bytes skip the driver."""
+    if isinstance(batches, PackBatches):
+        slices = batches.slices()
+        inputs: Iterable[pa.Table] = (slices.slice(i, 1) for i in range(slices.num_rows))
+        method = "call_slice"
+    else:
+        inputs, method = batches, "call"
     pending: deque[Any] = deque()
 
     def take() -> pa.Table:
@@ -233,8 +241,8 @@ def _run_actors(ray: Any, actors: list[Any], batches: Iterable[pa.Table]) -> Ite
         return out
 
     try:
-        for i, batch in enumerate(batches):
-            pending.append(actors[i % len(actors)].call.remote(batch))
+        for i, batch in enumerate(inputs):
+            pending.append(getattr(actors[i % len(actors)], method).remote(batch))
             if len(pending) >= 2 * len(actors):
                 yield take()
         while pending:
