@@ -3,7 +3,9 @@
 The fixture starts a head (``ray start --head``, 1 CPU, resource ``head``) and a second node (``ray start
 --address``, 1 CPU, resource ``worker2``) on 127.0.0.1 with their own temp dir; the test runs a pipeline through
 the CLI with ``--executor ray --address 127.0.0.1:PORT`` and once with the local executor, and compares the
-committed sample tables and the export's shards byte for byte.
+committed sample tables and the export's shards byte for byte. The Ray run is a driver process of its own
+(``drive``): joining the cluster from a pytest process that had already run and shut down a local Ray (the
+suite's other Ray tests) hung on the first task.
 
 Which node ran the per-sample work is recorded without touching curate: the remote-side functions the executor
 hands to Ray Data (``run_inline``, ``run_slices``) are wrapped, here, in a function shipped to the workers by value
@@ -66,11 +68,6 @@ def _stop_group(pgid: int, grace: float = 30.0) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """A head and a second node on 127.0.0.1; yields the address ``127.0.0.1:PORT``."""
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the tracer runs on the workers
-    if ray.is_initialized():  # another module's local Ray
-        ray.shutdown()
     exe = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
     address = f"127.0.0.1:{port}"
@@ -97,15 +94,11 @@ def cluster() -> Iterator[str]:
         out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, out
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # this process is the driver
     try:
         start(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--include-dashboard=false", '--resources={"head": 1}'])
         start([f"--address={address}", "--node-ip-address=127.0.0.1", '--resources={"worker2": 1}'])
         yield address
     finally:
-        os.environ.pop("RAY_AUTH_MODE", None)
-        if ray.is_initialized():
-            ray.shutdown()
         for pgid in reversed(groups):
             _stop_group(pgid)
         shutil.rmtree(temp, ignore_errors=True)
@@ -166,33 +159,51 @@ def version_bytes(ws: Path) -> dict[str, str]:
     return {k: v for k, v in digest.items() if "/samples/" in k or "/state/" in k}
 
 
-@pytest.mark.usefixtures("fresh_executor")
-def test_two_nodes_share_the_work_and_match_local(cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def drive(address: str, ws: str, src: str, marks: str) -> None:
+    """The Ray run, in its own process (``python -c``): a driver that never ran another Ray in this process (a
+    second ``ray.init`` in a pytest process that ran a local Ray before hung on its first task). Joins as the CLI
+    does (which ships curate to the workers), waits for both nodes, traces the remote-side functions, runs the
+    pipeline through the CLI app and writes the node ids by resource to ``marks/nodes.json``."""
+    import ray.cloudpickle
+
     import curate.executors.ray as ray_executor
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the tracer runs on the workers
+    ray_executor.start(executors.Setting("ray", address))
+    nodes = wait_for_nodes(2)
+    Path(marks, "nodes.json").write_text(json.dumps(nodes))
+    for name in ("run_inline", "run_slices"):
+        setattr(ray_executor, name, traced(getattr(ray_executor, name), marks))
+    pipeline(Path(ws), Path(src), ["--executor", "ray", "--address", address])
+    ray.shutdown()
+
+
+@pytest.mark.usefixtures("fresh_executor")
+def test_two_nodes_share_the_work_and_match_local(cluster: str, tmp_path: Path) -> None:
     from tests.test_executor_ray import write_set
 
     src = write_set(tmp_path / "images")
     pipeline(tmp_path / "ws-local", src, [])
-
-    # Join as the CLI does (this ships curate to the workers), then wait until both nodes are registered.
-    ray_executor.start(executors.Setting("ray", cluster))
-    nodes = wait_for_nodes(2)
-    assert set(nodes) == {"head", "worker2"}, ray.nodes()
     marks = tmp_path / "marks"
     marks.mkdir()
-    for name in ("run_inline", "run_slices"):
-        monkeypatch.setattr(ray_executor, name, traced(getattr(ray_executor, name), str(marks)))
-    try:
-        pipeline(tmp_path / "ws-ray", src, ["--executor", "ray", "--address", cluster])
-    finally:
-        executors.reset()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CURATE_", "RAY_"))}
+    env.update(RAY_AUTH_MODE="disabled", PYTHONPATH=os.pathsep.join([str(Path.cwd()), env.get("PYTHONPATH", "")]))
+    code = "import sys; from tests.test_ray_cluster import drive; drive(*sys.argv[1:])"
+    args = [cluster, str(tmp_path / "ws-ray"), str(src), str(marks)]
+    res = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
 
+    nodes = json.loads((marks / "nodes.json").read_text())
+    assert set(nodes) == {"head", "worker2"}, nodes
     rows: dict[str, int] = {}
     kinds: set[str] = set()
     for mark in marks.iterdir():
+        if mark.name == "nodes.json":
+            continue
         kind, n = mark.read_text().split()
         kinds.add(kind)
-        rows[mark.name.split(".")[0]] = rows.get(mark.name.split(".")[0], 0) + int(n)
+        node = mark.name.split(".")[0]
+        rows[node] = rows.get(node, 0) + int(n)
     assert kinds == {"run_inline", "run_slices"}  # ingest's windows and the pack readers both went to Ray
     assert set(rows) == set(nodes.values()), (rows, nodes)  # every call ran on one of the two nodes ...
     assert all(n > 0 for n in rows.values())  # ... and each node did some of the per-sample work
