@@ -235,3 +235,15 @@ def in_empty_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("CURATE_WORKSPACE", raising=False)
     monkeypatch.delenv("CURATE_CONFIG", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def fresh_executor(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """No executor selected by the environment or an earlier ``configure``: ``local`` until the test says otherwise."""
+    from curate import executors
+
+    monkeypatch.delenv(executors.ENV_EXECUTOR, raising=False)
+    monkeypatch.delenv(executors.ENV_ADDRESS, raising=False)
+    executors.reset()
+    yield
+    executors.reset()

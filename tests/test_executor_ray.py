@@ -26,7 +26,10 @@ from curate.errors import CurateError, UsageError
 from tests.helpers import assert_one_error_line, clean_env, run_curate, tree_digest
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own context properties
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # Ray Data's own context properties
+    pytest.mark.usefixtures("fresh_executor"),
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,15 +44,6 @@ def local_ray() -> Iterator[None]:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(executors.ENV_EXECUTOR, raising=False)
-    monkeypatch.delenv(executors.ENV_ADDRESS, raising=False)
-    executors.reset()
-    yield
-    executors.reset()
 
 
 # ----------------------------------------------------------------------------------------------- unit tests
@@ -180,6 +174,42 @@ def test_pack_batches_are_read_on_the_workers(tmp_path: Path, monkeypatch: pytes
     for a, b in zip(local, remote, strict=True):
         assert a.equals(b)
     assert sum(t.num_rows for t in remote) == table.num_rows
+
+
+class EchoLengths:
+    """``echo_lengths`` as actor work (the shape of a model actor)."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return echo_lengths(batch, self.cfg)
+
+
+def test_actors_read_pack_batches_themselves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``map_batches_actor`` over ``iter_packs``: on Ray the actors read the packs (the driver never iterates the
+    batches), and the tables are the local ones."""
+    import curate.blobs as blobs
+    from curate.blobs import BlobStore, PackBatches, PackWriter
+
+    monkeypatch.setattr(blobs, "ROW_GROUP_ROWS", 32)
+    writer = PackWriter(tmp_path / "blobs", "t", target_bytes=5_000)
+    rows = [(f"{i:064d}", writer.add(f"{i:064d}", f"px-{i}".encode() * (1 + i % 5))) for i in range(300)]
+    writer.close()
+    table = pa.table({"sample_id": [r[0] for r in rows], "pack": [r[1] for r in rows], "k": list(range(300))})
+    table = table.filter(pa.array([i % 4 != 1 for i in range(300)]))
+
+    def batches() -> Any:
+        return BlobStore(tmp_path / "blobs").iter_packs(table, batch_rows=40, carry=["k"])
+
+    executors.configure("local")
+    local = list(executors.map_batches_actor(EchoLengths, batches(), None))
+    executors.configure("ray")
+    monkeypatch.setattr(PackBatches, "__iter__", lambda self: pytest.fail("the driver read the pack batches"))
+    remote = list(executors.map_batches_actor(EchoLengths, batches(), None, workers=2))
+    assert len(local) == len(remote) > 3
+    for a, b in zip(local, remote, strict=True):
+        assert a.equals(b)
 
 
 def echo_lengths(batch: pa.Table, cfg: Any) -> pa.Table:

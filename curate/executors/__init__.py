@@ -119,7 +119,7 @@ def map_batches_actor(
     batches: Iterable[pa.Table],
     cfg: Any,
     *,
-    workers: int = 1,
+    workers: int | None = 1,
     num_gpus: float | None = None,
 ) -> Iterator[pa.Table]:
     """Like ``map_batches`` for work that loads something once (a model): ``cls(cfg)`` is built once per worker
@@ -127,7 +127,9 @@ def map_batches_actor(
 
     Args:
         cls: a picklable top-level class; ``cls(cfg)`` loads, ``instance(batch)`` returns the result table.
-        workers: instances (Ray actors) running at once; the local executor uses one instance in this process.
+        workers: instances (Ray actors) running at once, at most what the cluster can place; None: that many
+            (one per GPU on a cluster with GPUs, else one per CPU). The local executor uses one instance in this
+            process whatever ``workers`` says (``cfg`` is then not pickled: what it holds is used as it is).
         num_gpus: Ray only: GPUs per actor; None gives each actor one GPU when the cluster has any, else none.
     """
     setting = current()

@@ -203,7 +203,7 @@ def map_batches_actor(
     cfg: Any,
     *,
     setting: Setting,
-    workers: int = 1,
+    workers: int | None = 1,
     num_gpus: float | None = None,
 ) -> Iterator[pa.Table]:
     """``curate.executors.map_batches_actor`` on Ray: ``workers`` actors each build ``cls(cfg)`` once (a model
@@ -217,12 +217,21 @@ def map_batches_actor(
     gpus = float(ray.cluster_resources().get("GPU", 0))
     per_gpu = (1.0 if gpus >= 1 else 0.0) if num_gpus is None else float(num_gpus)
     # Never ask for more actors than the cluster can place: round robin would wait forever on an unplaced one.
-    n = max(1, min(workers, int(gpus // per_gpu) if per_gpu else _cpus(ray)))
+    room = int(gpus // per_gpu) if per_gpu else _cpus(ray)
+    n = max(1, room if workers is None else min(workers, room))
     shell = ray.remote(ActorShell).options(num_cpus=1, num_gpus=per_gpu)
     return _translate(_run_actors(ray, [shell.remote(cls, cfg) for _ in range(n)], batches))
 
 
 def _run_actors(ray: Any, actors: list[Any], batches: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """Batches round robin over ``actors``, at most two per actor in flight; blob-pack batches (``PackBatches``)
+    go as one-row descriptions that the actor reads from the pack itself, so their bytes skip the driver."""
+    if isinstance(batches, PackBatches):
+        slices = batches.slices()
+        inputs: Iterable[pa.Table] = (slices.slice(i, 1) for i in range(slices.num_rows))
+        method = "call_slice"
+    else:
+        inputs, method = batches, "call"
     pending: deque[Any] = deque()
 
     def take() -> pa.Table:
@@ -232,8 +241,8 @@ def _run_actors(ray: Any, actors: list[Any], batches: Iterable[pa.Table]) -> Ite
         return out
 
     try:
-        for i, batch in enumerate(batches):
-            pending.append(actors[i % len(actors)].call.remote(batch))
+        for i, batch in enumerate(inputs):
+            pending.append(getattr(actors[i % len(actors)], method).remote(batch))
             if len(pending) >= 2 * len(actors):
                 yield take()
         while pending:

@@ -59,23 +59,27 @@ def run_inline(block: pa.Table, fn: Fn, cfg: Any) -> pa.Table:
 def run_slices(block: pa.Table, fn: Fn, cfg: Any) -> pa.Table:
     """Remote side for blob-pack batches: each row of ``block`` describes a batch (``PackBatches.slices`` plus a
     tag); read it from the pack here, on the worker, and call ``fn`` on it."""
-    from curate.blobs import read_slice
-
-    carried = [c for c in block.column_names if c not in ("path", "start", "rows", "keep", TAG)]
     outs: list[pa.Table] = []
     for i in range(block.num_rows):
         tag = block.column(TAG)[i].as_py()
         try:
-            batch = read_slice(
-                block.column("path")[i].as_py(), block.column("start")[i].as_py(), block.column("rows")[i].as_py(),
-                block.column("keep")[i].values,
-            )
-            for name in carried:
-                batch = batch.append_column(name, block.column(name)[i].values)
-            outs.append(_tagged(fn(batch, cfg), tag))
+            outs.append(_tagged(fn(read_described(block, i), cfg), tag))
         except Exception as exc:  # noqa: BLE001 - carried to the driver, which re-raises it as it is
             return _failure(exc, tag)
     return _concat(outs)
+
+
+def read_described(block: pa.Table, i: int) -> pa.Table:
+    """The batch row ``i`` of ``block`` (``PackBatches.slices`` columns, maybe a tag) describes, read from its pack
+    here, with its carried columns."""
+    from curate.blobs import read_slice
+
+    col = block.column
+    batch = read_slice(col("path")[i].as_py(), col("start")[i].as_py(), col("rows")[i].as_py(), col("keep")[i].values)
+    for name in block.column_names:
+        if name not in ("path", "start", "rows", "keep", TAG):
+            batch = batch.append_column(name, col(name)[i].values)
+    return batch
 
 
 def runs(tags: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -109,6 +113,14 @@ class ActorShell:
             return self.instance(batch)
         except Exception as exc:  # noqa: BLE001 - carried to the driver, which re-raises it as it is
             return _failure(exc, 0)
+
+    def call_slice(self, described: pa.Table) -> pa.Table:
+        """``call`` on the batch the one row of ``described`` (``PackBatches.slices``) names, read here from its pack."""
+        try:
+            batch = read_described(described, 0)
+        except Exception as exc:  # noqa: BLE001 - carried to the driver, which re-raises it as it is
+            return _failure(exc, 0)
+        return self.call(batch)
 
 
 def is_failure(table: pa.Table) -> bool:

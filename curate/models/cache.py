@@ -15,6 +15,7 @@ import contextlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import executors
 from curate.errors import CurateError
+from curate.models import load_backend
+from curate.models.actors import Embedder, ModelHandle, column_vectors
 from curate.models.base import Backend
 
 if TYPE_CHECKING:
@@ -87,10 +91,24 @@ def cache_bytes(backend: Backend, ids: Sequence[str], vectors: np.ndarray) -> by
     return buf.getvalue()
 
 
-def embed_samples(ws: Workspace, rows: pa.Table, backend: Backend, *, progress: Callable[..., Any] | None = None) -> Embedded:
+def embed_samples(
+    ws: Workspace,
+    rows: pa.Table,
+    backend: Backend,
+    *,
+    load: Callable[[], Backend] | None = None,
+    progress: Callable[..., Any] | None = None,
+) -> Embedded:
     """Embeddings of ``rows`` (``sample_id``, ``pack``): cached ones read back, the rest embedded from their blobs.
 
+    The embedding runs as executor actors (``curate.models.actors.Embedder``): in this process with ``backend``
+    on the local executor, on Ray one model load per actor (a GPU each when the cluster has them), results in order.
+
     Args:
+        backend: the model, loaded here (its digest keys the cache).
+        load: a picklable zero-argument callable loading the same model where an actor runs (a
+            ``functools.partial`` of ``load_backend``); None: ``load_backend(backend.spec, ...)`` with its batch
+            size and device ``auto``.
         progress: optional ``progress(description, total)`` -> context manager yielding ``advance(n)``.
 
     Raises:
@@ -105,12 +123,13 @@ def embed_samples(ws: Workspace, rows: pa.Table, backend: Backend, *, progress: 
     todo = rows.filter(pa.array([sid not in cached for sid in ids], pa.bool_())).select(["sample_id", "pack"])
     new: dict[str, np.ndarray] = {}
     bar = progress(f"embed ({backend.spec})", todo.num_rows) if progress and todo.num_rows else contextlib.nullcontext(None)
+    handle = ModelHandle(load or partial(load_backend, backend.spec, workspace=ws.root, batch_size=backend.batch_size), backend)
     with bar as advance:
-        for batch in ws.blobs.iter_packs(todo, batch_rows=BATCH_ROWS):
-            got = backend.embed(batch.column("data").to_pylist())
-            new.update(zip(batch.column("sample_id").to_pylist(), got, strict=True))
+        batches = ws.blobs.iter_packs(todo, batch_rows=BATCH_ROWS)
+        for out in executors.map_batches_actor(Embedder, batches, handle, workers=None):
+            new.update(zip(out.column("sample_id").to_pylist(), column_vectors(out.column("embedding")), strict=True))
             if advance:
-                advance(batch.num_rows)
+                advance(out.num_rows)
     if len(new) != todo.num_rows:
         raise CurateError(f"{todo.num_rows - len(new)} samples have no bytes in the blob packs", hint="was `curate gc` run?")
     dims = {len(v) for v in (*cached.values(), *new.values())}

@@ -18,6 +18,7 @@ import io
 import json
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -218,11 +219,13 @@ def embedding_judgements(
     from curate.models.cache import embed_samples
     from curate.models.heads import KNN_K, knn_outliers, oof_linear
 
-    backend = load_backend(cfg.model, workspace=ws.root, device=cfg.device, batch_size=cfg.batch_size)
+    # A picklable loader: on Ray each embedding actor loads the model itself (curate.models.actors).
+    load = partial(load_backend, cfg.model, workspace=ws.root, device=cfg.device, batch_size=cfg.batch_size)
+    backend = load()
     pos = ok_pos if cfg.find_outliers else lpos
     ids = table.column("sample_id").take(pa.array(pos)).to_pylist()
     t0 = time.perf_counter()
-    emb = embed_samples(ws, table.take(pa.array(pos)).select(["sample_id", "pack"]), backend, progress=progress)
+    emb = embed_samples(ws, table.take(pa.array(pos)).select(["sample_id", "pack"]), backend, load=load, progress=progress)
     counts = {"computed": emb.computed, "cached": emb.cached, "from_file": emb.from_file, "dim": int(emb.vectors.shape[1])}
     info: dict[str, Any] = {
         "oof": "not needed",

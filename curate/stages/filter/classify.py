@@ -41,6 +41,7 @@ import io
 import time
 from collections import Counter
 from collections.abc import Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,12 +49,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import executors
 from curate.blobs import file_sha256
 from curate.errors import CurateError
+from curate.models.actors import ModelHandle
 from curate.schema import OK, conform, exclude
 from curate.stage import StageResult, no_progress
 from curate.stages.filter import REASON, FilterConfig, check_config
-from curate.stages.filter.scoring import Scorer, load_model, rebatch, resolve_target, score_probs
+from curate.stages.filter.scoring import HandleScorer, ScoreJob, load_model, rebatch, resolve_target, score_probs
 
 if TYPE_CHECKING:
     from curate.stage import Advance, Progress
@@ -104,18 +107,17 @@ def _counts(values: list[Any]) -> dict[str, int]:
 
 
 def _score_all(
-    scorer: Scorer,
-    batches: Iterable[pa.Table],
+    scored: Iterable[pa.Table],
     position: dict[str, int],
     probs: np.ndarray,
     seen: np.ndarray,
     errors: dict[str, str],
     advance: Advance,
 ) -> None:
-    """Score every batch into ``probs`` (rows by ``position``), marking ``seen`` rows and decode ``errors``."""
+    """Put every scored batch (``Scorer`` output) into ``probs`` (rows by ``position``), marking ``seen`` rows and
+    decode ``errors``."""
     k = probs.shape[1]
-    for batch in batches:
-        out = scorer(batch)
+    for out in scored:
         ids = out.column("sample_id").to_pylist()
         at = np.fromiter((position[sid] for sid in ids), np.int64, len(ids))
         probs[at] = np.asarray(out.column("probs").combine_chunks().flatten(), np.float32).reshape(len(ids), k)
@@ -223,11 +225,12 @@ def _score_selected(
     errors: dict[str, str] = {}
     position = {sid: i for i, sid in enumerate(rows.column("sample_id").to_pylist())}
     seen = np.zeros(m, bool)
-    scorer = Scorer(run, cfg.batch_size)
+    # The model runs as executor actors: here with ``run`` on the local executor, one load per Ray actor.
+    job = ScoreJob(ModelHandle(partial(load_model, cfg), run), cfg.batch_size)
     try:
         with progress("filter", m) as advance:
             batches = rebatch(ws.blobs.iter_packs(rows, batch_rows=cfg.batch_size), cfg.batch_size)
-            _score_all(scorer, batches, position, probs, seen, errors, advance)
+            _score_all(executors.map_batches_actor(HandleScorer, batches, job, workers=None), position, probs, seen, errors, advance)
     except FileNotFoundError as exc:
         where = exc.filename or str(exc)  # pyarrow names the file in the message only
         raise CurateError(

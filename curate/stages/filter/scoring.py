@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import CurateError, UsageError
+from curate.models.actors import ModelHandle
 from curate.schema import OK
 
 if TYPE_CHECKING:
@@ -162,6 +163,22 @@ class Scorer:
                 "error": pa.array(errors, pa.string()),
             }
         )
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """What a ``HandleScorer`` is built from: the model (``load_model`` behind a ``ModelHandle``) and the batch size."""
+
+    model: ModelHandle
+    batch_size: int
+
+
+class HandleScorer(Scorer):
+    """``Scorer`` as executor actor work: the model comes from ``job.model`` (the driver's run in this process,
+    loaded once per actor on Ray; ``curate.models.actors``)."""
+
+    def __init__(self, job: ScoreJob) -> None:
+        super().__init__(job.model.get(), job.batch_size)
 
 
 def rebatch(batches: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
