@@ -294,13 +294,20 @@ class Stage:
         return next((o for o in self.options if o.name == name), None)
 
     def one_line(self, res: dict[str, Any]) -> str:
-        """``summary(res)``, or "" when the result lacks a stat (a version made by an older curate)."""
-        if self.summary is None:
-            return ""
-        try:
-            return self.summary(res)
-        except (KeyError, TypeError, ValueError, IndexError):
-            return ""
+        """``summary(res)``, then, for a committed (or cached) version, its included and excluded counts; a stat the
+        result lacks (a version made by an older curate) drops the summary, not the counts."""
+        text = ""
+        if self.summary is not None:
+            try:
+                text = self.summary(res)
+            except (KeyError, TypeError, ValueError, IndexError):
+                text = ""
+        stats = res.get("stats")
+        summ = stats.get("summary") if isinstance(stats, dict) else None
+        if self.kind == OUTPUT or "version" not in res or not isinstance(summ, dict) or "included" not in summ:
+            return text
+        counts = f"{summ['included']:,} included, {summ.get('excluded', 0):,} excluded"
+        return f"{text}; {counts}" if text else counts
 
 
 _ATTR = re.compile(r"^(\s+)(\w+)(?: \([^)]*\))?:\s?(.*)$")

@@ -171,9 +171,7 @@ def finish(ctx: Context, cfg: CleanConfig, res: dict[str, Any]) -> dict[str, Any
 def summary(res: dict[str, Any]) -> str:
     st = res["stats"]
     kinds = ("label_issues", "outliers", "low_quality")
-    found = ", ".join(f"{st[k]['flagged']:,} {k.replace('_', ' ')} ({st[k].get('acted_on', 0):,} acted on)" for k in kinds if k in st)
-    counts = f"{st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded"
-    return f"{found}; {counts}" if found else counts
+    return ", ".join(f"{st[k]['flagged']:,} {k.replace('_', ' ')} ({st[k].get('acted_on', 0):,} acted on)" for k in kinds if k in st)
 
 
 def _model_line(st: dict[str, Any]) -> str:

@@ -189,9 +189,7 @@ def finish(ctx: Context, _cfg: CrawlConfig, res: dict[str, Any]) -> dict[str, An
 
 
 def summary(res: dict[str, Any]) -> str:
-    st = res["stats"]
-    summ = st.get("summary", {})
-    return f"{st.get('downloaded', 0):,} downloaded; {summ.get('included', 0):,} included, {summ.get('excluded', 0):,} excluded"
+    return f"{res['stats'].get('downloaded', 0):,} downloaded"
 
 
 def details(res: dict[str, Any]) -> list[str]:

@@ -81,7 +81,7 @@ def run(ctx: Context, cfg: DedupeConfig) -> StageResult:
 
 def summary(res: dict[str, Any]) -> str:
     st = res["stats"]
-    return f"{st['duplicates']:,} duplicates; {st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded"
+    return f"{st['duplicates']:,} duplicates"
 
 
 def details(res: dict[str, Any]) -> list[str]:

@@ -140,7 +140,7 @@ def run(ctx: Context, cfg: FilterConfig) -> StageResult:
 
 def summary(res: dict[str, Any]) -> str:
     st = res["stats"]
-    return f"{st['filtered']:,} filtered; {st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded"
+    return f"{st['filtered']:,} filtered"
 
 
 def _per(counts: dict[str, int]) -> str:

@@ -94,9 +94,7 @@ def run(ctx: Context, cfg: IngestConfig) -> StageResult:
 
 def summary(res: dict[str, Any]) -> str:
     st = res["stats"]
-    summ = st.get("summary", {})
-    head = f"{st['inputs']:,} inputs, {st['new_samples']:,} new"
-    return f"{head}; {summ.get('included', 0):,} included, {summ.get('excluded', 0):,} excluded"
+    return f"{st['inputs']:,} inputs, {st['new_samples']:,} new"
 
 
 def details(res: dict[str, Any]) -> list[str]:
