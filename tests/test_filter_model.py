@@ -209,6 +209,8 @@ def test_pixel_model_without_a_head_is_embedded_once(task: dict, tmp_path: Path,
 def test_bad_models_and_files_fail_in_one_line_and_commit_nothing(task: dict, tmp_path: Path) -> None:
     """Not a model, channels that do not fit, an embeddings file missing sample_ids or with ragged vectors, an
     unknown kind: exit 1 (2 for the spec), one line naming the model or file and the cause, no version, HEAD kept."""
+    import warnings
+
     import torch
 
     ws = _copy(task, tmp_path)
@@ -218,6 +220,11 @@ def test_bad_models_and_files_fail_in_one_line_and_commit_nothing(task: dict, tm
     rgb = _script(torch.nn.Conv2d(3, 4, 3), tmp_path / "rgb.pt")  # takes 3 channels, its metadata says 1
     short = tmp_path / "short.parquet"
     pq.write_table(pq.read_table(task["emb"]).slice(5), short)
+    wide = tmp_path / "wide.pt"  # 16 outputs, metadata naming 3 classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        meta = {"channels": 1, "size": [16, 16], "normalization": {"mean": [0.0], "std": [1.0]}, "classes": ["a", "b", "other"]}
+        torch.jit.save(torch.jit.script(torch.nn.Flatten()), str(wide), _extra_files={"curate.json": json.dumps(meta)})
     ragged = tmp_path / "ragged.parquet"
     t = pq.read_table(task["emb"])
     vecs = t.column("embedding").to_pylist()
@@ -227,6 +234,7 @@ def test_bad_models_and_files_fail_in_one_line_and_commit_nothing(task: dict, tm
         (f"torchscript:{text}", 1, f"torchscript:{text}: "),
         (f"onnx:{text}", 1, f"onnx:{text}: "),
         (f"torchscript:{rgb}", 1, f"torchscript:{rgb}: the model rejects 1x16x16 input"),
+        (f"torchscript:{wide}", 1, f"torchscript:{wide}: the model gives 256 probabilities per image, its metadata names 3"),
         (f"embeddings:{short}", 1, f"embeddings:{short}: 5 of "),
         (f"embeddings:{ragged}", 1, f"embeddings:{ragged}: the embedding vectors must all have one length"),
         ("dinov2:small", 2, "expected KIND:WHAT"),
