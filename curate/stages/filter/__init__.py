@@ -1,8 +1,9 @@
-"""Filter: score samples with a trained curate classifier and exclude those unlikely to belong to the task.
+"""Filter: score samples with a trained classifier and exclude those unlikely to belong to the task.
 
 The contract (settings, checks, the cache key with the model's identity, summary); the work is in ``classify``
-(scoring pack by pack, the columns, the score semantics) and ``scoring`` (loading the run, the task classes,
-the batched forward pass).
+(scoring pack by pack, the columns, the score semantics), ``scoring`` (loading the run, the task classes,
+the batched forward pass) and ``backend`` (``--model KIND:WHAT``: any model backend, with a linear head on its
+embeddings when it has no classes).
 """
 
 from __future__ import annotations
@@ -222,12 +223,16 @@ STAGE = Stage(
     is all of them the score falls back to the max probability (a model unsure between the task classes).
     Uses the GPU when there is one. --version filters another version: the result is its child and becomes
     HEAD. The checkpoint's sha256 is part of the stage settings, so a retrained model is never a cached no-op.
+    --model also takes a model backend (torchscript:, onnx:, hf:, embeddings:, curate:); one without classes
+    gets a linear head on its embeddings, fitted on the version's labeled train rows (those scored out of sample,
+    --folds), the embeddings cached per sample and model digest.
 
     Examples:
 
         curate filter --model models/web-relevance --classes relevant --min-prob 0.5
         curate filter -m models/fm-plus-other --classes shirt,shoe,bag --min-prob 0.7 --action flag
         curate filter -m models/fm --splits train --device cpu      # max probability (no "other" class)
+        curate filter -m hf:./dinov2-small --classes shirt,shoe     # linear head on a backbone's embeddings
     """,
     columns={
         "filter_score": "probability mass on the task classes (or the max probability), 0..1",
