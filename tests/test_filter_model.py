@@ -244,3 +244,33 @@ def test_bad_models_and_files_fail_in_one_line_and_commit_nothing(task: dict, tm
         msg = assert_one_error_line(r.stderr)
         assert r.exit_code == code and start in msg, (spec, r.exit_code, msg)
     assert ws.version_ids() == before and ws.head() == head
+
+
+def test_hf_classifier_scores_with_its_own_head(task: dict, tmp_path: Path) -> None:
+    """A transformers classifier whose labels are a, b, other (random weights, built here): the rows of --splits
+    train get exactly its ``predict_proba`` of their original bytes, row by row; no linear head is fitted."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from curate.models import load_backend
+
+    cfg = transformers.ViTConfig(image_size=16, patch_size=8, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32, id2label={0: "a", 1: "b", 2: "other"},
+                                 label2id={"a": 0, "b": 1, "other": 2})  # fmt: skip
+    torch.manual_seed(0)
+    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "clf")
+    ws = _copy(task, tmp_path)
+    r = invoke("--model", f"hf:{tmp_path / 'clf'}", "--classes", "a,b", "--splits", "train", "--workspace", ws.root, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["stats"]["backend"]["head"] == "model" and "head_fit" not in res["stats"]
+    t = ws.samples(task["base"])
+    source = dict(zip(t.column("sample_id").to_pylist(), t.column("source").to_pylist(), strict=True))
+    split = dict(zip(t.column("sample_id").to_pylist(), t.column("split").to_pylist(), strict=True))
+    ids, got = _probs(ws, res["version"], ["a", "b", "other"])
+    assert ids and all(split[s] == "train" for s in ids) and len(ids) == sum(v == "train" for v in split.values())
+    want = load_backend(f"hf:{tmp_path / 'clf'}").predict_proba([Path(source[s]).read_bytes() for s in ids])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    score = ws.samples(res["version"]).column("filter_score").to_pylist()
+    by_id = dict(zip(t.column("sample_id").to_pylist(), score, strict=True))
+    np.testing.assert_allclose([by_id[s] for s in ids], want[:, 0] + want[:, 1], atol=1e-5)
