@@ -159,6 +159,9 @@ def key(ctx: Context, cfg: PseudolabelConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     for name in RUNTIME:
         d.pop(name)
+    if cfg.select == "confidence":  # today's rule: the key of a version made before --select existed still matches
+        for name in ("select", "model", "knn_k"):
+            d.pop(name)
     if cfg.model:
         from curate.models import model_path, path_digest
 
