@@ -32,10 +32,10 @@ pytestmark = pytest.mark.timeout(900)
 FAST = ["--rounds", "2", "--min-steps", "100", "--batch-size", "32", "--threshold", "0.9", "--ratio", "1:1", "--seed", "0"]
 
 
-def _blob(rng: np.random.Generator, q: int) -> np.ndarray:
-    im = rng.integers(0, 140, (16, 16)).astype(np.int64)
+def _blob(rng: np.random.Generator, q: int, noise: int = 140, contrast: int = 60) -> np.ndarray:
+    im = rng.integers(0, noise, (16, 16)).astype(np.int64)
     r, c = (q // 2) * 8 + rng.integers(0, 5), (q % 2) * 8 + rng.integers(0, 5)
-    im[r : r + 4, c : c + 4] += 60
+    im[r : r + 4, c : c + 4] += contrast
     return np.clip(im, 0, 255).astype(np.uint8)
 
 

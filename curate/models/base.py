@@ -112,11 +112,16 @@ class Backend(abc.ABC):
         """Images -> float32 ``(N, K)`` class probabilities (rows sum to 1, columns in ``classes`` order).
 
         Raises:
-            CurateError: the model has no classification head.
+            CurateError: the model has no classification head, or its head's width is not its number of classes.
         """
         if not self.classes:
             raise CurateError(f"{self.spec}: the model has no classification head (no classes): only embed() works")
-        return self._batched(images, "probs", progress)
+        probs = self._batched(images, "probs", progress)
+        if len(probs) and probs.shape[1] != len(self.classes):
+            # caught here, not where a stage indexes the columns by class: a wrong width would misname every class
+            raise CurateError(f"{self.spec}: the model gives {probs.shape[1]} probabilities per image, its metadata names "
+                              f"{len(self.classes)} classes")  # fmt: skip
+        return probs
 
     @abc.abstractmethod
     def _forward(self, x: np.ndarray, what: str) -> dict[str, np.ndarray]:

@@ -40,9 +40,7 @@ def oof_linear(
     Raises:
         CurateError: shapes that disagree, non-finite values, under 2 classes, or a class with fewer rows than folds.
     """
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.preprocessing import StandardScaler
 
     from curate.learn.ood import fit_gaussians, mahalanobis, robust_z
     from curate.learn.predict import OOF
@@ -64,15 +62,98 @@ def oof_linear(
     fold_of = np.zeros(len(y), np.int64)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for f, (tr, ho) in enumerate(splitter.split(x, y)):
-        scaler = StandardScaler().fit(x[tr])
-        xt, xh = scaler.transform(x[tr]), scaler.transform(x[ho])
-        model = LogisticRegression(C=c, max_iter=1000).fit(xt, y[tr])
-        probs[np.ix_(ho, model.classes_)] = model.predict_proba(xh)
+        xt, xh, probs[ho] = fit_predict(x[tr], y[tr], x[ho], n_classes, c)
         fold_of[ho] = f
         if ood_z is not None:
             means, precision = fit_gaussians(xt, y[tr], n_classes)
             ood_z[ho] = robust_z(mahalanobis(xh, means, precision))
     return OOF(probs, ood_z, fold_of)
+
+
+def fit_predict(
+    x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, n_classes: int, c: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One logistic regression on standardized ``x_fit`` -> ``(x_fit scaled, x_new scaled, probs of x_new)``.
+
+    ``probs`` is float32 ``(len(x_new), n_classes)``; a class absent from ``y_fit`` gets probability 0.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_fit)
+    xt, xn = scaler.transform(x_fit), scaler.transform(x_new)
+    model = LogisticRegression(C=c, max_iter=1000).fit(xt, y_fit)
+    probs = np.zeros((len(x_new), n_classes), np.float32)
+    if len(x_new):
+        probs[:, model.classes_] = model.predict_proba(xn)
+    return xt, xn, probs
+
+
+def linear_scores(
+    fit: np.ndarray, labels: np.ndarray, other: np.ndarray, n_classes: int, *, folds: int = 5, seed: int = 0, c: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A linear head defined by labeled rows, scoring those rows out of sample and any other rows with all of them.
+
+    Args:
+        fit: float ``(L, D)`` embeddings of the labeled rows; labels: int ``(L,)`` in ``[0, n_classes)``.
+        other: float ``(M, D)`` embeddings of rows that are not among them (may be empty).
+        folds, seed, c: as ``oof_linear``.
+
+    Returns:
+        ``(fit_probs, other_probs)``: float32 ``(L, K)`` k-fold out-of-sample (a row is never scored by a model that
+        saw it) and float32 ``(M, K)`` from one model fitted on every labeled row.
+
+    Raises:
+        CurateError: as ``oof_linear``; also embeddings of different widths.
+    """
+    x_new = np.asarray(other, np.float64).reshape(len(other), -1) if len(other) else np.zeros((0, fit.shape[1]))
+    if x_new.shape[1] != np.asarray(fit).shape[1]:
+        raise CurateError(f"embeddings of dimension {x_new.shape[1]} do not fit the labeled rows' {np.asarray(fit).shape[1]}")
+    oof = oof_linear(fit, labels, n_classes, folds=folds, seed=seed, c=c)
+    rest = fit_predict(np.asarray(fit, np.float64), np.asarray(labels, np.int64), x_new, n_classes, c)[2]
+    return oof.probs, rest
+
+
+def knn_vote(query: np.ndarray, reference: np.ndarray, labels: np.ndarray, n_classes: int, *, k: int = 10,
+             chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The majority class among each query row's ``k`` nearest reference rows by cosine similarity.
+
+    Args:
+        query: float ``(N, D)``; reference: float ``(M, D)`` with int ``labels`` ``(M,)`` in ``[0, n_classes)``.
+        k: neighbours (at most M are used).
+
+    Returns:
+        ``(vote, share)``: int64 ``(N,)`` the class with the most neighbours (a tie goes to the class whose tied
+        neighbours are more similar in sum), float64 ``(N,)`` the fraction of the k neighbours that voted for it.
+
+    Raises:
+        CurateError: no reference rows, or widths that differ.
+    """
+    q = np.asarray(query, np.float32)
+    r = np.asarray(reference, np.float32)
+    if not len(r):
+        raise CurateError("a kNN vote needs labeled reference rows, found none")
+    if q.ndim != 2 or r.ndim != 2 or (len(q) and q.shape[1] != r.shape[1]):
+        raise CurateError(f"embeddings of shape {list(q.shape)} do not fit the labeled rows' {list(r.shape)}")
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    r = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+    y = np.asarray(labels, np.int64)
+    kk = min(k, len(r))
+    vote = np.zeros(len(q), np.int64)
+    share = np.zeros(len(q), np.float64)
+    for i in range(0, len(q), chunk):
+        sim = q[i : i + chunk] @ r.T
+        top = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+        rows = np.arange(len(sim))[:, None]
+        counts = np.zeros((len(sim), n_classes), np.float64)
+        np.add.at(counts, (np.broadcast_to(rows, top.shape), y[top]), 1.0)
+        simsum = np.zeros_like(counts)
+        np.add.at(simsum, (np.broadcast_to(rows, top.shape), y[top]), sim[rows, top])
+        # similarities are in [-1, 1] and at most k of them add up: scaled below one vote, they only break ties
+        best = (counts + simsum / (2.0 * kk + 1.0)).argmax(1)
+        vote[i : i + chunk] = best
+        share[i : i + chunk] = counts[np.arange(len(sim)), best] / kk
+    return vote, share
 
 
 KNN_K = 10  # neighbours of the outlier distance: enough to smooth one odd neighbour, few enough for small classes

@@ -1,13 +1,16 @@
-"""Filter: score samples with a trained curate classifier and exclude those unlikely to belong to the task.
+"""Filter: score samples with a trained classifier and exclude those unlikely to belong to the task.
 
 The contract (settings, checks, the cache key with the model's identity, summary); the work is in ``classify``
-(scoring pack by pack, the columns, the score semantics) and ``scoring`` (loading the run, the task classes,
-the batched forward pass).
+(scoring pack by pack, the columns, the score semantics), ``scoring`` (loading the run, the task classes,
+the batched forward pass) and ``backend`` (``--model KIND:WHAT``: any model backend, with a linear head on its
+embeddings when it has no classes).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate.errors import UsageError
@@ -15,6 +18,7 @@ from curate.stage import Context, Stage, cli
 
 if TYPE_CHECKING:
     from curate.stage import StageResult
+    from curate.stages.filter.backend import Judge
     from curate.stages.filter.scoring import Target
 
 REASON = "classifier_filter"
@@ -29,7 +33,9 @@ class FilterConfig:
     """Settings of ``curate filter`` (defaults < curate.toml ``[filter]`` < CLI flags).
 
     Attributes:
-        model: Run folder written by `curate train` (or a model_*.pt file). Required.
+        model: Run folder written by `curate train` (or a model_*.pt file), or a model backend: curate:RUN,
+            torchscript:FILE, onnx:FILE, hf:PATH, embeddings:FILE. A model without classes (embeddings only) gets a
+            linear head fitted on the version's labeled train rows. Required.
         classes: Comma-separated model classes that belong to the task; filter_score = the sum of their
             probabilities. Default: the model classes that occur as labels of the version's included rows; when
             that is every model class (no 'other' class), filter_score = the max probability.
@@ -39,6 +45,8 @@ class FilterConfig:
         which: Checkpoint of the run: best (else last) | last.
         batch_size: Images decoded and scored per batch (bounds memory).
         device: auto (cuda, then mps, then cpu) | cpu | cuda | mps.
+        folds: Linear head on embeddings: labeled train rows are scored by k-fold models that never saw them.
+        seed: Linear head on embeddings: seed of the folds.
     """
 
     model: str | None = field(default=None, metadata=cli("--model", "-m"))
@@ -49,12 +57,18 @@ class FilterConfig:
     which: str = "best"
     batch_size: int = 256
     device: str = "auto"
+    folds: int = 5
+    seed: int = 0
 
 
 def check_config(cfg: FilterConfig) -> None:
     """Raises ``UsageError`` for missing or out-of-range settings (before any work starts)."""
     if not cfg.model:
-        raise UsageError("--model is required: a run folder written by `curate train`")
+        raise UsageError("--model is required: a run folder written by `curate train`, or KIND:WHAT (onnx:model.onnx, ...)")
+    if re.match(r"[A-Za-z][\w-]*:", cfg.model) and not Path(cfg.model).exists():
+        from curate.models import parse_spec
+
+        parse_spec(cfg.model)  # a KIND:WHAT with an unknown kind: one line listing the kinds (exit 2)
     if cfg.action not in ACTIONS:
         raise UsageError(f"--action must be one of {', '.join(ACTIONS)}, not {cfg.action!r}")
     if not 0.0 < cfg.min_prob <= 1.0:
@@ -63,8 +77,8 @@ def check_config(cfg: FilterConfig) -> None:
         raise UsageError(f"--which must be one of {', '.join(CHECKPOINTS)}, not {cfg.which!r}")
     if cfg.device not in DEVICES:
         raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {cfg.device!r}")
-    if cfg.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    if cfg.batch_size < 1 or cfg.folds < 2:
+        raise UsageError("--batch-size must be at least 1 and --folds at least 2")
     splits = tuple(cfg.splits)
     if not splits:
         raise UsageError("--splits needs at least one split, or all")
@@ -99,7 +113,7 @@ def config_dict(cfg: FilterConfig, run: Any, target: Target, checkpoint_sha: str
     from curate.blobs import file_sha256
 
     d = dataclasses.asdict(cfg)
-    for runtime in ("batch_size", "device"):
+    for runtime in ("batch_size", "device", "folds", "seed"):  # folds and seed shape a linear head only
         d.pop(runtime)
     d["model"] = str(cfg.model)
     d["classes"] = list(target.classes)
@@ -117,17 +131,39 @@ def config_dict(cfg: FilterConfig, run: Any, target: Target, checkpoint_sha: str
 
 
 def key(ctx: Context, cfg: FilterConfig) -> dict[str, Any]:
-    """Load the run and resolve the task classes on the chosen version first: both are part of the settings (and
-    so of the cache key). The loaded run waits in ``ctx.scratch`` for ``run``."""
+    """Load the model and resolve the task classes on the chosen version first: both are part of the settings (and
+    so of the cache key). The loaded model waits in ``ctx.scratch`` for ``run``."""
     from curate.blobs import file_sha256
+    from curate.stages.filter.backend import is_backend_spec, load_judge
     from curate.stages.filter.scoring import load_model, resolve_target
 
-    loaded = load_model(cfg)
+    table = ctx.data if ctx.data is not None else ctx.ws.samples(ctx.ws.resolve(ctx.version()), columns=["status", "label", "split"])
+    if is_backend_spec(cfg.model):
+        judge = load_judge(ctx.ws, table, cfg)
+        ctx.scratch.update(run=judge)
+        return backend_config_dict(cfg, judge, resolve_target(cfg, judge.classes, table))
+    loaded = load_model(cfg, ctx.ws.root)
     sha = file_sha256(loaded.path)
-    table = ctx.data if ctx.data is not None else ctx.ws.samples(ctx.ws.resolve(ctx.version()), columns=["status", "label"])
     target = resolve_target(cfg, loaded.classes, table)
     ctx.scratch.update(run=loaded, checkpoint_sha=sha)
     return config_dict(cfg, loaded, target, sha)
+
+
+def backend_config_dict(cfg: FilterConfig, judge: Judge, target: Target) -> dict[str, Any]:
+    """``config_dict`` for a model backend: the model's digest (a changed file is a new config), its kind, the head
+    (the model's own, or linear on its embeddings) and the resolved classes; batch size and device left out."""
+    import dataclasses
+
+    d = dataclasses.asdict(cfg)
+    for runtime in ("batch_size", "device", "which"):
+        d.pop(runtime)
+    if judge.head != "linear":  # folds and seed only shape a linear head
+        d.pop("folds")
+        d.pop("seed")
+    d.update(classes=list(target.classes), splits=list(cfg.splits), model_digest=judge.backend.digest,
+             model_kind=judge.backend.kind, head=judge.head, model_classes=list(judge.classes), score=target.mode,
+             classes_from=target.source)  # fmt: skip
+    return d
 
 
 def run(ctx: Context, cfg: FilterConfig) -> StageResult:
@@ -155,8 +191,14 @@ def details(res: dict[str, Any]) -> list[str]:
     if res.get("cached"):
         return [f"same parent, model and settings as {res['version']}; HEAD moved there (nothing recomputed)"]
     verb = "excluded" if st["action"] == "exclude" else "flagged"
-    out = [f"filter {res['parent']} with {st['checkpoint']} ({st['device']}): {st['scored']:,} scored, {st['filtered']:,} with "
+    model = st["backend"]["spec"] if "backend" in st else st["checkpoint"]
+    out = [f"filter {res['parent']} with {model} ({st['device']}): {st['scored']:,} scored, {st['filtered']:,} with "
            f"score < {st['min_prob']} {verb}; score = {st['score_description']}; {st['seconds']:.1f}s"]  # fmt: skip
+    if "head_fit" in st:
+        emb, fit = st["embeddings"], st["head_fit"]
+        got = f"{emb['from_file']:,} vectors read" if emb["from_file"] else f"{emb['computed']:,} embedded, {emb['cached']:,} cached"
+        out.append(f"linear head on its embeddings ({got}): fitted on {fit['rows']:,} labeled train rows, "
+                   f"{fit['scored_out_of_sample']:,} of them scored by {fit['folds']}-fold models that never saw them")  # fmt: skip
     if st["filtered"]:
         out.append(f"filtered per split: {_per(st['filtered_per_split'])}")
         out.append(f"filtered per predicted class: {_per(st['filtered_per_predicted'])}")
@@ -181,12 +223,16 @@ STAGE = Stage(
     is all of them the score falls back to the max probability (a model unsure between the task classes).
     Uses the GPU when there is one. --version filters another version: the result is its child and becomes
     HEAD. The checkpoint's sha256 is part of the stage settings, so a retrained model is never a cached no-op.
+    --model also takes a model backend (torchscript:, onnx:, hf:, embeddings:, curate:); one without classes
+    gets a linear head on its embeddings, fitted on the version's labeled train rows (those scored out of sample,
+    --folds), the embeddings cached per sample and model digest.
 
     Examples:
 
         curate filter --model models/web-relevance --classes relevant --min-prob 0.5
         curate filter -m models/fm-plus-other --classes shirt,shoe,bag --min-prob 0.7 --action flag
         curate filter -m models/fm --splits train --device cpu      # max probability (no "other" class)
+        curate filter -m hf:./dinov2-small --classes shirt,shoe     # linear head on a backbone's embeddings
     """,
     columns={
         "filter_score": "probability mass on the task classes (or the max probability), 0..1",

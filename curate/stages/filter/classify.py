@@ -160,16 +160,13 @@ def run_filter(
     if parent is None:
         raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
     t0 = time.perf_counter()
-    run = run if run is not None else load_model(cfg)
-    sha = checkpoint_sha or file_sha256(run.path)
-    classes = list(run.classes)
     table = conform(parent)
-    target = resolve_target(cfg, classes, table)
     splits = tuple(cfg.splits)
     mask = selected_mask(table, splits)
     sel_idx = np.flatnonzero(mask.to_numpy(zero_copy_only=False))  # table rows to score, in table order
     rows = table.filter(mask).select(["sample_id", "pack"])
-    probs, errors = _score_selected(ws, rows, run, cfg, progress)
+    classes, probs, errors, state, model_stats = _probabilities(ws, table, sel_idx, rows, cfg, run, checkpoint_sha, progress)
+    target = resolve_target(cfg, classes, table)
     t_score = time.perf_counter() - t0
     table, d = _annotate(table, probs, sel_idx, classes, target, cfg)
     score, pred, idx_scored, good = d["score"], d["pred"], d["idx_scored"], d["good"]
@@ -177,9 +174,7 @@ def run_filter(
     split_col = table.column("split")
     split_of = split_col.take(pa.array(idx_filtered)).to_pylist() if len(idx_filtered) else []
     stats = {
-        "model": str(cfg.model),
-        "checkpoint": str(run.path),
-        "checkpoint_sha256": sha,
+        **model_stats,
         "model_classes": classes,
         "classes": list(target.classes),
         "score": target.mode,
@@ -188,7 +183,6 @@ def run_filter(
         "min_prob": cfg.min_prob,
         "action": cfg.action,
         "splits": list(splits),
-        "device": str(run.device),
         "candidates": rows.num_rows,
         "scored": int(d["scored"].sum()),
         "decode_errors": len(errors),
@@ -207,7 +201,33 @@ def run_filter(
     prob_cols = {f"p_{c}": pa.array(good[:, j], pa.float32()) for j, c in enumerate(classes)}
     buf = io.BytesIO()
     pq.write_table(pa.table({"sample_id": ids_scored, **prob_cols}), buf, compression="zstd")
-    return StageResult(table=table, stats=stats, state={"filter_probs.parquet": buf.getvalue()})
+    return StageResult(table=table, stats=stats, state={**state, "filter_probs.parquet": buf.getvalue()})
+
+
+def _probabilities(
+    ws: Workspace, table: pa.Table, sel_idx: np.ndarray, rows: pa.Table, cfg: FilterConfig, run: Any,
+    checkpoint_sha: str | None, progress: Progress,
+) -> tuple[list[str], np.ndarray, dict[str, str], dict[str, bytes], dict[str, Any]]:  # fmt: skip
+    """The model's probabilities of the selected rows: a run folder (``curate:RUN`` too) or a model backend
+    (``curate.stages.filter.backend``; ``run`` may be its ``Judge`` already loaded by ``key``).
+
+    Returns:
+        ``(classes, probs (m, K) in rows order, decode errors, state files, the model's stats)``.
+    """
+    from curate.stages.filter.backend import Judge, is_backend_spec, load_judge, score_rows
+
+    if isinstance(run, Judge) or (run is None and is_backend_spec(cfg.model)):
+        judge = run if isinstance(run, Judge) else load_judge(ws, table, cfg)
+        probs, errors, state, info = score_rows(ws, table, sel_idx, judge, cfg, progress)
+        b = judge.backend
+        stats = {"model": str(cfg.model), "checkpoint": str(b.path), "checkpoint_sha256": b.digest, "device": b.device,
+                 "backend": judge.describe(), **info}  # fmt: skip
+        return list(judge.classes), probs, errors, state, stats
+    run = run if run is not None else load_model(cfg, ws.root)
+    probs, errors = _score_selected(ws, rows, run, cfg, progress)
+    sha = checkpoint_sha or file_sha256(run.path)
+    stats = {"model": str(cfg.model), "checkpoint": str(run.path), "checkpoint_sha256": sha, "device": str(run.device)}
+    return list(run.classes), probs, errors, {}, stats
 
 
 def _score_selected(

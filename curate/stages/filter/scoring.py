@@ -49,8 +49,9 @@ class Target:
         return " + ".join(f"p({c})" for c in self.classes)
 
 
-def load_model(cfg: FilterConfig) -> Any:
-    """Load the run of ``cfg.model`` (``curate.learn.predict.load_run``) on ``cfg.device``.
+def load_model(cfg: FilterConfig, workspace: Path | None = None) -> Any:
+    """Load the run of ``cfg.model`` (``curate.learn.predict.load_run``) on ``cfg.device``; ``curate:RUN`` is the
+    same run (a path, or a name under the ``workspace``'s models folder: ``curate.models.torchnets.resolve_run``).
 
     Raises:
         CurateError: no such run folder or checkpoint, or a file that is not a curate checkpoint (one line).
@@ -58,6 +59,10 @@ def load_model(cfg: FilterConfig) -> Any:
     from curate.learn.predict import load_run
 
     path = Path(str(cfg.model))
+    if str(cfg.model).startswith("curate:") and not path.exists():
+        from curate.models.torchnets import resolve_run
+
+        path = resolve_run(str(cfg.model).removeprefix("curate:"), workspace)
     if not path.exists():
         raise CurateError(f"--model {path}: no such run folder or checkpoint", hint="give a run folder written by `curate train`")
     try:

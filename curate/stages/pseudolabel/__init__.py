@@ -15,7 +15,8 @@ version holds the pseudo-labels that trained the best round's model:
 | label, label_source | the predicted class and ``pseudo:<round>`` on accepted rows (``split`` set to ``train``) |
 | pseudo_round | the round since which the row's pseudo-label has been accepted (null: not accepted) |
 | pseudo_predicted, pseudo_confidence | the best round's selection: argmax class and its probability (pool rows) |
-| pseudo_status | ``accepted``, ``below_threshold``, ``ood``, ``over_quota`` (pool rows) |
+| pseudo_status | ``accepted``, ``below_threshold``, ``ood``, ``knn_disagree``, ``over_quota`` (pool rows) |
+| pseudo_knn_vote | ``select = "knn"``: the majority class of the row's nearest labeled train rows in ``model``'s embeddings |
 | pseudo_ood_score | feature distance to the labeled rows / the OOD threshold (> 1 = out of distribution) |
 | pseudo_revoked_round | the last round that revoked an earlier pseudo-label of the row (null: never) |
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from curate.stage import StageResult
 
 FILTERS = ("ood", "none")
+SELECTS = ("confidence", "knn")
 RUNTIME = ("device",)  # settings that change the speed only: left out of the cache key
 
 
@@ -59,6 +61,11 @@ class PseudolabelConfig:
         min_threshold: No class's bar goes below this.
         per_class_top: Instead of thresholds: the K most confident predictions per class.
         filter: ood: refuse rows far from the labeled rows in feature space; none.
+        select: confidence: the confidence bars alone; knn: also require the labeled rows' kNN vote in --model's
+            embedding space to agree with the predicted class (knn_disagree otherwise).
+        model: The model whose embeddings the kNN vote uses (curate:RUN, torchscript:FILE, onnx:FILE, hf:PATH,
+            embeddings:FILE); needs --select knn.
+        knn_k: Labeled rows that vote on each pool row (--select knn).
         ood_quantile: The val rows' distance quantile that is the OOD threshold.
         ood_k: Nearest labeled rows a row's OOD distance is averaged over.
         max_pseudo: Commit at most this many pseudo-labels, shared equally among classes.
@@ -84,6 +91,9 @@ class PseudolabelConfig:
     min_threshold: float = 0.8
     per_class_top: int | None = None
     filter: str = "ood"
+    select: str = "confidence"
+    model: str | None = None
+    knn_k: int = 10
     ood_quantile: float = 0.99
     ood_k: int = 5
     max_pseudo: int | None = None
@@ -113,6 +123,10 @@ def check(cfg: PseudolabelConfig) -> None:
         (0 < cfg.threshold <= 1 and 0 <= cfg.min_threshold <= cfg.threshold, "--threshold must be in (0, 1] and >= --min-threshold"),
         (cfg.per_class_top is None or cfg.per_class_top >= 1, "--per-class-top must be at least 1"),
         (cfg.filter in FILTERS, f"--filter {cfg.filter!r}: choose from {', '.join(FILTERS)}"),
+        (cfg.select in SELECTS, f"--select {cfg.select!r}: choose from {', '.join(SELECTS)}"),
+        (cfg.select != "knn" or bool(cfg.model), "--select knn needs --model: the embeddings the labeled rows vote in"),
+        (cfg.select == "knn" or not cfg.model, "--model is used by --select knn only: add --select knn"),
+        (cfg.knn_k >= 1, "--knn-k must be at least 1"),
         (0 < cfg.ood_quantile <= 1 and cfg.ood_k >= 1, "--ood-quantile must be in (0, 1] and ood_k >= 1"),
         (cfg.max_pseudo is None or cfg.max_pseudo >= 0, "--max-pseudo must be >= 0"),
         (cfg.balance >= 0 and cfg.patience >= 1 and cfg.min_steps >= 1, "balance >= 0, patience >= 1 and min_steps >= 1"),
@@ -120,6 +134,10 @@ def check(cfg: PseudolabelConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    if cfg.model:
+        from curate.models import parse_spec
+
+        parse_spec(cfg.model)
     try:
         check_train(train_config(cfg))
     except CurateError as exc:
@@ -135,12 +153,21 @@ def train_config(cfg: PseudolabelConfig) -> Any:
                        device=cfg.device, seed=cfg.seed, patience=0, image_size=cfg.image_size)  # fmt: skip
 
 
-def key(_ctx: Context, cfg: PseudolabelConfig) -> dict[str, Any]:
+def key(ctx: Context, cfg: PseudolabelConfig) -> dict[str, Any]:
     """The resolved config stored with the version (the cache key): the device is left out, the truth file's
-    sha256 is added."""
+    sha256 and the ``--model``'s digest (a changed model file is a new config) are added."""
     d = dataclasses.asdict(cfg)
     for name in RUNTIME:
         d.pop(name)
+    if cfg.select == "confidence":  # today's rule: the key of a version made before --select existed still matches
+        for name in ("select", "model", "knn_k"):
+            d.pop(name)
+    if cfg.model:
+        from curate.models import model_path, path_digest
+
+        path = model_path(cfg.model, ctx.ws.root)
+        if path is not None:
+            d["model_digest"] = path_digest(path)
     if cfg.truth:
         from curate.blobs import file_sha256
 
@@ -187,6 +214,10 @@ def details(res: dict[str, Any]) -> list[str]:
         p = res["pool"]
         out.append(f"pool: {p.get('new_samples') or 0:,} new unlabeled samples ingested ({p['ingest']}), deduplicated ({p['dedupe']})")
     out.append(f"{st['labeled_train']:,} labeled train rows, {st['val']:,} val, pool of {st['pool']:,}; {st['seconds']:.0f}s")
+    if st.get("knn"):
+        kn, emb = st["knn"], st["knn"]["embeddings"]
+        got = f"{emb['from_file']:,} vectors read" if emb["from_file"] else f"{emb['computed']:,} embedded, {emb['cached']:,} cached"
+        out.append(f"kNN agreement: the {kn['knn_k']} nearest labeled rows vote in {kn['model']['spec']}'s embeddings ({got})")
     for r in st["rounds"]:
         acc = r.get("val_accuracy")
         val = f"val accuracy {acc:.4f}" if acc is not None else "no val"
@@ -195,7 +226,8 @@ def details(res: dict[str, Any]) -> list[str]:
             continue
         pacc = f", pseudo-label accuracy {r['pseudo_accuracy']:.4f}" if r.get("pseudo_accuracy") is not None else ""
         conf = f", mean confidence {r['mean_confidence']:.3f}" if r.get("mean_confidence") is not None else ""
-        took = f"accepted {r['accepted_total']:,} (revoked {r['revoked']:,}, ood {r['ood']:,})"
+        knn = f", knn disagree {r['knn_disagree']:,}" if st.get("knn") else ""
+        took = f"accepted {r['accepted_total']:,} (revoked {r['revoked']:,}, ood {r['ood']:,}{knn})"
         out.append(f"  round {r['round']}: {took}{conf}; {val}{pacc}")
     best = st["best_round"]
     kept = f"{st['accepted']:,} pseudo-labels of round {best} committed"
@@ -213,7 +245,8 @@ STAGE = Stage(
     doc="""Grow the labeled train set with confident predictions on the unlabeled pool, round by round.
 
     Round 0 trains on the labeled train rows only. Each round then predicts the pool with the best model so far,
-    keeps predictions that pass the classifier filter (per-class confidence bar, in distribution, class quota),
+    keeps predictions that pass the classifier filter (per-class confidence bar, in distribution, class quota;
+    with --select knn --model SPEC also the vote of the nearest labeled rows in that model's embeddings),
     revokes earlier pseudo-labels that no longer pass, retrains with labeled and pseudo-labeled rows mixed at
     --ratio in every batch, and scores val; it stops when val gets worse. The version keeps the pseudo-labels of
     the best round (label_source=pseudo:ROUND, split=train) and every pool row's verdict (pseudo_status);
@@ -224,12 +257,14 @@ STAGE = Stage(
         curate pseudolabel --ratio 10:1
         curate pseudolabel --pool data/unlabeled --rounds 3 --threshold 0.98
         curate pseudolabel --per-class-top 500 --max-pseudo 5000 --augment affine
+        curate pseudolabel --select knn --model hf:./dinov2-small --knn-k 10
     """,
     columns={
         "pseudo_round": "the round since which the row's pseudo-label is accepted (null: not accepted)",
         "pseudo_predicted": "the best round's argmax class (pool rows)",
         "pseudo_confidence": "its probability (pool rows)",
-        "pseudo_status": "accepted, below_threshold, ood, over_quota (pool rows)",
+        "pseudo_status": "accepted, below_threshold, ood, knn_disagree, over_quota (pool rows)",
+        "pseudo_knn_vote": "--select knn: the labeled rows' kNN vote in --model's embedding space (pool rows)",
         "pseudo_ood_score": "feature distance to the labeled rows / the OOD threshold (> 1: out of distribution)",
         "pseudo_revoked_round": "the last round that revoked an earlier pseudo-label of the row (null: never)",
     },  # fmt: skip

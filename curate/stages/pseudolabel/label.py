@@ -75,6 +75,7 @@ def run_pseudolabel(
     """
     from curate.learn.blobimages import geometry, load_images
     from curate.learn.data import DecodedSplit, fit_normalization
+    from curate.stages.pseudolabel.agree import knn_votes
     from curate.stages.pseudolabel.loop import run_loop
 
     check(cfg)
@@ -115,16 +116,18 @@ def run_pseudolabel(
     pool = decoded(pool_pos, "pool")
     truth = _read_truth(cfg.truth, table, pool_pos, classes) if cfg.truth else None
     normalization = {**fit_normalization(lab.images), "source": "labeled train rows (curate pseudolabel)"}
-    settings = _settings(cfg)
-    result = run_loop(
-        lab, val, pool, classes, train_config(cfg), settings, normalization=normalization, truth=truth, log=log, progress=progress
-    )
+    votes = knn_votes(ws, table, lab_pos, lab.labels, pool_pos, len(classes), cfg, progress) if cfg.select == "knn" else None
+    result = run_loop(lab, val, pool, classes, train_config(cfg), _settings(cfg), normalization=normalization, truth=truth,
+                      knn_vote=votes.vote if votes else None, log=log, progress=progress)  # fmt: skip
     _save_models(out, result, normalization, parent_id)
-    table = _annotate(table, pool_pos, result, classes)
+    table = _annotate(table, pool_pos, result, classes, votes.vote if votes else None)
     n_val = 0 if val is None else len(val)
     stats, report = _report(result, classes, out, cfg.ratio, len(lab_pos), n_val, len(pool_pos))
     stats["seconds"] = round(time.perf_counter() - t0, 3)
-    return StageResult(table, stats, {"pseudolabel.json": json.dumps(report, indent=2).encode()})
+    if votes is not None:
+        stats["knn"] = report["knn"] = votes.info
+    state = {**(votes.state if votes else {}), "pseudolabel.json": json.dumps(report, indent=2).encode()}
+    return StageResult(table, stats, state)
 
 
 def _settings(cfg: PseudolabelConfig) -> LoopSettings:
@@ -200,8 +203,9 @@ def _save_models(out: Path, result: Any, normalization: dict[str, Any], parent_i
     write_json(out / "rounds.json", result.rounds)
 
 
-def _annotate(table: pa.Table, pool_pos: np.ndarray, result: Any, classes: list[str]) -> pa.Table:
-    """Write the pseudo-label columns (module doc) for the pool rows; every other row keeps nulls."""
+def _annotate(table: pa.Table, pool_pos: np.ndarray, result: Any, classes: list[str], vote: np.ndarray | None = None) -> pa.Table:
+    """Write the pseudo-label columns (module doc) for the pool rows; every other row keeps nulls (``pseudo_knn_vote``:
+    only with a kNN ``vote``, int ``(P,)`` per pool row)."""
     n = table.num_rows
     sel = result.selection
 
@@ -238,6 +242,10 @@ def _annotate(table: pa.Table, pool_pos: np.ndarray, result: Any, classes: list[
         "pseudo_ood_score": column(result.ood_score.tolist(), pa.float64()),
         "pseudo_revoked_round": column([int(v) or None for v in result.revoked_round], pa.int32()),
     }
+    if vote is not None:
+        new["pseudo_knn_vote"] = column([classes[int(c)] for c in vote], pa.string())
+    elif "pseudo_knn_vote" in table.column_names:  # an earlier run's votes do not describe this run
+        new["pseudo_knn_vote"] = pa.nulls(n, pa.string())
     for name, col in new.items():
         if name in table.column_names:
             table = table.set_column(table.schema.get_field_index(name), name, col)

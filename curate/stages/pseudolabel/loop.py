@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from curate.learn.data import DecodedSplit
-from curate.stages.pseudolabel.select import Selection, select_pseudo
+from curate.stages.pseudolabel.select import DISAGREE, Selection, select_pseudo
 
 
 @dataclass
@@ -93,6 +93,7 @@ def run_loop(
     *,
     normalization: dict[str, Any],
     truth: np.ndarray | None = None,
+    knn_vote: np.ndarray | None = None,
     log: Callable[[str], None] = lambda s: None,
     progress: Any = None,
 ) -> LoopResult:
@@ -105,6 +106,9 @@ def run_loop(
         pool: uint8 ``(N, H, W, C)`` unlabeled images.
         train_cfg: a ``curate.learn.train.TrainConfig`` (arch, epochs, batch size, lr, augment, device, seed).
         truth: int ``(N,)`` hidden pool labels (-1 unknown) for the per-round pseudo accuracy (benchmarks).
+        knn_vote: int ``(N,)`` the class the labeled rows' kNN vote gives each pool row in a model's embedding space
+            (fixed across rounds: the embeddings and the labeled rows do not change); a prediction it disagrees
+            with is not accepted (``select_pseudo``). None: the confidence bars alone.
         progress: ``progress(description, total)`` context manager (a bar per round's epochs).
     """
     import time
@@ -163,6 +167,7 @@ def run_loop(
             per_class_top=settings.per_class_top,
             balance=settings.balance,
             max_pseudo=settings.max_pseudo,
+            vote=knn_vote,
         )
         n_revoked = 0
         if prev is not None:
@@ -184,6 +189,7 @@ def run_loop(
             "accepted": {classes[c]: int(v) for c, v in enumerate(np.bincount(sel.predicted[acc_idx], minlength=len(classes)))},
             "revoked": n_revoked,
             "ood": int(ood.sum()) if ood is not None else 0,
+            "knn_disagree": int((sel.status == DISAGREE).sum()),
             "mean_confidence": round(float(sel.confidence[acc_idx].mean()), 6) if len(acc_idx) else None,
             "thresholds": {classes[c]: round(float(t), 6) for c, t in enumerate(sel.thresholds)},
             "val_accuracy": acc,

@@ -1,7 +1,7 @@
 """Which predictions on the unlabeled pool become pseudo-labels: the classifier filter of ``curate pseudolabel``.
 
 Pure numpy over small columns (the driver's global decision; ARCHITECTURE.md section 5). A prediction is
-accepted when all three hold:
+accepted when all three hold (four with a kNN vote):
 
 1. **Confident, per class.** With ``threshold`` t, class c's threshold is FlexMatch's curriculum
    (Zhang et al. 2021): ``t_c = t * b_c / (2 - b_c)`` with ``b_c = n_c / max(n)``, where ``n_c`` counts the pool
@@ -9,11 +9,16 @@ accepted when all three hold:
    gets a lower bar (never below ``min_threshold``) instead of being starved. With ``per_class_top`` K the rule
    is instead the K most confident predictions of each class (at or above ``min_threshold``).
 2. **In distribution** (``ood`` mask from the network's features, computed by the caller).
+2b. **The neighbours agree** (only when the caller gives ``vote``: ``pseudolabel --select knn``): the majority
+   class of the row's nearest labeled rows in a model's embedding space is the predicted class. A confident
+   classifier can be confidently wrong (a shortcut in the pixels, a shift between labeled rows and pool); a
+   second, independent view of the row that disagrees is the cheapest evidence of that. A row that clears its
+   bar but is voted down gets the status ``knn_disagree``.
 3. **Within the class quota.** No class takes more than ``balance`` times the median class's candidates, and
    ``max_pseudo`` (when given) is shared out equally (water-filling: a class with fewer candidates leaves its
    share to the others); within a class the most confident win.
 
-Every pool row gets a status: ``accepted``, ``below_threshold``, ``ood`` or ``over_quota``.
+Every pool row gets a status: ``accepted``, ``below_threshold``, ``ood``, ``knn_disagree`` or ``over_quota``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 ACCEPTED, BELOW, OOD, OVER_QUOTA = "accepted", "below_threshold", "ood", "over_quota"
+DISAGREE = "knn_disagree"
 
 
 @dataclass
@@ -34,7 +40,7 @@ class Selection:
         predicted: int64 ``(N,)`` argmax class index.
         confidence: float64 ``(N,)`` its probability.
         accepted: bool ``(N,)``.
-        status: object ``(N,)`` one of the four statuses above.
+        status: object ``(N,)`` one of the statuses above.
         thresholds: float64 ``(K,)`` the confidence bar of each class this round.
     """
 
@@ -88,8 +94,10 @@ def select_pseudo(
     per_class_top: int | None = None,
     balance: float = 2.0,
     max_pseudo: int | None = None,
+    vote: np.ndarray | None = None,
 ) -> Selection:
-    """Apply the filter (module doc) to float ``(N, K)`` pool probabilities; ``ood`` is bool ``(N,)`` (True = out)."""
+    """Apply the filter (module doc) to float ``(N, K)`` pool probabilities; ``ood`` is bool ``(N,)`` (True = out),
+    ``vote`` int ``(N,)`` the kNN class of each row (None: no agreement rule)."""
     p = np.asarray(probs, np.float64)
     n, k = p.shape
     predicted = p.argmax(1) if n else np.zeros(0, np.int64)
@@ -103,6 +111,10 @@ def select_pseudo(
     else:
         thr = class_thresholds(predicted[~is_ood], confidence[~is_ood], k, threshold=threshold, min_threshold=min_threshold)
         ok = ~is_ood & (confidence >= thr[predicted])
+    if vote is not None:
+        disagree = ok & (np.asarray(vote, np.int64) != predicted)
+        status[disagree] = DISAGREE
+        ok &= ~disagree
     cand = np.bincount(predicted[ok], minlength=k)
     cap = np.minimum(cand, per_class_top) if per_class_top else cand
     cap = quotas(cap, balance=0.0 if per_class_top else balance, max_pseudo=max_pseudo)
