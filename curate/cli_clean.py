@@ -36,6 +36,14 @@ def clean(
             help="flag: columns only (default); exclude: exclude what was found; relabel: give label issues the suggested label."
         ),
     ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="What exclude/relabel act on. confident (default): relabel (or exclude) label issues whose suggestion is "
+            "sure (--relabel-threshold) and exclude junk (outliers whose label is also an issue), flag the rest; "
+            "all: every flagged row (the behaviour before issue 18)."
+        ),
+    ] = None,
     act_on: Annotated[
         str | None, typer.Option(help="train: act on train rows and rows not split yet (default); all: every split.")
     ] = None,
@@ -132,8 +140,8 @@ def clean(
     ws = Workspace(workspace)
     cli = {
         "find_mislabels": find_mislabels or None, "find_outliers": find_outliers or None, "find_low_quality": find_low_quality or None,
-        "action": action, "act_on": act_on, "max_fraction": max_fraction, "relabel_threshold": relabel_threshold, "method": method,
-        "outlier_threshold": outlier_threshold,
+        "action": action, "policy": policy, "act_on": act_on, "max_fraction": max_fraction, "relabel_threshold": relabel_threshold,
+        "method": method, "outlier_threshold": outlier_threshold,
         "pred_probs": str(pred_probs) if pred_probs else None, "model": model, "folds": folds, "arch": arch, "epochs": epochs,
         "batch_size": batch_size, "augment": augment, "image_size": image_size, "device": device, "seed": seed,
         "dark": dark, "bright": bright,
@@ -180,7 +188,8 @@ def _summary(res: dict[str, Any], cfg: Any) -> None:
         if key in st:
             o = st[key]
             checks = f" ({', '.join(f'{k} {v}' for k, v in o['by_check'].items()) or 'none'})" if "by_check" in o else ""
-            done = f"{o['acted_on']:,} excluded" if cfg.action == "exclude" else "flagged only"
+            acts = cfg.action == "exclude" or (cfg.action == "relabel" and key == "outliers" and cfg.policy == "confident")  # junk
+            done = f"{o['acted_on']:,} excluded" if acts else "flagged only"
             say(f"  {name}: {o['flagged']:,} of {o['rows_checked']:,}{checks}; {done}")
     if "review" in res:
         rv = res["review"]
