@@ -57,7 +57,8 @@ def train_and_score(ws: Path, version: str, run: Path, test: Path, train_args: l
     done = run / "value_score.json"
     if done.exists():
         return json.loads(done.read_text())["accuracy"]
-    curate("train", "-w", str(ws), "-v", version, "--out", str(run), "--seed", str(seed), *train_args)
+    if not (run / "metrics.json").exists():  # a finished training whose scoring was interrupted is not redone
+        curate("train", "-w", str(ws), "-v", version, "--out", str(run), "--seed", str(seed), *train_args)
     ev = curate("evaluate", str(run), "--src", str(test), "--which", "last", "-w", str(ws))
     acc = float(_find(ev, "accuracy"))
     done.write_text(json.dumps({"accuracy": acc}))
@@ -137,19 +138,20 @@ def one_setting(args: argparse.Namespace, dataset: str, kind: str, level: float,
     key = {"dataset": dataset, "kind": kind, "level": level, "seed": seed, "n": args.n, "train_args": args.train_args}
     rows = []
     cws = VALUE / "ws" / f"{dataset}-clean-s{seed}-n{args.n}"
-    if not (cws / "versions").exists():
-        curate("ingest", str(src / "clean.csv"), "--assign-split", "-w", str(cws))
-    acc = train_and_score(cws, "HEAD", cws / "runs" / _slug(args.train_args), test, tr, seed)
-    rows.append({**key, "arm": "clean", "accuracy": acc})
+    if not args.no_train:
+        if not (cws / "versions").exists():
+            curate("ingest", str(src / "clean.csv"), "--assign-split", "-w", str(cws))
+        acc = train_and_score(cws, "HEAD", cws / "runs" / _slug(args.train_args), test, tr, seed)
+        rows.append({**key, "arm": "clean", "accuracy": acc})
     ws = VALUE / "ws" / name
     for arm, sets in [("curated", args.set), *[(v.split("=", 1)[0], args.set + v.split("=", 1)[1].split(",")) for v in args.variant]]:
         overrides = [x for s in sets for x in ("--set", s)]
         curate("run", str(PIPELINE), "-w", str(ws), "--set", f"ingest.source={src / 'manifest.csv'}", *overrides)
         head = Workspace_head(ws)
-        if arm == "curated" or not any(r["arm"] == "raw" for r in rows):
+        if not args.no_train and not any(r["arm"] == "raw" for r in rows):
             acc = train_and_score(ws, "1", ws / "runs" / f"raw-{_slug(args.train_args)}", test, tr, seed)
             rows.append({**key, "arm": "raw", "accuracy": acc})
-        acc = train_and_score(ws, head, ws / "runs" / f"{head}-{_slug(args.train_args)}", test, tr, seed)
+        acc = None if args.no_train else train_and_score(ws, head, ws / "runs" / f"{head}-{_slug(args.train_args)}", test, tr, seed)
         rows.append({**key, "arm": arm, "sets": sets, "accuracy": acc, **truth_scores(ws, src / "truth.parquet")})
         print(json.dumps(rows[-1]), flush=True)
     with RESULTS.open("a") as fh:
@@ -171,7 +173,8 @@ def _slug(s: str) -> str:
 def table(rows: list[dict[str, Any]]) -> None:
     """Mean and spread (over seeds) per dataset, kind, level and arm; gap closed; clean-stage truth scores."""
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
-    for r in rows:
+    last = {(r["dataset"], r["kind"], r["level"], r["seed"], r["n"], r["train_args"], r["arm"]): r for r in rows}  # reruns: the newest
+    for r in last.values():
         g = groups.setdefault((r["dataset"], r["kind"], r["level"], r["n"], r["train_args"]), {})
         g.setdefault(r["arm"], []).append(r)
     print(
@@ -196,7 +199,7 @@ def table(rows: list[dict[str, Any]]) -> None:
 
 
 def _ms(rs: list[dict[str, Any]]) -> tuple[float, float]:
-    xs = [100 * r["accuracy"] for r in rs]
+    xs = [100 * r["accuracy"] for r in rs if r["accuracy"] is not None]
     return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else (float("nan"), 0.0)
 
 
@@ -215,6 +218,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="STAGE.KEY=VALUE for the curated arm's pipeline (repeatable)")
     p.add_argument("--variant", action="append", default=[], help="NAME=STAGE.KEY=VALUE,... another curated arm")
     p.add_argument("--table", action="store_true", help="only print the table of results.jsonl")
+    p.add_argument("--no-train", action="store_true", help="curated arms only, truth scores without training (calibration)")
     args = p.parse_args()
     VALUE.mkdir(parents=True, exist_ok=True)
     if not args.table:
