@@ -21,7 +21,7 @@ from _common import OUT  # noqa: E402
 
 #: (policy, action, issue_quality, junk_threshold); policy "all" uses the flag's outlier_threshold 0.75
 GRID = [("all", "exclude", 0.0, 0.75)] + [
-    ("confident", a, q, j) for a in ("relabel", "exclude") for q in (0.05, 0.1, 0.2) for j in (0.8, 0.85, 0.9)
+    ("confident", a, q, j) for a in ("relabel", "exclude") for q in (0.05, 0.1, 0.2, 0.5, 10.0) for j in (0.75, 0.85)
 ]
 
 
