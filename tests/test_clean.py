@@ -138,7 +138,7 @@ def test_outliers_rank_junk_first(cleaned) -> None:  # noqa: ANN001
 def test_exclude_keeps_every_row_and_reuses_probabilities(cleaned) -> None:  # noqa: ANN001
     ws, truth = cleaned
     flagged = _names(ws.samples(), "is_label_issue")
-    res = _clean(ws, find_mislabels=True, action="exclude")
+    res = _clean(ws, find_mislabels=True, action="exclude", policy="all")  # every flagged row (before issue 18)
     assert res["stats"]["oof"] == "cached"  # only the action changed: no model trained
     t = ws.samples()
     assert t.num_rows == 4 * PER_CLASS + JUNK + 1
@@ -178,7 +178,7 @@ def test_only_train_rows_are_acted_on_by_default(cleaned, tmp_path) -> None:  # 
     head = ws.head()
     scfg = SplitConfig(ratios=(("train", 0.5), ("val", 0.25), ("test", 0.25)))
     run_stage(ws, "split", dataclasses.asdict(scfg), lambda parent, pid: run_split(parent, scfg))
-    _clean(ws, find_mislabels=True, action="exclude")
+    _clean(ws, find_mislabels=True, action="exclude", policy="all")
     t = ws.samples()
     issue = pc.fill_null(t["is_label_issue"], False)
     for split in ("val", "test"):
@@ -188,7 +188,7 @@ def test_only_train_rows_are_acted_on_by_default(cleaned, tmp_path) -> None:  # 
     tr = t.filter(pc.and_(issue, pc.equal(t["split"], "train")))
     assert tr.num_rows > 0 and set(tr["status"].to_pylist()) == {"excluded"}
     _back(ws, ws.resolve("HEAD~1"))  # the split version: same checked rows, so the probabilities are reused
-    res = _clean(ws, find_mislabels=True, action="exclude", act_on="all", max_fraction=0.02)
+    res = _clean(ws, find_mislabels=True, action="exclude", policy="all", act_on="all", max_fraction=0.02)
     assert res["stats"]["oof"] == "cached"
     t = ws.samples()
     assert pc.sum(pc.equal(t["reason"], "label_issue")).as_py() <= tr.num_rows + int(0.02 * t.num_rows) + 1

@@ -34,11 +34,15 @@ class CleanConfig:
             kNN distance).
         find_low_quality: Model-free checks: dark, bright, blurry, low information, tiny, odd aspect, grayscale.
         action: flag: columns only; exclude: exclude what was found; relabel: give label issues the suggested label.
+        policy: What exclude/relabel act on. confident: label issues whose given label's probability is far below its
+            class's confidence (relabel gives them a confident suggestion, else excludes them) and junk (ood_score
+            above junk_threshold); the rest stay in, flagged. all: every flagged row (the behaviour before issue 18).
         act_on: train: act on train rows and rows not split yet; all: every split.
         max_fraction: Act on at most this fraction of the checked rows per issue kind, worst first.
         method: cleanlab filter_by: low_normalized_margin, low_self_confidence, prune_by_noise_rate, both, ...
         relabel_threshold: relabel only where the suggested class has at least this probability.
         outlier_threshold: Flag outliers whose ood_score (1 - max probability, scaled 0..1) exceeds this.
+        junk_threshold: Policy confident excludes (as junk) the rows whose ood_score exceeds this.
         pred_probs: Use your own probabilities (Parquet/CSV/JSONL: sample_id + one column per class, or a probs list).
         model: A model backend (curate:RUN, torchscript:FILE, onnx:FILE, hf:PATH, embeddings:FILE): label issues from
             a k-fold linear head on its frozen embeddings, outliers from kNN distance; no CNN is trained.
@@ -64,11 +68,13 @@ class CleanConfig:
     find_outliers: bool = False
     find_low_quality: bool = False
     action: str = "flag"
+    policy: str = "confident"
     act_on: str = "train"
     max_fraction: float = 0.2
     method: str = "low_normalized_margin"
     relabel_threshold: float = 0.9
     outlier_threshold: float = 0.75
+    junk_threshold: float = 0.85
     pred_probs: str | None = field(default=None, metadata=cli(metavar="PATH"))
     model: str | None = field(default=None, metadata=cli(panel=_MODEL))
     folds: int = field(default=5, metadata=cli(panel=_MODEL))
@@ -123,7 +129,10 @@ def check_config(cfg: CleanConfig) -> None:
 
     if not (cfg.find_mislabels or cfg.find_outliers or cfg.find_low_quality):
         raise UsageError("nothing to check: pass --find-mislabels, --find-outliers and/or --find-low-quality")
-    for name, value, allowed in (("action", cfg.action, ACTIONS), ("act-on", cfg.act_on, ACT_ON), ("method", cfg.method, METHODS)):
+    from curate.stages.clean.policy import POLICIES
+
+    choices = (("action", cfg.action, ACTIONS), ("policy", cfg.policy, POLICIES), ("act-on", cfg.act_on, ACT_ON))
+    for name, value, allowed in (*choices, ("method", cfg.method, METHODS)):
         if value not in allowed:
             raise UsageError(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
     if cfg.arch not in ARCHS:
@@ -140,6 +149,8 @@ def check_config(cfg: CleanConfig) -> None:
         parse_spec(cfg.model)
         if cfg.pred_probs and not cfg.find_outliers:
             raise UsageError("--model and --pred-probs both give the label probabilities: pass one (or add --find-outliers)")
+    if not 0 < cfg.junk_threshold <= 1:
+        raise UsageError("--junk-threshold must be in (0, 1]")
     if not 0 < cfg.outlier_threshold <= 1:
         raise UsageError("--outlier-threshold must be in (0, 1]")
     thresholds(cfg).check()
@@ -152,7 +163,7 @@ def run(ctx: Context, cfg: CleanConfig) -> StageResult:
     res = run_clean(ctx.ws, ctx.need_table(), ctx.parent, cfg, workers=ctx.n_workers(), progress=ctx.progress)
     ctx.scratch["review"] = res.review
     # what the command's lines say about the run (the version's config has it too, but the lines see the result)
-    res.stats["action"] = cfg.action
+    res.stats["action"], res.stats["policy"] = cfg.action, cfg.policy
     if res.stats.get("oof") == "computed":
         res.stats["oof_models"] = {"folds": cfg.folds, "epochs": cfg.epochs, "arch": cfg.arch}
     return res
@@ -212,7 +223,9 @@ def details(res: dict[str, Any]) -> list[str]:
         if key in st:
             o = st[key]
             checks = f" ({', '.join(f'{k} {v}' for k, v in o['by_check'].items()) or 'none'})" if "by_check" in o else ""
-            done = f"{o['acted_on']:,} excluded" if action == "exclude" else "flagged only"
+            # policy confident excludes junk (outliers) under relabel too
+            junk = action == "relabel" and key == "outliers" and st.get("policy", "all") == "confident"
+            done = f"{o['acted_on']:,} excluded" if action == "exclude" or junk else "flagged only"
             out.append(f"{name}: {o['flagged']:,} of {o['rows_checked']:,}{checks}; {done}")
     if "review" in res:
         out.append(f"review: {res['review']['rows']:,} rows -> {res['review']['path']}")

@@ -13,10 +13,13 @@ Every decision is a column; what the stage *does* with it is ``action``:
 | given_label | the label before ``relabel`` changed it (``label_source`` = ``relabel:clean``) |
 
 Only ``ok`` rows are checked; label checks need a label. Rows of every split are checked (the cleanlab study
-found 15 errors in the MNIST test set), but by default only train rows (and rows not split yet) are acted on:
-``exclude`` excludes with reason ``label_issue`` / ``outlier`` / ``low_quality``; ``relabel`` changes the label
-of a label issue whose suggestion has probability >= ``relabel_threshold`` and flags the rest. ``max_fraction``
-caps the rows acted on per issue kind (worst first) so a broken model cannot wipe out a dataset.
+found 15 errors in the MNIST test set), but by default only train rows (and rows not split yet) are acted on.
+Which found rows ``exclude`` / ``relabel`` act on is ``policy`` (``curate.stages.clean.policy``): ``confident`` (default)
+relabels (``exclude``: excludes) only label issues whose suggestion has probability >= ``relabel_threshold`` and
+excludes junk (outliers whose label is also an issue, reason ``outlier``), flagging the rest; ``all`` (before issue
+18): ``exclude`` excludes every flagged row (reason ``label_issue`` / ``outlier`` / ``low_quality``), ``relabel``
+relabels the confident label issues. ``max_fraction`` caps the rows acted on per issue kind (worst first) so a
+broken model cannot wipe out a dataset.
 
 Default method (``low_normalized_margin``: cleanlab's estimate of the number of issues, taken in order of the
 lowest normalized margin between the given label's probability and the best other class) comes from
@@ -49,6 +52,7 @@ from curate.schema import OK, conform, exclude
 from curate.stage import StageResult, no_progress
 from curate.stages.clean import CleanConfig, check_config, thresholds
 from curate.stages.clean.labelissues import cnn_oof, label_issues, read_pred_probs
+from curate.stages.clean.policy import decide
 
 if TYPE_CHECKING:
     from curate.stage import Progress
@@ -83,10 +87,10 @@ def _act_mask(table: pa.Table, positions: np.ndarray, act_on: str) -> np.ndarray
     return np.array([split[p] in (None, "train") for p in positions.tolist()], bool)
 
 
-def _capped(flags: np.ndarray, badness: np.ndarray, allowed: np.ndarray, fraction: float) -> np.ndarray:
-    """The flagged, allowed rows, worst first, at most ``fraction`` of all checked rows."""
+def _capped(flags: np.ndarray, badness: np.ndarray, allowed: np.ndarray, fraction: float, checked: int | None = None) -> np.ndarray:
+    """The flagged, allowed rows, worst first, at most ``fraction`` of the ``checked`` rows (default: all rows)."""
     cand = np.flatnonzero(flags & allowed)
-    keep = cand[np.argsort(-badness[cand], kind="stable")][: int(fraction * len(flags))]
+    keep = cand[np.argsort(-badness[cand], kind="stable")][: int(fraction * (len(flags) if checked is None else checked))]
     out = np.zeros(len(flags), bool)
     out[keep] = True
     return out
@@ -138,10 +142,11 @@ def run_clean(
             probs, info = None, {"oof": "not needed"}
         state.update(info.pop("state", {}))
         stats.update(info)
+        li = out = None
         if cfg.find_mislabels:
             if cfg.pred_probs:
                 probs = read_pred_probs(cfg.pred_probs, rows.column("sample_id").to_pylist(), classes)
-            table, flags["label_issue"], li = _mislabels(table, cfg, probs, lpos, labels, classes)
+            table, li = _mislabels(table, cfg, probs, lpos, labels, classes)
             stats["label_issues"], review = li["stats"], review + li["review"]
         if cfg.find_outliers:
             # Max-softmax-probability score (Hendrycks & Gimpel 2017) of the out-of-sample predictions, scaled to
@@ -149,15 +154,21 @@ def run_clean(
             # digits among Fashion-MNIST at ROC AUC 0.57; this score at 0.996 (BENCHMARKS.md "Clean").
             # With a model: kNN distance in embedding space, as a 0..1 score (curate.models.heads.knn_outliers).
             score = oscore if oscore is not None else (1.0 - probs.max(1)) / max(1.0 - 1.0 / probs.shape[1], 1e-9)
-            table, flags["outlier"], out = _outliers(table, cfg, opos, score)
+            table, out = _outliers(table, cfg, opos, score)
             stats["outliers"] = {**out["stats"], "unlabeled_not_checked": len(ok_pos) - len(opos)}
             review += out["review"]
+        table, flags, relabeled = _act(table, cfg, li, out)
+        for kind, key in (("label_issue", "label_issues"), ("outlier", "outliers")):
+            if key in stats:
+                stats[key]["acted_on"] = int(flags[kind].sum()) + (relabeled if kind == "label_issue" else 0)
+        if cfg.action == "relabel" and "label_issues" in stats:
+            stats["label_issues"]["relabeled"] = relabeled
     if cfg.find_low_quality:
         table, flags["low_quality"], lq = _low_quality(ws, table, ok_pos, cfg, workers, progress)
         stats["low_quality"] = lq.pop("stats")
         review += lq["review"]
-    if cfg.action == "exclude":
-        for reason, mask in flags.items():
+    for reason, mask in flags.items():  # empty masks unless the action and policy exclude (curate.stages.clean.policy)
+        if cfg.action == "exclude" or reason != "low_quality":
             table = exclude(table, pa.array(mask), stage=STAGE, reason=reason)
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     return CleanResult(table=table, stats=stats, state=state, review=review)
@@ -165,9 +176,9 @@ def run_clean(
 
 def _mislabels(
     table: pa.Table, cfg: CleanConfig, probs: np.ndarray, lpos: np.ndarray, labels: np.ndarray, classes: list[str]
-) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+) -> tuple[pa.Table, dict[str, Any]]:
     """cleanlab over out-of-sample ``probs`` (float ``(L, K)``, NaN rows: none) of the labeled rows ``lpos``: the
-    label columns, the acted-on mask over all rows, stats and review rows (relabeled with ``action=relabel``)."""
+    label columns, then stats, review rows, the rows with probabilities (``pos``) and cleanlab's ``found``."""
     have = ~np.isnan(probs).any(1)
     found = label_issues(labels[have], probs[have], method=cfg.method)
     pos = lpos[have]
@@ -176,9 +187,6 @@ def _mislabels(
     table = _column(table, "suggested_label", pa.string(), pos, [classes[k] for k in found["suggested"]])
     table = _column(table, "suggested_confidence", pa.float32(), pos, found["suggested_confidence"])
     issue = found["is_label_issue"]
-    acted = _capped(issue, 1 - found["label_quality"], _act_mask(table, pos, cfg.act_on), cfg.max_fraction)
-    mask = np.zeros(table.num_rows, bool)
-    mask[pos[acted]] = True
     given = labels[have]
     conf = np.zeros((len(classes), len(classes)), np.int64)
     np.add.at(conf, (given[issue], found["suggested"][issue]), 1)
@@ -188,7 +196,6 @@ def _mislabels(
         "no_probabilities": int((~have).sum()),
         "flagged": int(issue.sum()),
         "flagged_by_split": _by_split(table, pos[issue]),
-        "acted_on": int(acted.sum()),
         "out_of_sample_accuracy": round(float((found["suggested"] == given).mean()), 4),
         "top_confusions": [{"given": a, "suggested": b, "rows": n} for n, a, b in pairs[:10]],
     }
@@ -197,27 +204,46 @@ def _mislabels(
          "suggested_label": classes[found["suggested"][k]]}
         for k in np.flatnonzero(issue)
     ]  # fmt: skip
-    if cfg.action == "relabel":
-        table, stats["relabeled"] = _relabel(table, pos, acted, found, classes, cfg.relabel_threshold)
-    return table, mask, {"stats": stats, "review": review}
+    return table, {"stats": stats, "review": review, "pos": pos, "found": found, "classes": classes}
 
 
-def _outliers(table: pa.Table, cfg: CleanConfig, opos: np.ndarray, score: np.ndarray) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
-    """``ood_score`` / ``is_outlier`` of the rows ``opos`` from their 0..1 ``score``: columns, mask, stats, review."""
+def _outliers(table: pa.Table, cfg: CleanConfig, opos: np.ndarray, score: np.ndarray) -> tuple[pa.Table, dict[str, Any]]:
+    """``ood_score`` / ``is_outlier`` of the rows ``opos`` from their 0..1 ``score``: columns, then stats, review
+    rows, the scored rows (``pos``), their flags and scores."""
     is_out = score > cfg.outlier_threshold
     table = _column(table, "ood_score", pa.float32(), opos, score)
     table = _column(table, "is_outlier", pa.bool_(), opos, is_out)
-    acted = _capped(is_out, score, _act_mask(table, opos, cfg.act_on), cfg.max_fraction)
-    mask = np.zeros(table.num_rows, bool)
-    mask[opos[acted]] = True
-    stats = {
-        "rows_checked": len(opos),
-        "flagged": int(is_out.sum()),
-        "flagged_by_split": _by_split(table, opos[is_out]),
-        "acted_on": int(acted.sum()),
-    }
+    stats = {"rows_checked": len(opos), "flagged": int(is_out.sum()), "flagged_by_split": _by_split(table, opos[is_out])}
     review = [{"row": int(opos[k]), "issue": "outlier", "score": float(1 - score[k])} for k in np.flatnonzero(is_out)]
-    return table, mask, {"stats": stats, "review": review}
+    return table, {"stats": stats, "review": review, "pos": opos, "flags": is_out, "score": score}
+
+
+def _act(
+    table: pa.Table, cfg: CleanConfig, li: dict[str, Any] | None, out: dict[str, Any] | None
+) -> tuple[pa.Table, dict[str, np.ndarray], int]:
+    """Relabel per ``cfg.policy`` (``curate.stages.clean.policy.decide``); the masks over all rows of the rows to exclude
+    (``label_issue``, ``outlier``) and the count relabeled. Only rows of ``act_on`` splits are acted on, at most
+    ``max_fraction`` of the checked rows per issue kind, worst first (label issues: lowest ``label_quality``)."""
+    n = table.num_rows
+    found = score = None
+    if li is not None:  # cleanlab's per-row arrays spread over all rows (unchecked rows: no issue)
+        found = {k: np.zeros(n, v.dtype) for k, v in li["found"].items()}
+        for k, v in li["found"].items():
+            found[k][li["pos"]] = v
+    if out is not None:
+        score = np.zeros(n)
+        score[out["pos"]] = out["score"]
+    dec = decide(found, score, action=cfg.action, policy=cfg.policy, relabel_threshold=cfg.relabel_threshold,
+                 outlier_threshold=cfg.outlier_threshold, junk_threshold=cfg.junk_threshold)  # fmt: skip
+    allowed = _act_mask(table, np.arange(n), cfg.act_on)
+    badness = 1 - found["label_quality"] if found is not None else np.zeros(n)
+    cap_issue = _capped(dec.relabel | dec.exclude_label, badness, allowed, cfg.max_fraction, len(li["pos"]) if li else 0)
+    score = score if score is not None else np.zeros(n)
+    cap_out = _capped(dec.exclude_outlier, score, allowed, cfg.max_fraction, len(out["pos"]) if out else 0)
+    relabeled = 0
+    if li is not None and dec.relabel.any():
+        table, relabeled = _relabel(table, li["pos"], (dec.relabel & cap_issue)[li["pos"]], li["found"], li["classes"], 0.0)
+    return table, {"label_issue": dec.exclude_label & cap_issue, "outlier": cap_out}, relabeled
 
 
 def _by_split(table: pa.Table, positions: np.ndarray) -> dict[str, int]:

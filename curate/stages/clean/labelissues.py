@@ -173,7 +173,10 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, method: str = "low_no
     Returns:
         ``is_label_issue`` bool ``(N,)``; ``label_quality`` float ``(N,)`` (cleanlab self-confidence: the
         probability of the given label, 1 clean .. 0 issue); ``suggested`` int ``(N,)`` (argmax);
-        ``suggested_confidence`` float ``(N,)``.
+        ``suggested_confidence`` float ``(N,)``; ``given_threshold`` / ``suggested_threshold`` float ``(N,)``: the
+        per-class thresholds of cleanlab's confident joint (mean out-of-sample probability of class k over the rows
+        labeled k) of the given and of the suggested class (what "confident" means for that class; they fall as
+        label noise makes the models less sure).
     """
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -190,7 +193,10 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, method: str = "low_no
     is_issue = np.zeros(len(labels), bool) if len(present) < 2 else np.asarray(find_label_issues(lab, sub, filter_by=method), bool)
     quality = get_label_quality_scores(lab, sub, method="self_confidence") if len(present) >= 2 else np.ones(len(labels))
     suggested = probs.argmax(1)
+    thresholds = np.array([probs[labels == k, k].mean() if (labels == k).any() else 1.0 for k in range(probs.shape[1])])
     return {
+        "given_threshold": thresholds[labels],
+        "suggested_threshold": thresholds[suggested],
         "is_label_issue": is_issue,
         "label_quality": np.asarray(quality, np.float64),
         "suggested": suggested,
