@@ -16,6 +16,8 @@ from curate.errors import UsageError
 from curate.stage import Stage
 
 _STAGES: dict[str, Stage] | None = None
+#: the entry-point group of stages from other packages
+GROUP = "curate.stages"
 
 
 def _builtin() -> list[ModuleType]:
@@ -40,11 +42,39 @@ def _builtin() -> list[ModuleType]:
 
 
 def _plugin_modules() -> list[str]:
-    from importlib.metadata import entry_points
-
-    names = [ep.value for ep in entry_points(group="curate.stages")]
+    names = _entry_point_modules()
     names += [n.strip() for n in os.environ.get("CURATE_STAGES", "").split(",") if n.strip()]
     return names
+
+
+def _entry_point_modules(group: str = GROUP) -> list[str]:
+    """The module names of the ``group`` entry points of the installed distributions.
+
+    ``importlib.metadata.entry_points`` builds a Distribution for each of the ~200 packages of a typical venv and
+    took 52-90 ms, about a tenth of ``curate --help``; reading only the ``entry_points.txt`` files that name the
+    group takes a few ms. Only a file that mentions the group is handed to ``importlib.metadata`` to parse.
+    """
+    import sys
+
+    marker = f"[{group}]"
+    found: list[str] = []
+    for entry in sys.path:
+        try:
+            listing = [d for d in os.scandir(entry or ".") if d.name.endswith((".dist-info", ".egg-info"))]
+        except OSError:  # a zip, a missing folder
+            continue
+        for dist in sorted(listing, key=lambda d: d.name):
+            path = os.path.join(dist.path, "entry_points.txt")
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            if marker in text:
+                from importlib.metadata import Distribution
+
+                found += [ep.value for ep in Distribution.at(dist.path).entry_points.select(group=group)]
+    return list(dict.fromkeys(found))
 
 
 def _load_plugin(name: str) -> Stage:
