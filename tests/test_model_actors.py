@@ -131,7 +131,7 @@ def test_filter_scores_through_actors_as_the_driver_did(
 
     loads: list[str] = []
     real_load = classify.load_model
-    monkeypatch.setattr(classify, "load_model", lambda cfg: loads.append(cfg.model) or real_load(cfg))
+    monkeypatch.setattr(classify, "load_model", lambda cfg, *a, **k: loads.append(cfg.model) or real_load(cfg, *a, **k))
     cfg = FilterConfig(model=str(trained[1]), classes=("a", "b"), action="flag", batch_size=16)
     res = run_filter(web, web.samples(), web.head(), cfg)
     assert actor_calls == ["HandleScorer"] and loads == [str(trained[1])]  # one load: the actor reused the stage's
