@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,22 @@ def write_table(table: pa.Table, path: Path) -> None:
                     fh.write(json.dumps(row, default=str) + "\n")
     else:
         raise ValueError(f"unsupported table format {suffix}")
+
+
+def per_row(batch: pa.Table, fn: Callable[[bytes], dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """``fn(data)`` for every ``sample_id``/``data`` row of ``batch``, as a table of ``schema`` in the same order.
+
+    Bytes that make ``fn`` raise give a row of nulls whose ``error`` says why: hostile input is reported, never
+    crashes a stage's per-sample work (``schema`` must have ``sample_id`` and ``error``).
+    """
+    rows: dict[str, list[Any]] = {name: [] for name in schema.names}
+    for sid, data in zip(batch.column("sample_id").to_pylist(), batch.column("data").to_pylist(), strict=True):
+        try:
+            row = fn(data)
+        except Exception as exc:  # noqa: BLE001 - hostile bytes: the row is reported, never crashes the stage
+            row = {name: None for name in schema.names}
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        row["sample_id"] = sid
+        for name in schema.names:
+            rows[name].append(row[name])
+    return pa.table(rows, schema=schema)

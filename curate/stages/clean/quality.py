@@ -59,6 +59,7 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError, UsageError
 from curate.stage import no_progress
+from curate.tables import per_row
 
 if TYPE_CHECKING:
     from curate.stage import Progress
@@ -198,17 +199,7 @@ def quality_batch(batch: pa.Table, cfg: Any = None) -> pa.Table:
         ``color_spread`` (0..1), ``is_gray``;
         undecodable bytes give a row whose measurements are null and whose ``error`` says why.
     """
-    rows: dict[str, list[Any]] = {name: [] for name in MEASUREMENT_SCHEMA.names}
-    for sid, data in zip(batch.column("sample_id").to_pylist(), batch.column("data").to_pylist(), strict=True):
-        try:
-            row = measure(data)
-        except Exception as exc:  # noqa: BLE001 - hostile bytes: the row is reported, never crashes the stage
-            row = {name: None for name in MEASUREMENT_SCHEMA.names}
-            row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-        row["sample_id"] = sid
-        for name in MEASUREMENT_SCHEMA.names:
-            rows[name].append(row[name])
-    return pa.table(rows, schema=MEASUREMENT_SCHEMA)
+    return per_row(batch, measure, MEASUREMENT_SCHEMA)
 
 
 def compute_quality(

@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.tables import per_row
+
 if TYPE_CHECKING:
     from curate.workspace import Workspace
 
@@ -191,17 +193,7 @@ def _thumb_of_reduced(gray: np.ndarray, full_hw: tuple[int, int]) -> np.ndarray:
 
 def compute_signatures(batch: pa.Table) -> pa.Table:
     """Signatures for a batch of ``sample_id``/``data`` rows (same order); undecodable rows get ``error``."""
-    rows: dict[str, list[Any]] = {name: [] for name in SIGNATURE_SCHEMA.names}
-    for sid, data in zip(batch.column("sample_id").to_pylist(), batch.column("data").to_pylist(), strict=True):
-        try:
-            row = signature_of(data)
-        except Exception as exc:  # noqa: BLE001 - hostile bytes: the row is reported, never crashes the stage
-            row = {name: None for name in SIGNATURE_SCHEMA.names}
-            row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-        row["sample_id"] = sid
-        for name in SIGNATURE_SCHEMA.names:
-            rows[name].append(row[name])
-    return pa.table(rows, schema=SIGNATURE_SCHEMA)
+    return per_row(batch, signature_of, SIGNATURE_SCHEMA)
 
 
 def thumbs_array(sigs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
