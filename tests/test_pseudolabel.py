@@ -102,9 +102,9 @@ def test_loop_raises_val_accuracy_with_correct_pseudo_labels(looped: tuple[Path,
     assert st["labeled_train"] == 4 * N_LAB and st["val"] == 4 * N_VAL
     rounds = st["rounds"]
     assert rounds[0]["round"] == 0 and rounds[0]["accepted_total"] == 0
-    assert st["best_round"] >= 1, rounds
-    assert st["val_accuracy_best"] >= st["val_accuracy_supervised"] + 0.02, rounds
-    best = rounds[st["best_round"]]
+    assert st["chosen_round"] >= 1, rounds
+    assert st["val_accuracy_chosen"] >= st["val_accuracy_supervised"] + 0.02, rounds
+    best = rounds[st["chosen_round"]]
     assert best["pseudo_accuracy"] >= 0.9, best
     assert sum(best["accepted"].values()) == best["accepted_total"] == st["accepted"] > N_POOL // 2
     assert best["pseudo_per_batch"] == 16 and best["labeled_per_batch"] == 16  # --ratio 1:1 at batch 32
@@ -147,7 +147,7 @@ def test_models_and_state_written(looped: tuple[Path, dict, dict[str, str]]) -> 
         assert (root / "models" / name).exists(), name
     ws = Workspace(root / "ws")
     report = json.loads(ws.state_path(res["version"], "pseudolabel.json").read_text())
-    assert report["best_round"] == res["stats"]["best_round"] and report["classes"] == list(CLASSES)
+    assert report["chosen_round"] == res["stats"]["chosen_round"] and report["classes"] == list(CLASSES)
     assert [r["round"] for r in report["rounds"]][0] == 0
 
 

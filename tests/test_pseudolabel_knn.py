@@ -105,7 +105,7 @@ def test_knn_agreement_vetoes_the_confidently_wrong_pseudo_labels(task: dict) ->
     truth, decoys = task["truth"], task["decoys"]
     plain = _pseudolabel(task)
     knn = _pseudolabel(task, "--select", "knn", "--model", f"embeddings:{task['emb']}", "--knn-k", 5)
-    assert plain["stats"]["best_round"] == knn["stats"]["best_round"] == 1  # no val: the one round is kept
+    assert plain["stats"]["chosen_round"] == knn["stats"]["chosen_round"] == 1  # no val: the one round is kept
     by_plain = {r["sample_id"]: r for r in _pool(task, plain)}
     by_knn = {r["sample_id"]: r for r in _pool(task, knn)}
     assert set(by_plain) == set(by_knn) and len(by_knn) == N_HONEST + N_DECOY

@@ -3,18 +3,19 @@
 Rows, in the parent version:
 
 - labeled train rows (``status=ok``, a label that is not a pseudo-label, ``split=train``) train every round;
-- val rows (labeled, ``split=val``) rank the rounds' models and calibrate the OOD filter; test rows are unused;
+- val rows (labeled, ``split=val``) compare the rounds' models row by row (a later round is kept unless it is
+  significantly worse, ``rank.py``) and calibrate the OOD filter; test rows are unused;
 - the pool: ``ok`` rows without a label whose split is unset or ``train`` (pseudo-labels of an earlier run go
   back into the pool: a rerun starts from the given labels). Val and test rows are never pseudo-labeled.
 
-The loop is ``curate.stages.pseudolabel.loop`` (rounds, the classifier filter, revocation, early stopping). The committed
-version holds the pseudo-labels that trained the best round's model:
+The loop is ``curate.stages.pseudolabel.loop`` (rounds, the classifier filter, revocation, stopping). The committed
+version holds the pseudo-labels that trained the chosen round's model (the last kept round, normally the last):
 
 | column | meaning |
 | --- | --- |
 | label, label_source | the predicted class and ``pseudo:<round>`` on accepted rows (``split`` set to ``train``) |
 | pseudo_round | the round since which the row's pseudo-label has been accepted (null: not accepted) |
-| pseudo_predicted, pseudo_confidence | the best round's selection: argmax class and its probability (pool rows) |
+| pseudo_predicted, pseudo_confidence | the chosen round's selection: argmax class and its probability (pool rows) |
 | pseudo_status | ``accepted``, ``below_threshold``, ``ood``, ``knn_disagree``, ``over_quota`` (pool rows) |
 | pseudo_knn_vote | ``select = "knn"``: the majority class of the row's nearest labeled train rows in ``model``'s embeddings |
 | pseudo_ood_score | feature distance to the labeled rows / the OOD threshold (> 1 = out of distribution) |
@@ -22,7 +23,7 @@ version holds the pseudo-labels that trained the best round's model:
 
 Nothing is dropped: rows that were not accepted stay unlabeled with their status. Every round's model is saved to
 ``out`` (default: the workspace's ``models/<parent>-pseudolabel``, ``Workspace.model_dir``) as
-``model_round<r>.pt`` (round 0: supervised only) and the best one again as ``model_best.pt``, loadable by
+``model_round<r>.pt`` (round 0: supervised only) and the chosen one again as ``model_best.pt``, loadable by
 ``curate evaluate``/``predict``/``filter``; ``state/pseudolabel.json`` holds the per-round report.
 
 The ``pool`` option (a folder, manifest or archive) is ingested unlabeled and deduplicated first: the runner runs
@@ -70,7 +71,10 @@ class PseudolabelConfig:
         ood_k: Nearest labeled rows a row's OOD distance is averaged over.
         max_pseudo: Commit at most this many pseudo-labels, shared equally among classes.
         balance: No class takes more than this times the median class's candidates.
-        patience: Stop after this many rounds worse than the best on val.
+        patience: Stop after this many rounds in a row significantly worse on val than a kept round (a paired
+            bootstrap over the val rows; such a round is never committed).
+        stable: Stop when less than this share of the accepted rows changed (newly accepted, revoked or
+            relabeled) since the last round's selection.
         arch: small-cnn | resnet-mini | resnet-mini-wide | linear.
         epochs: Epochs per round (one epoch = one pass over the labeled rows).
         min_steps: Optimizer steps per round at least; epochs grow to reach it.
@@ -99,6 +103,7 @@ class PseudolabelConfig:
     max_pseudo: int | None = None
     balance: float = 2.0
     patience: int = 1
+    stable: float = 0.005
     arch: str = "small-cnn"
     epochs: int = 10
     min_steps: int = 500
@@ -130,6 +135,7 @@ def check(cfg: PseudolabelConfig) -> None:
         (0 < cfg.ood_quantile <= 1 and cfg.ood_k >= 1, "--ood-quantile must be in (0, 1] and ood_k >= 1"),
         (cfg.max_pseudo is None or cfg.max_pseudo >= 0, "--max-pseudo must be >= 0"),
         (cfg.balance >= 0 and cfg.patience >= 1 and cfg.min_steps >= 1, "balance >= 0, patience >= 1 and min_steps >= 1"),
+        (0 <= cfg.stable < 1, f"--stable {cfg.stable}: give a share in [0, 1)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -148,7 +154,7 @@ def train_config(cfg: PseudolabelConfig) -> Any:
     """The ``curate.learn.train.TrainConfig`` of every round."""
     from curate.learn.train import TrainConfig
 
-    # patience 0 inside a round: the round's length is fixed by min_steps/epochs; the best val epoch is kept
+    # patience 0 inside a round: its length is fixed by min_steps/epochs; fit has no val loader, the last epoch is kept
     return TrainConfig(arch=cfg.arch, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment,
                        device=cfg.device, seed=cfg.seed, patience=0, image_size=cfg.image_size)  # fmt: skip
 
@@ -200,11 +206,27 @@ def finish(ctx: Context, _cfg: PseudolabelConfig, res: dict[str, Any]) -> dict[s
 
 
 def summary(res: dict[str, Any]) -> str:
-    """The best round, what it committed, val accuracy before and after."""
+    """The chosen round, what it committed, val accuracy before and after."""
     st = res["stats"]
-    before, after = st.get("val_accuracy_supervised"), st.get("val_accuracy_best")
+    before, after = st.get("val_accuracy_supervised"), st.get("val_accuracy_chosen")
     val = f"; val {before:.4f} -> {after:.4f}" if before is not None and after is not None else ""
-    return f"{st['accepted']:,} pseudo-labels (round {st['best_round']} of {st['rounds_run']}){val}"
+    return f"{st['accepted']:,} pseudo-labels (round {st['chosen_round']} of {st['rounds_run']}){val}"
+
+
+def _round_line(r: dict[str, Any], knn: bool) -> str:
+    """One round of the details: what it accepted, and how its model compared on val."""
+    acc = r.get("val_accuracy")
+    val = f"val accuracy {acc:.4f}" if acc is not None else "no val"
+    if r.get("delta_accuracy") is not None:
+        val += f" ({r['delta_accuracy']:+.3f} vs round {r['vs_round']}, 90% CI [{r['delta_low']:+.3f}, {r['delta_high']:+.3f}])"
+    if r["round"] == 0:
+        return f"  round 0 (labeled only): {val}"
+    pacc = f", pseudo-label accuracy {r['pseudo_accuracy']:.4f}" if r.get("pseudo_accuracy") is not None else ""
+    conf = f", mean confidence {r['mean_confidence']:.3f}" if r.get("mean_confidence") is not None else ""
+    kn = f", knn disagree {r['knn_disagree']:,}" if knn else ""
+    took = f"accepted {r['accepted_total']:,} (revoked {r['revoked']:,}, ood {r['ood']:,}{kn}; {r['selection_change']:.1%} changed)"
+    verdict = "" if r.get("kept", True) else "; significantly worse: not kept"
+    return f"  round {r['round']}: {took}{conf}; {val}{pacc}{verdict}"
 
 
 def details(res: dict[str, Any]) -> list[str]:
@@ -218,21 +240,12 @@ def details(res: dict[str, Any]) -> list[str]:
         kn, emb = st["knn"], st["knn"]["embeddings"]
         got = f"{emb['from_file']:,} vectors read" if emb["from_file"] else f"{emb['computed']:,} embedded, {emb['cached']:,} cached"
         out.append(f"kNN agreement: the {kn['knn_k']} nearest labeled rows vote in {kn['model']['spec']}'s embeddings ({got})")
-    for r in st["rounds"]:
-        acc = r.get("val_accuracy")
-        val = f"val accuracy {acc:.4f}" if acc is not None else "no val"
-        if r["round"] == 0:
-            out.append(f"  round 0 (labeled only): {val}")
-            continue
-        pacc = f", pseudo-label accuracy {r['pseudo_accuracy']:.4f}" if r.get("pseudo_accuracy") is not None else ""
-        conf = f", mean confidence {r['mean_confidence']:.3f}" if r.get("mean_confidence") is not None else ""
-        knn = f", knn disagree {r['knn_disagree']:,}" if st.get("knn") else ""
-        took = f"accepted {r['accepted_total']:,} (revoked {r['revoked']:,}, ood {r['ood']:,}{knn})"
-        out.append(f"  round {r['round']}: {took}{conf}; {val}{pacc}")
-    best = st["best_round"]
-    kept = f"{st['accepted']:,} pseudo-labels of round {best} committed"
-    if not best:
-        kept = "no round beat the supervised model: nothing committed"
+    out += [_round_line(r, bool(st.get("knn"))) for r in st["rounds"]]
+    out.append(f"stopped: {st['stopped']}")
+    chosen = st["chosen_round"]
+    kept = f"{st['accepted']:,} pseudo-labels of round {chosen} committed"
+    if not chosen:
+        kept = "every pseudo-labeled round was significantly worse than the supervised one: nothing committed"
     out.append(f"{kept}; models in {st['models']}")
     out.append(f"{st['summary']['included']:,} included, {st['summary']['excluded']:,} excluded")
     return out
@@ -244,13 +257,16 @@ STAGE = Stage(
     run,
     doc="""Grow the labeled train set with confident predictions on the unlabeled pool, round by round.
 
-    Round 0 trains on the labeled train rows only. Each round then predicts the pool with the best model so far,
+    Round 0 trains on the labeled train rows only. Each round then predicts the pool with the latest model,
     keeps predictions that pass the classifier filter (per-class confidence bar, in distribution, class quota;
     with --select knn --model SPEC also the vote of the nearest labeled rows in that model's embeddings),
     revokes earlier pseudo-labels that no longer pass, retrains with labeled and pseudo-labeled rows mixed at
-    --ratio in every batch, and scores val; it stops when val gets worse. The version keeps the pseudo-labels of
-    the best round (label_source=pseudo:ROUND, split=train) and every pool row's verdict (pseudo_status);
-    val and test rows are never pseudo-labeled. Models: OUT/model_best.pt and model_round0.pt (supervised only).
+    --ratio in every batch, and compares the new model with the earlier ones on val, row by row: it is kept
+    unless significantly worse (paired bootstrap). The loop stops after --rounds, when the selection stops
+    changing (--stable), or after --patience rejected rounds. The version commits the pseudo-labels of the
+    chosen (last kept) round (label_source=pseudo:ROUND, split=train) and every pool row's verdict
+    (pseudo_status); val and test rows are never pseudo-labeled. Models: OUT/model_best.pt (the chosen round)
+    and model_round0.pt (supervised only).
 
     Examples:
 
@@ -261,7 +277,7 @@ STAGE = Stage(
     """,
     columns={
         "pseudo_round": "the round since which the row's pseudo-label is accepted (null: not accepted)",
-        "pseudo_predicted": "the best round's argmax class (pool rows)",
+        "pseudo_predicted": "the chosen round's argmax class (pool rows)",
         "pseudo_confidence": "its probability (pool rows)",
         "pseudo_status": "accepted, below_threshold, ood, knn_disagree, over_quota (pool rows)",
         "pseudo_knn_vote": "--select knn: the labeled rows' kNN vote in --model's embedding space (pool rows)",

@@ -148,6 +148,7 @@ def _settings(cfg: PseudolabelConfig) -> LoopSettings:
         balance=cfg.balance,
         patience=cfg.patience,
         min_steps=cfg.min_steps,
+        stable=cfg.stable,
     )
 
 
@@ -157,7 +158,8 @@ def _report(
     """The version's stats and ``state/pseudolabel.json``'s per-round report."""
     report = {
         "classes": classes,
-        "best_round": result.best_round,
+        "chosen_round": result.chosen_round,
+        "stopped": result.stopped,
         "rounds": result.rounds,
         "models": str(out),
         "ratio": ratio,
@@ -171,10 +173,11 @@ def _report(
         "labeled_train": n_lab,
         "val": report["val"],
         "accepted": accepted,
-        "best_round": result.best_round,
+        "chosen_round": result.chosen_round,
         "rounds_run": len(result.rounds) - 1,
+        "stopped": result.stopped,
         "val_accuracy_supervised": result.rounds[0]["val_accuracy"],
-        "val_accuracy_best": next(r["val_accuracy"] for r in result.rounds if r["round"] == result.best_round),
+        "val_accuracy_chosen": next(r["val_accuracy"] for r in result.rounds if r["round"] == result.chosen_round),
         "models": str(out),
         "rounds": result.rounds,
     }
@@ -182,7 +185,7 @@ def _report(
 
 
 def _save_models(out: Path, result: Any, normalization: dict[str, Any], parent_id: str | None) -> None:
-    """``model_best.pt`` (the best round) and ``model_round<r>.pt`` for every round (round 0: supervised only), in
+    """``model_best.pt`` (the chosen round) and ``model_round<r>.pt`` for every round (round 0: supervised only), in
     ``curate train``'s format, so any round can be scored on test afterwards (``curate evaluate``)."""
     from curate.learn.runtime import CKPT_FORMAT, save_checkpoint, write_json
 
@@ -194,7 +197,7 @@ def _save_models(out: Path, result: Any, normalization: dict[str, Any], parent_i
             "dataset_version": parent_id,
             "best": res["best"],
             "history": res["history"],
-            "pseudolabel_round": result.best_round if name == "best" else int(name.removeprefix("round")),
+            "pseudolabel_round": result.chosen_round if name == "best" else int(name.removeprefix("round")),
         }
         save_checkpoint(
             out / f"model_{name}.pt", {"format": CKPT_FORMAT, "model": res["model"].state_dict(), "meta_json": json.dumps(meta)}

@@ -127,3 +127,16 @@ def select_pseudo(
         status[order[cap[c] :]] = OVER_QUOTA
     status[accepted] = ACCEPTED
     return Selection(predicted.astype(np.int64), confidence, accepted, status, thr)
+
+
+def selection_change(prev: Selection | None, sel: Selection) -> float:
+    """The share of the accepted rows (accepted in either selection) that changed between two rounds: newly
+    accepted, revoked, or accepted with another class. 1.0 without a previous selection; 0.0 when neither accepted
+    anything. The loop stops below ``stable``: retraining on (almost) the same rows would give the same model."""
+    if prev is None:
+        return 1.0
+    either = prev.accepted | sel.accepted
+    if not either.any():
+        return 0.0
+    changed = (prev.accepted != sel.accepted) | (sel.accepted & (prev.predicted != sel.predicted))
+    return float(changed.sum() / either.sum())
