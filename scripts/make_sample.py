@@ -2,14 +2,21 @@
 
 400 training images (40 per class) as PNG in ImageFolder layout, plus planted problems whose ground truth is
 written to data/sample/TRUTH.json: exact duplicates (one under another class), near duplicates, flipped
-labels, a corrupt file, a truncated file, an empty file and a text file. Run once; the output is committed.
+labels, a corrupt file, a truncated file, an empty file and a text file. With the MNIST folder as a third argument
+it also writes the unlabeled pool of the demo's pseudolabel step, data/sample/pool/: 300 other Fashion-MNIST
+training images (30 per class, none of them in images/) and 13 out-of-distribution frames (10 MNIST digits, 2 noise
+frames, 1 blank frame), shuffled under neutral names; their truth (a class, or "ood") is TRUTH.json's "pool" and
+data/sample/pool_truth.csv (sample_id = the sha256 of the file, label), the form `curate pseudolabel --truth`
+reads. Run once; the output is committed.
 
-    python scripts/make_sample.py ../shared/datasets/fashion-mnist data/sample
+    python scripts/make_sample.py ../shared/datasets/fashion-mnist data/sample ../shared/datasets/mnist
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import hashlib
 import io
 import json
 import shutil
@@ -20,6 +27,9 @@ import numpy as np
 from PIL import Image
 
 NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+POOL_PER_CLASS = 30
 
 
 def load(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +46,33 @@ def png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def main(src: str, out: str) -> None:
+def make_pool(x: np.ndarray, y: np.ndarray, digits: tuple[np.ndarray, np.ndarray], root: Path) -> dict[str, str]:
+    """Write root/pool/ and return its truth, ``{"pool/uNNN.png": class name or "ood"}`` (module doc).
+
+    The Fashion-MNIST images are the next ``POOL_PER_CLASS`` of each class after the 40 that images/ takes.
+    """
+    pool = root / "pool"
+    shutil.rmtree(pool, ignore_errors=True)
+    pool.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    items = [(x[i], NAMES[c]) for c in range(10) for i in np.flatnonzero(y == c)[40 : 40 + POOL_PER_CLASS]]
+    dx, dy = digits
+    items += [(dx[int(np.flatnonzero(dy == d)[0])], "ood") for d in range(10)]
+    items += [(rng.integers(0, 256, (28, 28)).astype(np.uint8), "ood") for _ in range(2)]
+    items.append((np.zeros((28, 28), np.uint8), "ood"))
+    truth = {}
+    for k, j in enumerate(rng.permutation(len(items))):
+        arr, label = items[int(j)]
+        (pool / f"u{k:03d}.png").write_bytes(png(arr))
+        truth[f"pool/u{k:03d}.png"] = label
+    with open(root / "pool_truth.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sample_id", "label"])
+        w.writerows([hashlib.sha256((root / rel).read_bytes()).hexdigest(), lab] for rel, lab in truth.items())
+    return truth
+
+
+def main(src: str, out: str, mnist: str | None = None) -> None:
     x, y = load(Path(src))
     root = Path(out)
     images = root / "images"
@@ -78,9 +114,11 @@ def main(src: str, out: str) -> None:
     for rel, data in bad.items():
         (root / rel).write_bytes(data)
         truth["bad_files"][rel] = reasons[Path(rel).name]
+    if mnist:
+        truth["pool"] = make_pool(x, y, load(Path(mnist)), root)
     (root / "TRUTH.json").write_text(json.dumps(truth, indent=2) + "\n")
     print(f"wrote {sum(1 for _ in images.rglob('*.*'))} files under {images}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
