@@ -6,7 +6,7 @@ Val comes out of the 1,000 labels (10 per class), so the model sees 900 labeled 
 the 1,000 labels is ever used for training, selection or early stopping.
 
 Both figures come from one ``curate pseudolabel`` run: its round 0 is the supervised-only model (labeled rows
-only, same architecture, same steps per round); its best round is the pseudo-labeled one. ``curate evaluate``
+only, same architecture, same steps per round); its chosen round (the one it commits) is the pseudo-labeled one. ``curate evaluate``
 scores both checkpoints on the test split. The pool's hidden labels are given with ``--truth`` only to report
 the accuracy of the accepted pseudo-labels; they never enter selection.
 
@@ -106,21 +106,27 @@ def main() -> None:
     test = {name: curate("evaluate", str(models / f"model_{name}.pt"), "--version", version, "--split", "test", "-w", ws)
             for name in names}  # fmt: skip
     err = {k: 1.0 - v["accuracy"] for k, v in test.items()}
-    best = next(r for r in st["rounds"] if r["round"] == st["best_round"])
+    best = next(r for r in st["rounds"] if r["round"] == st["chosen_round"])
     print(f"# {machine()}; {args.dataset}, {args.per_class * 10} labels ({args.val_per_class * 10} of them val), ratio {args.ratio}")
     print(f"# curate pseudolabel {' '.join(args.extra)}")
     rows = []
     for r in st["rounds"]:
         pacc = r.get("pseudo_accuracy")
         test_err = err[f"round{r['round']}"]
-        rows.append([r["round"], f"{r['accepted_total']:,}", r.get("revoked", 0), f"{r['val_accuracy']:.4f}",
+        vs = (f"{r['delta_accuracy']:+.3f} vs {r['vs_round']} [{r['delta_low']:+.3f}, {r['delta_high']:+.3f}]"
+              if r.get("delta_accuracy") is not None else "-")  # fmt: skip
+        rows.append([r["round"], f"{r['accepted_total']:,}", r.get("revoked", 0), f"{r.get('selection_change', 1):.1%}" if r["round"]
+                     else "-", f"{r['val_accuracy']:.4f}", vs, "yes" if r.get("kept", True) else "no",
                      f"{pacc:.4f}" if pacc is not None else "-", f"{test_err:.2%}", f"{r['seconds']:.0f}"])  # fmt: skip
-    print_table(["round", "accepted", "revoked", "val acc", "pseudo-label acc", "test error", "s"], rows)
+    head = ["round", "accepted", "revoked", "changed", "val acc", "paired val delta [90% CI]", "kept", "pseudo-label acc",
+            "test error", "s"]  # fmt: skip
+    print_table(head, rows)
+    print(f"stopped: {st['stopped']}")
     print()
     ratio = err["best"] / err["round0"] if err["round0"] else float("nan")
     print_table(
         ["model", "test error", "vs supervised"],
-        [["supervised only (round 0)", f"{err['round0']:.2%}", "1.00x"], [f"curate pseudolabel (round {st['best_round']})",
+        [["supervised only (round 0)", f"{err['round0']:.2%}", "1.00x"], [f"curate pseudolabel (round {st['chosen_round']})",
           f"{err['best']:.2%}", f"{ratio:.2f}x"]],
     )  # fmt: skip
     pacc = best.get("pseudo_accuracy")
