@@ -101,9 +101,12 @@ def build(root: Path) -> dict[str, Any]:
             {"round": 1, "accepted": {"cat": 3, "dog": 2}, "accepted_total": 5, "revoked": 0, "mean_confidence": 0.91,
              "val_accuracy": 0.8, "pseudo_accuracy": None},
             {"round": 2, "accepted": {"cat": 4, "dog": 4}, "accepted_total": 8, "revoked": 1, "mean_confidence": 0.88,
-             "val_accuracy": 0.85, "pseudo_accuracy": 0.9},
-            {"round": 3, "accepted": {"dog": 1, "cat": "n/a"}, "val_accuracy": "high"},  # malformed fields render as blanks
-        ]
+             "val_accuracy": 0.85, "pseudo_accuracy": 0.9, "selection_change": 0.25, "vs_round": 1, "delta_accuracy": 0.05,
+             "delta_low": 0.0, "delta_high": 0.1, "kept": False},
+            {"round": 3, "accepted": {"dog": 1, "cat": "n/a"}, "val_accuracy": "high", "kept": "yes"},  # malformed: blanks
+        ],
+        "chosen_round": 1,
+        "stopped": "round 2 significantly worse than round 1 on val (1 in a row)",
     }  # fmt: skip
     vid = _commit(
         ws,
@@ -213,6 +216,9 @@ def test_label_issues_worst_first_outliers_pseudo_and_run(built: dict[str, Any],
     pseudo = section_html(html, "pseudolabel")
     assert "pseudo-label accuracy" in pseudo and ids[PSEUDO] in pseudo and 'alt="pseudo-label rounds"' in pseudo
     assert '<td class="n">3</td><td class="n">1</td><td class="n">0</td>' in pseudo  # round 3: 1 accepted, 0 revoked
+    # each round's paired comparison on val and its verdict; which round was committed and why the loop stopped
+    assert "+0.050 vs round 1 [+0.000, +0.100]" in pseudo and "no (significantly worse)" in pseudo and "25.0%" in pseudo
+    assert "round 1 committed; stopped: round 2 significantly worse than round 1" in pseudo
     run = section_html(html, "training")
     assert ids["s02.png"] in run and "predicted: dog" in run
     assert 'alt="training curves"' in run and 'alt="confusion matrix test"' in run

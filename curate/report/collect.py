@@ -115,8 +115,9 @@ def _details(stage: str, st: dict[str, Any]) -> str:
     if stage == "augment":
         return f"{st.get('new_samples', 0)} new samples, policy {st.get('policy')}"
     if stage == "pseudolabel":
-        rounds = st.get("rounds")
-        return f"{len(rounds)} rounds" if isinstance(rounds, list) else ""
+        rounds, chosen = st.get("rounds"), st.get("chosen_round")
+        committed = f", round {chosen} committed ({st.get('accepted', 0):,} pseudo-labels)" if isinstance(chosen, int) else ""
+        return f"{len(rounds)} rounds{committed}" if isinstance(rounds, list) else ""
     return ""
 
 

@@ -10,9 +10,10 @@ Columns read (each section is omitted, with a hint, when its columns or state ar
   ``low_quality_reasons``; the classifier filter: ``is_filtered``, ``filter_score``, ``filter_predicted``.
 - normalization: ``state/normalization.json`` of the newest normalize version (``mean``, ``std``, ``histogram``:
   channels x 256 pixel counts). Without a stored histogram one is estimated from a seeded sample of train images.
-- pseudo-labels: ``state/pseudolabel.json`` of the newest pseudolabel version, ``{"rounds": [{"round",
-  "accepted": {class: n}, "accepted_total", "revoked", "mean_confidence", "val_accuracy", "pseudo_accuracy"}]}``,
-  and the rows whose ``label_source`` starts with ``pseudo:``.
+- pseudo-labels: ``state/pseudolabel.json`` of the newest pseudolabel version, ``{"chosen_round", "stopped",
+  "rounds": [{"round", "accepted": {class: n}, "accepted_total", "revoked", "selection_change", "mean_confidence",
+  "val_accuracy", "vs_round", "delta_accuracy", "delta_low", "delta_high", "kept", "pseudo_accuracy"}]}`` (fields a
+  stage version did not write show empty), and the rows whose ``label_source`` starts with ``pseudo:``.
 """
 
 from __future__ import annotations
@@ -225,8 +226,27 @@ def _round(i: int, r: dict[str, Any]) -> dict[str, Any]:
         "accepted": acc,
         "accepted_total": int(total) if total is not None else sum(acc.values()),
         "revoked": int(num(r.get("revoked")) or 0),
-        **{k: num(r.get(k)) for k in ("mean_confidence", "val_accuracy", "pseudo_accuracy")},
+        **{k: num(r.get(k)) for k in _ROUND_NUMBERS},
+        "kept": r.get("kept") if isinstance(r.get("kept"), bool) else None,
     }
+
+
+_ROUND_NUMBERS = ("selection_change", "mean_confidence", "val_accuracy", "vs_round", "delta_accuracy", "delta_low",
+                  "delta_high", "pseudo_accuracy")  # fmt: skip
+
+
+def _round_cells(r: dict[str, Any]) -> list[Any]:
+    """One row of the rounds table: what the round accepted, how its model compared on val, whether it was kept."""
+    acc = r.get("accepted") or {}
+    top = ", ".join(f"{k} {v}" for k, v in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
+    vs = ""
+    if r.get("delta_accuracy") is not None:
+        ci = f"[{_num(r.get('delta_low'), '+.3f')}, {_num(r.get('delta_high'), '+.3f')}]"
+        vs = f"{r['delta_accuracy']:+.3f} vs round {int(r['vs_round'] or 0)} {ci}"
+    kept = {True: "yes", False: "no (significantly worse)", None: ""}[r.get("kept")]
+    change = _num(r.get("selection_change"), ".1%") if r.get("round") else ""
+    return [r.get("round"), r.get("accepted_total"), r.get("revoked"), change, _num(r.get("mean_confidence")),
+            _num(r.get("val_accuracy")), vs, kept, _num(r.get("pseudo_accuracy")), top + (" ..." if len(acc) > 8 else "")]  # fmt: skip
 
 
 def pseudolabels(ctx: Context) -> Section:
@@ -242,22 +262,9 @@ def pseudolabels(ctx: Context) -> Section:
     rounds = [_round(i, r) for i, r in enumerate(rounds if isinstance(rounds, list) else []) if isinstance(r, dict)]
     if not rounds:
         return omitted(sid, title, f"{vid} recorded no rounds")
-    table = []
-    for r in rounds:
-        acc = r.get("accepted") or {}
-        top = ", ".join(f"{k} {v}" for k, v in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
-        table.append(
-            [
-                r.get("round"),
-                r.get("accepted_total"),
-                r.get("revoked"),
-                _num(r.get("mean_confidence")),
-                _num(r.get("val_accuracy")),
-                _num(r.get("pseudo_accuracy")),
-                top + (" ..." if len(acc) > 8 else ""),
-            ]
-        )
-    head = ["round", "accepted", "revoked", "mean confidence", "val accuracy", "pseudo-label accuracy", "accepted per class"]
+    table = [_round_cells(r) for r in rounds]
+    head = ["round", "accepted", "revoked", "selection changed", "mean confidence", "val accuracy",
+            "paired val accuracy delta [90% CI]", "kept", "pseudo-label accuracy", "accepted per class"]  # fmt: skip
     blocks: list[dict[str, Any]] = [
         {"kind": "table", "head": head, "rows": table},
         {"kind": "plot", "uri": plots.pseudo_rounds(rounds), "alt": "pseudo-label rounds"},
@@ -269,4 +276,7 @@ def pseudolabels(ctx: Context) -> Section:
         if shown:
             items = [item(r, r["label"], r["label_source"]) for r in shown]
             blocks.append({"kind": "gallery", "title": f"pseudo-labeled samples: {len(shown)} of {pseudo.num_rows:,}", "items": items})
-    return section(sid, title, f"{len(rounds)} rounds of {vid}; val and test never get pseudo-labels.", blocks)
+    chosen, stopped = doc.get("chosen_round", doc.get("best_round")), doc.get("stopped")
+    intro = f"{len(rounds)} rounds of {vid}" + (f"; round {chosen} committed" if chosen is not None else "")
+    intro += (f"; stopped: {stopped}" if stopped else "") + ". Val and test never get pseudo-labels."
+    return section(sid, title, intro, blocks)
