@@ -40,6 +40,8 @@ from curate.learn.data import DecodedSplit
 from curate.stages.pseudolabel.rank import Comparison, brier, strictest
 from curate.stages.pseudolabel.select import DISAGREE, Selection, select_pseudo, selection_change
 
+THUMB = 32  # the pixel OOD score compares images at most this many pixels a side
+
 
 @dataclass
 class LoopSettings:
@@ -150,7 +152,12 @@ def _pixel_ood(labeled: DecodedSplit, val: DecodedSplit | None, pool: np.ndarray
         return None
 
     def flat(a: np.ndarray) -> np.ndarray:
-        return a.reshape(len(a), -1).astype(np.float32)
+        # block means down to at most THUMB px a side: a float copy of full-size photos would not fit in memory
+        f = max(1, -(-max(a.shape[1], a.shape[2]) // THUMB))
+        h, w = a.shape[1] // f * f, a.shape[2] // f * f
+        out = [a[i : i + 4096, :h, :w].reshape(-1, h // f, f, w // f, f, a.shape[3]).mean((2, 4), dtype=np.float32)
+               for i in range(0, len(a), 4096)]  # fmt: skip
+        return np.concatenate(out).reshape(len(a), -1) if out else np.zeros((0, 1), np.float32)
 
     return _ood_score(flat(pool), flat(labeled.images), flat(val.images) if val is not None and len(val) else None, s)
 
