@@ -50,6 +50,8 @@ HEAD_FORMAT = "curate-bucket-workspace/1"
 #: Garbage younger than this is left alone by ``gc``: without a lock it may be a writer's upload in progress.
 GC_GRACE_S = 3600.0
 SUPPORTED = ("s3", "s3a")
+#: Stores (endpoint and bucket) this process has seen refuse a write whose If-Match cannot hold.
+_PROBED: set[str] = set()
 
 
 class WorkspaceMoved(CurateError):
@@ -176,12 +178,39 @@ class BucketWorkspace(Workspace):
             self._manifest, self._etag = self._read_head()
         return self._manifest
 
+    def _check_conditional_writes(self) -> None:
+        """Refuse a store that ignores ``If-Match`` (then a "conditional" HEAD write could drop another's commit).
+
+        Once per process and store: a PUT of an empty probe object with an ``If-Match`` no object can match must
+        fail (412, or 404 where the key is missing). If it succeeds, the store ignored the condition.
+        """
+        store = f"{os.environ.get('AWS_ENDPOINT_URL', '')}|{self._key('')}"
+        if store in _PROBED:
+            return
+        bucket, key, _ = self.fs.split_path(self._key(".curate-probe"))
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"", IfMatch='"curate-probe-matches-nothing"')
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - told apart by the S3 error code
+            if _code(exc) != "PreconditionFailed" and "precondition" not in str(exc).lower():
+                raise remote_error(self.url, exc, "write") from None
+        else:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(f"{bucket}/{key}")
+            raise CurateError(
+                f"{self.url}: the store ignores conditional writes (If-Match), so commits of two writers could be lost",
+                hint="use a store with conditional writes (AWS S3, MinIO, recent Ceph) or a local --workspace",
+            )
+        _PROBED.add(store)
+
     def _move_head(self, manifest: dict[str, Any]) -> None:
         """Replace HEAD with ``manifest`` if nobody replaced it since ``writer()`` read it (the commit point).
 
         Raises:
             WorkspaceMoved: another writer committed first (S3 answered 412, or 409 for a concurrent write).
         """
+        self._check_conditional_writes()
         cond = {"IfMatch": self._etag} if self._etag else {"IfNoneMatch": "*"}
         body = json.dumps(manifest, indent=1, sort_keys=True).encode()
         bucket, key, _ = self.fs.split_path(self._key(HEAD_KEY))
@@ -280,6 +309,7 @@ class BucketWorkspace(Workspace):
 
     def _publish(self, tmp: Path, vid: str, table: pa.Table, *, move_head: bool) -> None:
         """Upload the finished local version ``tmp`` as ``vid`` (packs, files, ``version.json`` last), then HEAD."""
+        self._check_conditional_writes()
         self._upload_packs(table)
         prefix = f"{vid}-{uuid.uuid4().hex[:12]}"
         files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != "version.json")

@@ -183,3 +183,27 @@ def test_bad_bucket_workspaces_are_one_line(s3, cache, src, monkeypatch):  # noq
     assert res.exit_code == 1, res.stderr
     line = assert_one_error_line(res.stderr)
     assert URL in line and "credentials" in line and "AWS_ACCESS_KEY_ID" in res.stderr
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused(s3, cache, src, monkeypatch):  # noqa: F811
+    """An S3-compatible store that drops If-Match/If-None-Match would let two writers overwrite each other's HEAD."""
+    import s3fs
+
+    import curate.bucketws as bws
+
+    call = s3fs.S3FileSystem._call_s3
+
+    async def ignoring(self, method, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        kw.pop("IfMatch", None), kw.pop("IfNoneMatch", None)
+        return await call(self, method, *a, **kw)
+
+    from fsspec.asyn import sync_wrapper
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", ignoring)
+    monkeypatch.setattr(s3fs.S3FileSystem, "call_s3", sync_wrapper(ignoring))  # the sync one wraps the original
+    monkeypatch.setattr(bws, "_PROBED", set())
+    s3fs.S3FileSystem.clear_instance_cache()
+    line = fail_line("ingest", src, "-w", URL)
+    assert URL in line and "ignores conditional writes" in line
+    s3.invalidate_cache()
+    assert not s3.exists(f"{BUCKET}/ws/HEAD") and not s3.exists(f"{BUCKET}/ws/.curate-probe")
