@@ -207,3 +207,17 @@ def test_a_store_that_ignores_conditional_writes_is_refused(s3, cache, src, monk
     assert URL in line and "ignores conditional writes" in line
     s3.invalidate_cache()
     assert not s3.exists(f"{BUCKET}/ws/HEAD") and not s3.exists(f"{BUCKET}/ws/.curate-probe")
+
+
+def test_pipeline_file_with_a_bucket_workspace_reruns_cached(s3, cache, src, tmp_path):  # noqa: F811
+    pipe = tmp_path / "p.toml"
+    pipe.write_text(
+        f'[pipeline]\nname = "b"\nworkspace = "{URL}"\n\n[[step]]\nstage = "ingest"\nsource = "{src}"\n\n'
+        '[[step]]\nstage = "split"\n\n[[step]]\nstage = "export"\nformats = ["parquet"]\n'
+    )
+    first = ok_json("run", pipe, "--workers", 1)
+    assert [s["status"] for s in first["steps"]] == ["run", "run", "run"] and first["workspace"] == URL
+    again = ok_json("run", pipe, "--workers", 1)
+    assert [s["status"] for s in again["steps"]] == ["cached", "cached", "cached"]
+    card = json.loads(s3.cat_file(f"{BUCKET}/ws/exports/000002-split/dataset.json"))
+    assert card["version"] == "000002-split"
