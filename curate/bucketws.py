@@ -80,14 +80,14 @@ def _code(exc: BaseException) -> str:
 class _BucketBlobs(BlobStore):
     """The packs of a bucket workspace: read from the local cache, downloaded there on first use."""
 
-    def __init__(self, ws: BucketWorkspace) -> None:
-        super().__init__(ws.root / "blobs")
-        self.ws = ws
+    def __init__(self, owner: BucketWorkspace) -> None:
+        super().__init__(owner.root / "blobs")  # the workspace's own layout: this class is part of it
+        self.owner = owner
 
     def path(self, pack: str) -> Path:
         local = self.root / f"{pack}.parquet"
         if not local.exists():
-            self.ws._download(f"blobs/{pack}.parquet", local)
+            self.owner._download(f"blobs/{pack}.parquet", local)
         return local
 
 
