@@ -77,3 +77,16 @@ def test_fill_in_runs_equals_the_unit_by_unit_greedy() -> None:
             d[best] -= s
             want.append(best)
         assert fill(deficit, sizes).tolist() == want
+
+
+def test_digest_order_is_lexicographic_even_when_the_first_64_bits_tie() -> None:
+    from curate.stages.split.arrays import digest_order
+
+    rng = np.random.default_rng(1)
+    keys = rng.integers(0, 4, (500, 4)).astype(np.uint64)  # many ties in every column
+    first = rng.integers(-1, 3, 500)
+    want = sorted(range(500), key=lambda i: (first[i], *keys[i].tolist(), i))
+    assert digest_order(keys, first).tolist() == want
+    keys[:, 0] = rng.permutation(500).astype(np.uint64)  # no ties: the fast path
+    want = sorted(range(500), key=lambda i: (first[i], keys[i, 0]))
+    assert digest_order(keys, first).tolist() == want
