@@ -221,3 +221,14 @@ def test_pipeline_file_with_a_bucket_workspace_reruns_cached(s3, cache, src, tmp
     assert [s["status"] for s in again["steps"]] == ["cached", "cached", "cached"]
     card = json.loads(s3.cat_file(f"{BUCKET}/ws/exports/000002-split/dataset.json"))
     assert card["version"] == "000002-split"
+
+
+def test_train_on_a_bucket_workspace_reads_a_local_export_and_keeps_the_run_in_the_cache(s3, cache, src):  # noqa: F811
+    ok_json("ingest", src, "-w", URL)
+    ok_json("split", "-w", URL, "--ratios", "60:20:20")
+    ok_json("train", "-w", URL, "--epochs", 1, "--arch", "linear", "--device", "cpu", "--no-amp")
+    runs = [p.parent.relative_to(cache).parts for p in cache.rglob("metrics.json")]
+    assert len(runs) == 1 and runs[0][0] == "buckets" and runs[0][2:] == ("models", "000002-split-linear")
+    exported = [p.parent.relative_to(cache).parts[2:] for p in cache.rglob("dataset.json")]
+    assert exported == [("exports", "000002-split")]  # shards for training are local: not on the bucket
+    assert not any(k.startswith(("models/", "exports/")) for k in bucket_keys(s3, "ws"))
