@@ -11,7 +11,11 @@ and a few minutes at 10,000,000 rows. Each size runs in a fresh process (``--chi
    commit the child);
 4. **index**: the export's plan without pixels: per split, the included rows sorted by ``sample_id``, cut into
    shards (``--shard-rows``) with ``curate.stages.export.write``'s own cutting; ``index.json`` written with one
-   entry per shard (file, split, rows, bytes).
+   entry per shard (file, split, rows, bytes);
+5. with ``--baseline N`` for sizes up to N: **baseline split**, the per-row Python assignment split used before it
+   was vectorized (kept as ``tests/split_reference.py``), on the same parent table, and whether its ``split``
+   column equals the one committed in step 3 (the baseline runs last: its Python lists would inflate the peaks of
+   the other phases).
 
 Per phase: seconds and the peak RSS of the process during that phase (sampled every 20 ms from /proc); at the
 end the kernel's max RSS. Run from the repository root, under ``nice`` on a shared machine::
@@ -127,7 +131,7 @@ def export_index(ws: Any, vid: str, shard_rows: int, out: Path) -> int:
     return len(entries)
 
 
-def child(n: int, classes: int, shard_rows: int, root: Path) -> dict[str, Any]:
+def child(n: int, classes: int, shard_rows: int, root: Path, baseline: int = 0) -> dict[str, Any]:
     from curate.pipeline import run_stage
     from curate.schema import conform
     from curate.stage import StageResult
@@ -148,6 +152,14 @@ def child(n: int, classes: int, shard_rows: int, root: Path) -> dict[str, Any]:
         split = run_stage(ws, "split", {"seed": 0}, lambda parent, pid: run_split(parent, SplitConfig()))
     with phase("index", res):
         res["shards"] = export_index(ws, split["version"], shard_rows, root / "index.json")
+    if n <= baseline:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import split_reference
+
+        parent = ws.samples(first["version"])
+        with phase("baseline_split", res):
+            old, _ = split_reference.assign_splits(parent, SplitConfig())
+        res["baseline_equal"] = old == ws.samples(split["version"], columns=["split"]).column("split").to_pylist()
     res["versions"] = [first["version"], split["version"]]
     res["max_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     res["disk_mb"] = round(sum(p.stat().st_size for p in (root / "ws").rglob("*") if p.is_file()) / 2**20, 1)
@@ -160,17 +172,18 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--shard-rows", type=int, default=10_000)
     ap.add_argument("--out", type=Path, default=OUT / "metadata")
+    ap.add_argument("--baseline", type=int, default=0, help="also time the previous per-row split up to this many rows")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.classes, args.shard_rows, args.out)))
+        print(json.dumps(child(args.child, args.classes, args.shard_rows, args.out, args.baseline)))
         return
     print(machine())
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
         load = os.getloadavg()
         cmd = [sys.executable, __file__, "--child", str(n), "--classes", str(args.classes), "--shard-rows",
-               str(args.shard_rows), "--out", str(args.out / str(n))]  # fmt: skip
+               str(args.shard_rows), "--out", str(args.out / str(n)), "--baseline", str(args.baseline)]  # fmt: skip
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
@@ -180,11 +193,13 @@ def main() -> None:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         load_end = os.getloadavg()
         cells = [f"{r[p]['seconds']:.1f} s / {r[p]['peak_gb']:.2f}" for p in ("generate", "commit", "split", "index")]
+        base = r.get("baseline_split")
+        cells.append(f"{base['seconds']:.1f} s / {base['peak_gb']:.2f}, same: {r['baseline_equal']}" if base else "-")
         rows.append([f"{n:,}", *cells, f"{r['max_rss_gb']:.2f}", f"{wall:.0f} s", f"{r['table_gb']:.2f}", f"{r['disk_mb']:.0f}",
                      r["shards"], f"{load[0]:.1f}-{load_end[0]:.1f}"])  # fmt: skip
         print(json.dumps(r))
-    print_table(["rows", "generate", "commit", "split", "index", "max RSS GB", "wall", "table GB", "disk MB", "shards",
-                 "load"], rows)  # fmt: skip
+    print_table(["rows", "generate", "commit", "split", "index", "baseline split", "max RSS GB", "wall", "table GB",
+                 "disk MB", "shards", "load"], rows)  # fmt: skip
 
 
 if __name__ == "__main__":

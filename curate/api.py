@@ -69,7 +69,7 @@ class Workspace:
         self.core = CoreWorkspace(path)
 
     def __repr__(self) -> str:
-        return f"curate.Workspace({str(self.core.root)!r})"
+        return f"curate.Workspace({self.core.location!r})"
 
     @property
     def head(self) -> str | None:

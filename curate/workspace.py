@@ -1,4 +1,4 @@
-"""A workspace: a chain of immutable dataset versions plus the blob packs they share.
+"""A workspace: a chain of immutable dataset versions plus the blob packs they share (on a bucket: ``bucketws``).
 
 Layout (see ARCHITECTURE.md section 3)::
 
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__, wslock
 from curate.blobs import BlobStore, PackWriter
-from curate.errors import CurateError, UsageError
+from curate.errors import CurateError
 from curate.schema import conform, validate
 
 DEFAULT_WORKSPACE = "data"
@@ -56,37 +56,37 @@ def _fsync_write(path: Path, data: bytes) -> None:
 _URL_ROOT = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):/+")
 
 
-def _local_root(text: str) -> str:
-    """The workspace folder ``text`` names: a ``file://`` URL is its path; a bucket URL is refused.
-
-    A commit is a rename of a finished version folder and the single writer is an ``flock``: object stores have
-    neither an atomic rename of a prefix nor locks, so a workspace there could be seen half-committed or written
-    by two runs at once. Sources and exports can be on a bucket; the workspace stays local this release.
-    """
+def bucket_url(text: str) -> str | None:
+    """The bucket URL ``text`` names (``s3:/b/ws/`` -> ``s3://b/ws``), or None for a local path or ``file://`` URL."""
     m = _URL_ROOT.match(text)
-    if m is None:
-        return text
-    if m.group(1).lower() == "file":
-        return "/" + text[m.end() :]
-    url = f"{m.group(1)}://{text[m.end() :]}"
-    raise UsageError(
-        f"{url}: the workspace must be on local disk (a commit is an atomic rename and the writer lock an flock; "
-        "object stores have neither)",
-        hint=f"use a local --workspace; read sources from the bucket (`curate ingest {m.group(1)}://...`) "
-        f"and export to it (`curate export --out {m.group(1)}://...`)",
-    )
+    if m is None or m.group(1).lower() == "file":
+        return None
+    return f"{m.group(1).lower()}://{text[m.end() :]}".rstrip("/")
+
+
+def _local_root(text: str) -> str:
+    """The workspace folder ``text`` names: a ``file://`` URL is its path."""
+    m = _URL_ROOT.match(text)
+    return "/" + text[m.end() :] if m is not None else text
 
 
 class Workspace:
-    """Open a workspace folder (created on first write).
+    """Open a workspace folder (created on first write); a bucket URL opens a ``curate.bucketws.BucketWorkspace``.
 
     Args:
-        root: the workspace folder; ``--workspace`` / ``CURATE_WORKSPACE``, default ``./data``.
+        root: the workspace folder or ``s3://`` URL; ``--workspace`` / ``CURATE_WORKSPACE``, default ``./data``.
 
     Raises:
         CurateError: ``root`` is a file.
-        UsageError: ``root`` is a bucket URL (``s3://...``): the workspace stays on local disk (``_local_root``).
+        UsageError: ``root`` is a URL of a protocol the bucket workspace does not support.
     """
+
+    def __new__(cls, root: Any = None) -> Workspace:  # noqa: D102 - the class docstring says it
+        if cls is Workspace and root is not None and bucket_url(os.fspath(root)) is not None:
+            from curate.bucketws import BucketWorkspace
+
+            return super().__new__(BucketWorkspace)
+        return super().__new__(cls)
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(_local_root(os.fspath(root)))
@@ -96,13 +96,15 @@ class Workspace:
         self.blobs = BlobStore(self.root / "blobs")
         self._lock_fh: Any = None
 
+    @property
+    def location(self) -> str:
+        """Where the workspace is, for messages: its folder (a bucket workspace: its URL)."""
+        return str(self.root)
+
     # ----------------------------------------------------------------- locking
     @contextlib.contextmanager
     def writer(self) -> Iterator[Workspace]:
-        """Hold the single-writer lock for the duration of the block.
-
-        The lock is an ``flock`` on ``<root>/.lock`` (``curate.wslock``: why flock, forked workers, and how the
-        lock of a holder that is gone is taken over).
+        """Hold the single-writer lock for the block: an ``flock`` on ``<root>/.lock`` (why: ``curate.wslock``).
 
         Raises:
             WorkspaceBusy: another process is writing to this workspace (fails at once, never waits).
@@ -150,7 +152,7 @@ class Workspace:
         if ref is None or ref.startswith("HEAD"):
             head = self.head()
             if head is None:
-                raise CurateError(f"workspace {self.root} has no versions yet", hint="run `curate ingest SRC` first")
+                raise CurateError(f"workspace {self.location} has no versions yet", hint="run `curate ingest SRC` first")
             back = 0
             if ref and ref != "HEAD":
                 m = re.fullmatch(r"HEAD(~(\d+)|\^+)", ref)
@@ -175,7 +177,7 @@ class Workspace:
         if len(hits) == 1:
             return hits[0]
         if not hits:
-            raise CurateError(f"unknown version {ref!r} in {self.root}", hint="`curate log` lists the versions")
+            raise CurateError(f"unknown version {ref!r} in {self.location}", hint="`curate log` lists the versions")
         raise CurateError(f"version reference {ref!r} is ambiguous: {', '.join(hits)}")
 
     def path(self, vid: str) -> Path:
@@ -186,7 +188,7 @@ class Workspace:
         try:
             return json.loads((self.path(vid) / "version.json").read_text())
         except FileNotFoundError:
-            raise CurateError(f"unknown version {vid!r} in {self.root}") from None
+            raise CurateError(f"unknown version {vid!r} in {self.location}") from None
 
     def stats(self, vid: str) -> dict[str, Any]:
         path = self.path(vid) / "stats.json"
@@ -205,15 +207,12 @@ class Workspace:
         return self.models_dir() / name
 
     def review_journal(self, vid: str) -> Path:
-        """The append-only JSONL journal of review-desk decisions on version ``vid``: ``<root>/review/<vid>.jsonl``.
-
-        Outside ``versions/`` on purpose: a version is immutable, while its review goes on after it is committed.
-        """
+        """The JSONL journal of review decisions on ``vid``: ``<root>/review/<vid>.jsonl`` (a version is immutable,
+        its review goes on after the commit)."""
         return self.root / "review" / f"{vid}.jsonl"
 
     def crawl_journal(self, crawl_id: str) -> Path:
-        """The journal folder of one crawl (``<root>/crawls/<crawl_id>``): per-URL records that outlive a killed or
-        failed run, so that the same crawl resumes instead of fetching again."""
+        """One crawl's journal folder (``<root>/crawls/<crawl_id>``): per-URL records, so a killed crawl resumes."""
         return self.root / "crawls" / crawl_id
 
     def exports_dir(self) -> Path:
@@ -223,6 +222,10 @@ class Workspace:
     def export_dir(self, vid: str) -> Path:
         """The default export of version ``vid`` (``curate export`` without ``--out``): ``<root>/exports/<vid>``."""
         return self.exports_dir() / vid
+
+    def export_target(self, vid: str) -> str:
+        """Where ``curate export`` without ``--out`` writes: ``export_dir`` (a bucket workspace: under its URL)."""
+        return str(self.export_dir(vid))
 
     def models_dir(self) -> Path:
         """Where training runs go and are looked for by default: ``<root>/models``."""
@@ -294,8 +297,7 @@ class Workspace:
                 for name, data in state.items():
                     _fsync_write(tmp / "state" / name, data)
             _fsync_write(tmp / "stats.json", json.dumps(stats, indent=2, sort_keys=True, default=str).encode())
-            numbers = [int(p.name[:6]) for p in self.versions_dir.iterdir() if _VERSION_RE.match(p.name)]
-            vid = f"{max(numbers, default=0) + 1:06d}-{stage}"
+            vid = f"{self._last_number() + 1:06d}-{stage}"
             n_ok = pc.sum(pc.equal(table.column("status"), "ok")).as_py() or 0
             info = {
                 "id": vid,
@@ -311,25 +313,35 @@ class Workspace:
                 "columns": table.column_names,
             }
             _fsync_write(tmp / "version.json", json.dumps(info, indent=2, default=str).encode())
-            os.rename(tmp, self.versions_dir / vid)
+            self._publish(tmp, vid, table, move_head=move_head)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return vid
+
+    def _last_number(self) -> int:
+        """The highest version number taken (finished or not): the next commit takes the one after it."""
+        return max((int(p.name[:6]) for p in self.versions_dir.iterdir() if _VERSION_RE.match(p.name)), default=0)
+
+    def _publish(self, tmp: Path, vid: str, table: pa.Table, *, move_head: bool) -> None:
+        """Make the finished version folder ``tmp`` version ``vid``: one rename, then HEAD (``table``: its rows)."""
+        os.rename(tmp, self.versions_dir / vid)
         if move_head:
             self.set_head(vid)
-        return vid
 
     def set_head(self, vid: str) -> None:
         """Point HEAD at ``vid`` atomically (write + fsync + rename)."""
         self._require_lock()
         if not (self.path(vid) / "version.json").exists():
-            raise CurateError(f"unknown version {vid!r} in {self.root}")
+            raise CurateError(f"unknown version {vid!r} in {self.location}")
         tmp = self.root / f".HEAD.{os.getpid()}"
         _fsync_write(tmp, (vid + "\n").encode())
         os.replace(tmp, self.root / "HEAD")
 
-    def gc(self, *, dry_run: bool = False) -> dict[str, Any]:
+    def gc(self, *, dry_run: bool = False, grace_s: float | None = None) -> dict[str, Any]:
         """Delete garbage: unfinished version folders, temp files, and packs no version references.
+
+        ``grace_s`` matters on a bucket only (no lock there: garbage younger than it may be a writer's upload).
 
         Returns:
             ``{"removed_dirs": [...], "removed_packs": [...], "freed_bytes": int}``.
@@ -373,14 +385,16 @@ class Workspace:
     def pack_writer(self, token: str) -> PackWriter:
         """A ``PackWriter`` for new blobs of this workspace (needs the writer lock).
 
-        Pack names must be unique: the same stage on the same parent with the same settings (after a checkout, or
-        a rerun of an ingest whose files changed) must never replace a pack an existing version references, since
-        packs are immutable. A counter suffix is added only when the plain token is taken, so a fresh workspace
-        gets the same names every time (deterministic runs, comparable workspaces).
+        Pack names must be unique: the same stage on the same parent with the same settings (a checkout, or an
+        ingest whose files changed) must never replace a pack a version references, since packs are immutable. A
+        counter suffix is added only when the plain token is taken: a fresh workspace gets the same names every time.
         """
         self._require_lock()
         name, n = token, 0
-        while any(self.blobs.root.glob(f"pack-{name}-*.parquet")):
+        while self._pack_name_taken(name):
             n += 1
             name = f"{token}.{n}"
         return PackWriter(self.blobs.root, name)
+
+    def _pack_name_taken(self, name: str) -> bool:
+        return any(self.blobs.root.glob(f"pack-{name}-*.parquet"))

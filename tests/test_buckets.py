@@ -316,8 +316,9 @@ def test_no_credentials_is_one_line(s3, image_folder, ingest, tmp_path, monkeypa
     assert f"s3://{BUCKET}/exp" in line and "credentials" in line
 
 
-def test_workspace_on_a_bucket_is_refused(s3, tmp_path):
-    for ws in (f"s3://{BUCKET}/ws", "gs://b/ws"):
+def test_workspace_on_a_bucket_without_conditional_writes_is_refused(s3, tmp_path):
+    """s3:// workspaces are tests/test_bucket_workspace.py; other protocols are refused without a local folder."""
+    for ws in ("gs://b/ws", "az://b/ws"):
         line = fail_line("log", "-w", ws, code=2)
-        assert ws in line and "local disk" in line
-    assert not (tmp_path / "s3:").exists()
+        assert ws in line and "not supported" in line
+    assert not (tmp_path / "gs:").exists()

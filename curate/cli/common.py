@@ -18,7 +18,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 WorkspaceOpt = Annotated[
     Path,
-    typer.Option("--workspace", "-w", envvar="CURATE_WORKSPACE", help="Workspace folder.", show_default=True),
+    typer.Option(
+        "--workspace", "-w", envvar="CURATE_WORKSPACE", help="Workspace folder, or an s3://bucket/prefix URL.", show_default=True
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks for unexpected errors.")]

@@ -121,9 +121,9 @@ def _dry_run(plan: Plan, ws: Workspace, json_out: bool) -> None:
     steps = [{"index": ps.index, "label": ps.label, "stage": ps.stage, "config": dataclasses.asdict(ps.config),
               "options": ps.options, "config_sha256": ps.config_sha256} for ps in plan.steps]  # fmt: skip
     if json_out:
-        emit_json({"pipeline": plan.name, "file": str(plan.path), "workspace": str(ws.root), "steps": steps})
+        emit_json({"pipeline": plan.name, "file": str(plan.path), "workspace": ws.location, "steps": steps})
         return
-    say(f"pipeline {plan.name} ({plan.path}): {len(steps)} steps, workspace {ws.root}; nothing run")
+    say(f"pipeline {plan.name} ({plan.path}): {len(steps)} steps, workspace {ws.location}; nothing run")
     for s in steps:
         say(f"  {s['index']}. {s['label']}: " + ", ".join(f"{k}={v!r}" for k, v in {**s["config"], **s["options"]}.items()))
 

@@ -25,7 +25,7 @@ def _ws(path: Path) -> Any:
 
     ws = Workspace(path)
     if not ws.exists():
-        raise CurateError(f"{path}: not a curate workspace (no versions yet)", hint="run `curate ingest SRC` first")
+        raise CurateError(f"{ws.location}: not a curate workspace (no versions yet)", hint="run `curate ingest SRC` first")
     return ws
 
 
@@ -189,6 +189,10 @@ def samples(
 
 def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    grace: Annotated[
+        float | None,
+        typer.Option("--grace", help="A bucket workspace (no lock): keep garbage younger than this many seconds (default 3600)."),
+    ] = None,
     workspace: WorkspaceOpt = DEFAULT_WS,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -201,7 +205,7 @@ def gc(
 
     ws = _ws(workspace)
     with ws.writer():
-        res = ws.gc(dry_run=dry_run)
+        res = ws.gc(dry_run=dry_run, grace_s=grace)
     if json_out:
         emit_json({"dry_run": dry_run, **res})
         return

@@ -87,7 +87,7 @@ def open_export(ws: Workspace, version: str | None, fmt: str = "parquet") -> Exp
     if card is None or fmt not in card.get("formats", []) or not (root / "index.json").exists():
         formats = tuple(dict.fromkeys([*(card or {}).get("formats", []), fmt]))
         with ws.writer():
-            export_version(ws, vid, ExportConfig(formats=formats))
+            export_version(ws, vid, ExportConfig(formats=formats, out=str(root)))  # local: a bucket workspace too
         card = json.loads(card_path.read_text())
     return ExportInfo(root, card)
 

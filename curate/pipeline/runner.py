@@ -112,7 +112,7 @@ def run_plan(
         "pipeline": plan.name,
         "file": str(plan.path),
         "file_sha256": plan.file_sha256,
-        "workspace": str(ws.root),
+        "workspace": ws.location,
         "executor": executor,
         "base": cursor,
         "started": _now(),
@@ -131,7 +131,7 @@ def run_plan(
         if cursor is None and ps.step.kind != SOURCE:
             _finish(path, journal, "failed")
             raise CurateError(
-                f"{plan.path}: step {ps.index} ({ps.label}) needs a dataset version, and the workspace {ws.root} is empty",
+                f"{plan.path}: step {ps.index} ({ps.label}) needs a dataset version, and the workspace {ws.location} is empty",
                 hint="start the pipeline with an ingest or crawl step",
             )
         ctx = Context(ws, base=cursor, workers=ps.options.get("workers"), progress=rich_progress(progress), log=log,

@@ -130,7 +130,7 @@ def write_report(
         thumbs = fill_thumbnails(ws, items, advance=advance)
     page = render(
         f"curate report: {ws.root.name or ws.root} @ {vid}",
-        f"workspace {ws.root}, version {vid}; curate {__version__}; galleries hold at most {max_gallery} images "
+        f"workspace {ws.location}, version {vid}; curate {__version__}; galleries hold at most {max_gallery} images "
         f"(sampled with seed {seed} or worst first)",
         sections,
     )

@@ -82,7 +82,7 @@ def overview(ctx: Context) -> Section:
     s = summarize(ctx.table)
     classes = [c for c in s["per_class"] if c != "(unlabeled)"]
     pairs = [
-        ("workspace", str(ctx.ws.root)),
+        ("workspace", ctx.ws.location),
         ("version", f"{ctx.vid} (stage {info.get('stage')}, parent {info.get('parent') or 'none'})"),
         ("rows", f"{s['rows']:,} ({s['included']:,} included, {s['excluded']:,} excluded)"),
         ("classes", f"{len(classes):,}: {', '.join(classes[:30])}{' ...' if len(classes) > 30 else ''}"),

@@ -32,7 +32,7 @@ def write_clean_review(ws: Workspace, vid: str, review: list[dict[str, Any]], pa
         return ws.blobs.get_many(ids, [packs[i] for i in ids])
 
     return write_review(
-        path, pa.Table.from_pylist(rows), blobs=blobs, title=f"curate clean: {ws.root} version {vid}", columns=("split",)
+        path, pa.Table.from_pylist(rows), blobs=blobs, title=f"curate clean: {ws.location} version {vid}", columns=("split",)
     )
 
 

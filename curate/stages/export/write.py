@@ -269,7 +269,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
     classes = class_list(inc.column("label").to_pylist())
     if inc.num_rows == 0:
         raise CurateError(f"version {vid} has no included samples to export")
-    sink = open_sink(cfg.out or str(ws.export_dir(vid)), ws.root)
+    sink = open_sink(cfg.out or ws.export_target(vid), ws.root)
     sink.check()
     tmp = sink.staging()
     splits = pc.fill_null(inc.column("split"), "all")
@@ -325,7 +325,7 @@ def export_version(ws: Workspace, vid: str, cfg: ExportConfig, *, advance: Any =
 
 def finished_export(ws: Workspace, vid: str, cfg: ExportConfig) -> dict[str, Any] | None:
     """The result of an export of ``vid`` with these settings that is already complete on disk, else None."""
-    sink = open_sink(cfg.out or str(ws.export_dir(vid)), ws.root)
+    sink = open_sink(cfg.out or ws.export_target(vid), ws.root)
     found = read_finished(sink)
     if found is None:
         return None

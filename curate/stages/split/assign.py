@@ -7,13 +7,14 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import UsageError
 from curate.schema import OK, conform
 from curate.stage import StageResult
-from curate.stages.split import SplitConfig
+from curate.stages.split import SplitConfig, arrays
 
 
 def _targets(n: int, ratios: list[tuple[str, float]]) -> dict[str, int]:
@@ -27,37 +28,10 @@ def _targets(n: int, ratios: list[tuple[str, float]]) -> dict[str, int]:
     return out
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def groups_of(table: pa.Table, group_col: str | None = None) -> list[int]:
-    """Group index per row: rows sharing ``dup_group`` or ``group_col`` (transitively) share an index."""
-    n = table.num_rows
-    uf = _UnionFind(n)
-    for col in ("dup_group", group_col):
-        if col and col in table.column_names:
-            first: dict[Any, int] = {}
-            for i, v in enumerate(table.column(col).to_pylist()):
-                if v is None:
-                    continue
-                if v in first:
-                    uf.union(first[v], i)
-                else:
-                    first[v] = i
-    return [uf.find(i) for i in range(n)]
+    """Group index per row: rows sharing ``dup_group`` or ``group_col`` (transitively) share an index (the
+    smallest row index of the group)."""
+    return arrays.roots(table, group_col).tolist()
 
 
 def leakage(table: pa.Table, group_col: str | None = None) -> dict[str, Any]:
@@ -66,20 +40,25 @@ def leakage(table: pa.Table, group_col: str | None = None) -> dict[str, Any]:
     Returns:
         ``{"groups_checked", "groups_crossing", "rows_in_crossing_groups", "examples": [sample_ids...]}``.
     """
-    ok = table.filter(pc.equal(table.column("status"), OK))
-    gid = groups_of(ok, group_col)
-    splits = ok.column("split").to_pylist()
-    ids = ok.column("sample_id").to_pylist()
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, g in enumerate(gid):
-        members[g].append(i)
-    multi = [m for m in members.values() if len(m) > 1]
-    crossing = [m for m in multi if len({splits[i] for i in m}) > 1]
+    cols = [c for c in dict.fromkeys(("sample_id", "split", "dup_group", group_col)) if c and c in table.column_names]
+    ok = table.select(cols).filter(pc.equal(table.column("status"), OK))
+    root = arrays.roots(ok, group_col)
+    split, _ = arrays.codes(ok.column("split"))
+    size = np.bincount(root, minlength=ok.num_rows)
+    low = np.full(ok.num_rows, np.iinfo(np.int64).max)
+    high = np.full(ok.num_rows, np.iinfo(np.int64).min)
+    np.minimum.at(low, root, split)
+    np.maximum.at(high, root, split)
+    crossing = np.flatnonzero((size > 1) & (low != high))  # ascending root: the order groups first appear in
+    examples = []
+    for g in crossing[:5].tolist():
+        rows = np.flatnonzero(root == g)[:5]
+        examples.append(ok.column("sample_id").take(pa.array(rows)).to_pylist())
     return {
-        "groups_checked": len(multi),
+        "groups_checked": int((size > 1).sum()),
         "groups_crossing": len(crossing),
-        "rows_in_crossing_groups": sum(len(m) for m in crossing),
-        "examples": [[ids[i] for i in m][:5] for m in crossing[:5]],
+        "rows_in_crossing_groups": int(size[crossing].sum()),
+        "examples": examples,
     }
 
 
@@ -87,83 +66,110 @@ def _order_key(seed: int, key: str) -> bytes:
     return hashlib.sha256(f"{seed}:{key}".encode()).digest()
 
 
+def split_array(codes: np.ndarray, names: list[str]) -> pa.Array:
+    """The ``split`` column for split codes (positions in ``names``; -1 is null)."""
+    idx = pa.array(codes.astype(np.int32), mask=codes < 0)
+    return pa.DictionaryArray.from_arrays(idx, pa.array(names, pa.string())).cast(pa.string())
+
+
 def assign_splits(table: pa.Table, cfg: SplitConfig) -> tuple[list[str | None], dict[str, Any]]:
-    """Compute the ``split`` column for every row.
+    """Compute the ``split`` column for every row (``assign_codes`` as a list of names)."""
+    codes, names, counters = assign_codes(table, cfg)
+    return split_array(codes, names).to_pylist(), counters
+
+
+def assign_codes(table: pa.Table, cfg: SplitConfig) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """The split of every row as codes into a list of split names (-1: none), and counters for stats.
 
     Excluded rows get a split too (so re-including one later cannot leak), but only included rows count
-    towards the per-class targets. Returns the new split list and a few counters for stats.
+    towards the per-class targets.
     """
     ratios = list(cfg.ratios)
     n = table.num_rows
-    labels = table.column("label").to_pylist()
-    ids = table.column("sample_id").to_pylist()
-    current = table.column("split").to_pylist()
-    origin = table.column("origin_split").to_pylist()
-    ok = [s == OK for s in table.column("status").to_pylist()]
-    gid = groups_of(table, cfg.group_col)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, g in enumerate(gid):
-        members[g].append(i)
-    out = list(current)
+    names = [k for k, _ in ratios]
+    out = arrays.codes_in(table.column("split"), names)
+    ok = pc.fill_null(pc.equal(table.column("status"), OK), False).to_numpy(zero_copy_only=False)
     kept_existing = 0
     if cfg.keep_existing:
-        for i in range(n):
-            if out[i] is None and origin[i] is not None and origin[i] != "train":
-                out[i] = origin[i]
-                kept_existing += 1
+        origin = arrays.codes_in(table.column("origin_split"), names)
+        take = (out < 0) & (origin >= 0) & (origin != (names.index("train") if "train" in names else -2))
+        out[take] = origin[take]
+        kept_existing = int(take.sum())
+    root = arrays.roots(table, cfg.group_col)
     # A group with any assigned member goes where that member is (the earliest decision wins).
-    pending: list[list[int]] = []
-    for m in members.values():
-        fixed = next((out[i] for i in m if out[i] is not None), None)
-        if fixed is not None:
-            for i in m:
-                out[i] = fixed
-        else:
-            pending.append(m)
+    assigned = np.flatnonzero(out >= 0)
+    first = np.full(n, n, np.int64)
+    np.minimum.at(first, root[assigned], assigned)
+    at = first[root]
+    has = at < n
+    out[has] = out[at[has]]
+    pending = np.flatnonzero(~has)
     if cfg.keep_existing:
         # Carve the remaining splits out of the source's train rows: the fixed origin splits drop out.
-        fixed_names = {s for s in out if s is not None} - {"train"}
+        fixed_names = {names[c] for c in np.unique(out[out >= 0]).tolist()} - {"train"}
         ratios = [(k, v) for k, v in ratios if k not in fixed_names] or [("train", 1.0)]
         total = sum(v for _, v in ratios)
         ratios = [(k, v / total) for k, v in ratios]
-    # Per class: targets over all rows of the class (assigned + pending), fill deficits in hashed order.
-    # Only included rows count towards the ratios; a unit of excluded rows only is placed by its hash.
-    order = [k for k, _ in ratios]
-    by_class: dict[str | None, list[list[int]]] = defaultdict(list)
-    for m in pending:
-        live = [i for i in m if ok[i]]
-        if not live:
-            u = int.from_bytes(_order_key(cfg.seed, min(ids[i] for i in m))[:8], "big") / 2**64
-            acc, pick = 0.0, order[-1]
-            for k, frac in ratios:
-                acc += frac
-                if u < acc:
-                    pick = k
-                    break
-            for i in m:
-                out[i] = pick
-            continue
-        votes: dict[str | None, int] = defaultdict(int)
-        for i in live:
-            votes[labels[i]] += 1
-        by_class[max(votes, key=lambda k: (votes[k], k is not None, str(k)))].append(m)
-    have: dict[str | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for i in range(n):
-        if out[i] is not None and ok[i]:
-            have[labels[i]][out[i]] += 1
-    for label, units in by_class.items():
-        size = {id(m): sum(ok[i] for i in m) for m in units}
-        in_scope = sum(c for s, c in have[label].items() if s in order) + sum(size.values())
-        target = _targets(in_scope, ratios)
-        deficit = {k: target[k] - have[label].get(k, 0) for k in order}
-        units.sort(key=lambda m: _order_key(cfg.seed, min(ids[i] for i in m)))
-        for m in units:
-            # The split furthest below its target takes the unit; ties go to the earlier split in the ratios.
-            best = max(order, key=lambda k: (deficit[k], -order.index(k)))
-            deficit[best] -= size[id(m)]
-            for i in m:
-                out[i] = best
-    return out, {"kept_existing": kept_existing, "newly_assigned": sum(len(m) for m in pending)}
+        names.extend(k for k, _ in ratios if k not in names)
+    if len(pending):
+        out[pending] = _place(table, cfg, ratios, names, out, ok, root, pending)
+    return out, names, {"kept_existing": kept_existing, "newly_assigned": len(pending)}
+
+
+def _place(table: pa.Table, cfg: SplitConfig, ratios: list[tuple[str, float]], names: list[str], out: np.ndarray,
+           ok: np.ndarray, root: np.ndarray, pending: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Split codes of the ``pending`` rows (whole groups with no split yet).
+
+    Per class: targets over all rows of the class (assigned + pending), deficits filled unit by unit (a unit is a
+    group) in the order of a hash of the seed and the unit's smallest ``sample_id``. Only included rows count
+    towards the ratios; a unit of excluded rows only is placed by its hash alone.
+    """
+    order = np.array([names.index(k) for k, _ in ratios], np.int64)
+    units, first, inv, members = np.unique(root[pending], return_index=True, return_inverse=True, return_counts=True)
+    ids = table.column("sample_id")
+    digest = arrays.order_keys(cfg.seed, ids.take(pa.array(pending[first])).combine_chunks())
+    if (members > 1).any():  # a group's key is its smallest sample_id
+        rows = np.flatnonzero(members[inv] > 1)
+        low = pa.table({"u": inv[rows], "id": ids.take(pa.array(pending[rows]))}).group_by("u").aggregate([("id", "min")])
+        digest[low.column("u").to_numpy()] = arrays.order_keys(cfg.seed, low.column("id_min").combine_chunks())
+    live = np.bincount(inv, weights=ok[pending], minlength=len(units)).astype(np.int64)
+    code = np.full(len(units), -1, np.int64)
+    dead = np.flatnonzero(live == 0)
+    acc, bounds = 0.0, []
+    for _, frac in ratios:  # the same float sums as a running total
+        acc += frac
+        bounds.append(acc)
+    u = digest[dead, 0].astype(np.float64) / 2.0**64
+    code[dead] = order[np.minimum(np.searchsorted(np.array(bounds), u, side="right"), len(order) - 1)]
+    label, values = arrays.codes(table.column("label"))
+    cls = _majority(inv, label[pending], ok[pending], values, len(units))
+    have = np.bincount((label[ok & (out >= 0)] + 1) * len(names) + out[ok & (out >= 0)], minlength=(len(values) + 1) * len(names))
+    have = have.reshape(len(values) + 1, len(names))[:, order]
+    alive = np.flatnonzero(live > 0)
+    alive = alive[arrays.digest_order(digest[alive], cls[alive])]
+    cuts = np.flatnonzero(np.diff(cls[alive])) + 1
+    for group in np.split(alive, cuts) if len(alive) else []:
+        held = have[cls[group[0]] + 1]
+        target = _targets(int(held.sum() + live[group].sum()), ratios)
+        deficit = np.array([target[k] for k, _ in ratios], np.int64) - held
+        code[group] = order[arrays.fill(deficit, live[group])]
+    return code[inv]
+
+
+def _majority(unit: np.ndarray, label: np.ndarray, ok: np.ndarray, values: list[Any], n_units: int) -> np.ndarray:
+    """Per unit, the label code most of its included rows carry (ties: a label over none, then the larger
+    ``str``); -1 for a unit whose included rows have no label or that has none."""
+    width = len(values) + 1
+    key, votes = np.unique(unit[ok] * width + label[ok] + 1, return_counts=True)
+    u, lab = key // width, key % width - 1
+    rank = np.empty(width, np.int64)
+    rank[np.argsort([str(v) for v in values], kind="stable") + 1] = np.arange(len(values))
+    rank[0] = -1
+    pick = np.lexsort((rank[lab + 1], lab >= 0, votes, u))
+    last = pick[np.r_[np.flatnonzero(np.diff(u[pick])), len(pick) - 1]] if len(pick) else pick
+    out = np.full(n_units, -1, np.int64)
+    out[u[last]] = lab[last]
+    return out
 
 
 def _units_by_class(members: list[list[int]], labels: list[Any], ok: list[bool]) -> dict[Any, list[list[int]]]:
@@ -233,13 +239,15 @@ def run_split(parent: pa.Table, cfg: SplitConfig) -> StageResult:
     if cfg.group_col and cfg.group_col not in table.column_names:
         raise UsageError(f"--group-col {cfg.group_col!r} is not a column of this version",
                          hint=f"columns: {', '.join(table.column_names)}")
-    splits, counters = assign_splits(table, cfg)
+    codes, names, counters = assign_codes(table, cfg)
+    column = split_array(codes, names)
     if cfg.train_dev:
         if any(k == "train_dev" for k, _ in cfg.ratios):
             raise UsageError("--train-dev with a train_dev ratio: give one or the other")
-        splits, more = carve_train_dev(table, splits, cfg)
+        splits, more = carve_train_dev(table, column.to_pylist(), cfg)
+        column = pa.array(splits, pa.string())
         counters.update(more)
-    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(splits, pa.string()))
+    table = table.set_column(table.schema.get_field_index("split"), "split", column)
     check = leakage(table, cfg.group_col)
     stats = {**counters, "leakage": check, "seconds": round(time.perf_counter() - t0, 3)}
     return StageResult(table=table, stats=stats)
