@@ -82,6 +82,12 @@ def test_version_flag():
     assert res.exit_code == 0 and res.stdout.strip() == f"curate {__version__}"
 
 
+def test_python_dash_m_runs_the_same_app():
+    res = subprocess.run([sys.executable, "-m", "curate", "log", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Usage: curate log" in res.stdout
+
+
 def test_help_does_not_import_heavy_libraries(tmp_path):
     code = (
         "import sys\n"
