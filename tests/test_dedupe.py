@@ -236,10 +236,11 @@ def test_exact_pixels_match_across_encodings() -> None:
 
 def test_ivf_index_path_finds_planted_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above EXACT_MAX vectors the search is an IVF index; it must still find shifted and JPEG copies."""
+    import curate.stages.dedupe.index as di
     import curate.stages.dedupe.search as ds
     from curate.stages.dedupe.signatures import compute_signatures, thumbs_array
 
-    monkeypatch.setattr(ds, "EXACT_MAX", 50)
+    monkeypatch.setattr(di, "EXACT_MAX", 50)
     import pyarrow as pa
 
     blobs = [encode(scene(s)) for s in range(300)] + [planted(scene(s), "shift2") for s in range(5)]

@@ -115,12 +115,12 @@ def _rep_scores(
     """``dup_score`` of members against their representative: the best score computed (and of the mirror image)."""
     from curate.stages.dedupe.pairs import mirrored, pair_scores
 
-    score, _ = pair_scores(thumbs, shapes, sizes, pairs, *t, values=values[0], has_value=values[1])
+    score, _, _ = pair_scores(thumbs, shapes, sizes, pairs, *t, values=values[0], has_value=values[1])
     if flip:
         n = len(thumbs)
         two = np.concatenate
         mp = np.stack([pairs[:, 0], pairs[:, 1] + n], 1)
-        m_score, _ = pair_scores(
+        m_score, _, _ = pair_scores(
             two([thumbs, mirrored(thumbs, shapes)]), two([shapes, shapes]), two([sizes, sizes]), mp, *t,
             values=two([values[0], mirrored(values[0], shapes)]), has_value=two([values[1], values[1]]),
         )  # fmt: skip
