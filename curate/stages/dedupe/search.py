@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from curate.stages.dedupe.signatures import THUMB
-from curate.stages.dedupe.verify import parallel
 
 DESC_R = 12
 DEFAULT_K = 4
