@@ -28,7 +28,7 @@ ROBUST_GATE = 0.0
 def mirrored(thumbs: np.ndarray, shapes: np.ndarray) -> np.ndarray:
     """Each thumbnail flipped left-right within its own (h, w) (the zero padding stays right and bottom)."""
     out = np.zeros_like(thumbs)
-    for h, w in {(int(h), int(w)) for h, w in shapes}:
+    for h, w in np.unique(shapes, axis=0).tolist():
         sel = np.flatnonzero((shapes[:, 0] == h) & (shapes[:, 1] == w))
         out[sel, :h, :w] = thumbs[sel, :h, :w][:, :, ::-1]
     return out
@@ -39,7 +39,7 @@ def zoom_views(thumbs: np.ndarray, shapes: np.ndarray, factor: float = ZOOM_VIEW
     from curate.stages.dedupe.verify import resize_batch
 
     out = np.zeros((len(thumbs), THUMB, THUMB), np.uint8)
-    for h, w in {(int(h), int(w)) for h, w in shapes}:
+    for h, w in np.unique(shapes, axis=0).tolist():
         sel = np.flatnonzero((shapes[:, 0] == h) & (shapes[:, 1] == w))
         my, mx = round(h * (1 - factor) / 2), round(w * (1 - factor) / 2)
         for s in range(0, len(sel), 8192):
