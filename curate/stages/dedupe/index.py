@@ -38,8 +38,8 @@ DESC_MIN = 0.80
 DESC_DIM = DESC_R * DESC_R + (DESC_R - 1) ** 2
 SAMPLE = 20_000
 CHUNK = 8192
-#: float16 coordinates put the bound off by at most ~1e-3; this slack keeps the kept/dropped decision exact
-SLACK = 4e-3
+#: float32 rounding of the bound; the slack keeps the kept/dropped decision exact
+SLACK = 1e-3
 
 
 @dataclass
@@ -108,93 +108,108 @@ class ViewSet:
 
 @dataclass
 class Coords:
-    """Compact per-view coordinates (module docstring, step 2): ``z`` float16 ``(V, d)``, ``xmu``, ``r``, ``scale``."""
+    """What is kept of every view besides its whitened vector in the index (module docstring, step 2).
 
-    z: np.ndarray
-    xmu: np.ndarray
-    r: np.ndarray
+    ``y = normalise(scale * z)`` is in the index; ``z . z' = wnorm wnorm' sum(y y' / scale^2)``.
+    """
+
+    xmu: np.ndarray  # (V,) x . mu
+    r: np.ndarray  # (V,) norm of the residual the PCA drops
+    wnorm: np.ndarray  # (V,) norm of scale * z
     mu2: float
-    scale: np.ndarray  # (d,) whitening factors
-    wnorm: np.ndarray  # (V,) norm of z * scale
-
-    def white(self, views: np.ndarray) -> np.ndarray:
-        """Whitened, L2-normalised float32 vectors of ``views``."""
-        y = self.z[views].astype(np.float32) * self.scale
-        y /= self.wnorm[views, None] + 1e-12
-        return y
+    inv_s2: np.ndarray  # (d,) 1 / scale^2
 
 
-def coordinates(vs: ViewSet, *, threads: int = 1, seed: int = 0) -> Coords:
-    """PCA on a sample of views, then every view's compact coordinates, chunk by chunk (module docstring, step 2)."""
+class _Pca:
+    """The whitening PCA fitted on a sample of views (identity for too few views to fit)."""
+
+    def __init__(self, vs: ViewSet, seed: int) -> None:
+        n_views = vs.n_views
+        if n_views <= PCA_DIM + 1:  # too few to fit: the plain descriptors themselves, unwhitened
+            self.mu, self.vec, self.scale = np.zeros(DESC_DIM, np.float32), None, np.ones(DESC_DIM, np.float32)
+            self.proj = self.mu_proj = None
+            return
+        fit = vs.descriptors(np.random.default_rng(seed).choice(n_views, min(n_views, SAMPLE), replace=False)).astype(np.float64)
+        mu = fit.mean(0)
+        fit -= mu
+        lam, vec = np.linalg.eigh(fit.T @ fit / max(1, len(fit) - 1))
+        lam, vec = lam[::-1][:PCA_DIM], vec[:, ::-1][:, :PCA_DIM]
+        self.scale = (1 / np.sqrt(np.maximum(lam, 0) + 0.01 * lam[0])).astype(np.float32)
+        self.proj = (vec / np.sqrt(np.maximum(lam, 0) + 0.01 * lam[0])).astype(np.float32)
+        self.mu_proj = (mu @ self.proj).astype(np.float32)
+        self.mu, self.vec = mu.astype(np.float32), vec.astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Plain descriptors ``(M, D)`` -> ``(y (M, d) whitened unit vectors, x . mu, residual norm, norm of scale * z)``."""
+        xmu = x @ self.mu
+        if self.vec is None:
+            return x.copy(), xmu, np.zeros(len(x), np.float32), np.linalg.norm(x, axis=1)
+        xc = x - self.mu
+        z = xc @ self.vec
+        r = np.sqrt(np.maximum(np.einsum("pd,pd->p", xc, xc) - np.einsum("pd,pd->p", z, z), 0))
+        y = x @ self.proj  # = scale * z, written as the search has always computed it (same neighbours, bit for bit)
+        y -= self.mu_proj
+        wnorm = np.linalg.norm(y, axis=1)
+        y /= wnorm[:, None] + 1e-12
+        return y.astype(np.float32), xmu, r, wnorm
+
+
+def build(vs: ViewSet, nprobe: int, *, threads: int = 1, seed: int = 0) -> tuple[object, np.ndarray | None, Coords]:
+    """The faiss index of every view's whitened vector, each view's ``nprobe`` coarse lists (IVF) and ``Coords``.
+
+    Descriptors are computed chunk by chunk on ``threads`` threads and added in view order (deterministic).
+    """
+    import faiss
+
     from curate.stages.dedupe.verify import parallel
 
     n_views = vs.n_views
-    if n_views <= PCA_DIM + 1:  # too few to fit: the plain descriptors themselves, unwhitened
-        x = vs.descriptors(np.arange(n_views))
-        z = x.astype(np.float16)
-        return Coords(z, np.zeros(n_views, np.float32), np.zeros(n_views, np.float32), 0.0, np.ones(x.shape[1], np.float32),
-                      np.linalg.norm(z.astype(np.float32), axis=1))  # fmt: skip
-    rng = np.random.default_rng(seed)
-    fit = vs.descriptors(np.sort(rng.choice(n_views, min(n_views, SAMPLE), replace=False))).astype(np.float64)
-    mu = fit.mean(0)
-    fit -= mu
-    lam, vec = np.linalg.eigh(fit.T @ fit / max(1, len(fit) - 1))
-    lam, vec = lam[::-1][:PCA_DIM], vec[:, ::-1][:, :PCA_DIM]
-    scale = (1 / np.sqrt(np.maximum(lam, 0) + 0.01 * lam[0])).astype(np.float32)
-    v32, mu32 = vec.astype(np.float32), mu.astype(np.float32)
-    z = np.empty((n_views, PCA_DIM), np.float16)
+    pca = _Pca(vs, seed)
+    d = len(pca.scale)
     xmu, r, wnorm = (np.empty(n_views, np.float32) for _ in range(3))
-
-    def run(start: int) -> None:
-        views = np.arange(start, min(start + CHUNK, n_views))
-        x = vs.descriptors(views)
-        xmu[views] = x @ mu32
-        x -= mu32
-        zz = x @ v32
-        r[views] = np.sqrt(np.maximum(np.einsum("pd,pd->p", x, x) - np.einsum("pd,pd->p", zz, zz), 0))
-        z[views] = zz
-        wnorm[views] = np.linalg.norm(z[views].astype(np.float32) * scale, axis=1)
-
-    parallel(run, list(range(0, n_views, CHUNK)), threads)
-    return Coords(z, xmu, r, float(mu @ mu), scale, wnorm)
-
-
-def _index(c: Coords, n_views: int, nprobe: int, seed: int) -> tuple[object, np.ndarray | None]:
-    """The faiss index over all views and, for IVF, each view's ``nprobe`` coarse lists ``(V, nprobe)`` int32."""
-    import faiss
-
-    d = c.z.shape[1]
+    assign = None
     if n_views <= EXACT_MAX:
         index = faiss.IndexFlatIP(d)
-        index.add(c.white(np.arange(n_views)))
-        return index, None
-    nlist = int(2 * np.sqrt(n_views))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT, False)
-    rng = np.random.default_rng(seed)
-    index.cp.niter = 10
-    index.cp.min_points_per_centroid = 1  # no warning for the small training sample
-    index.train(c.white(np.sort(rng.choice(n_views, min(n_views, 32 * nlist), replace=False))))
-    index.nprobe = nprobe
-    assign = np.empty((n_views, nprobe), np.int32)
-    for s in range(0, n_views, 65536):
-        views = np.arange(s, min(s + 65536, n_views))
-        y = c.white(views)
-        _, lists = quantizer.search(y, nprobe)
+    else:
+        nlist = int(2 * np.sqrt(n_views))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
+        index.cp.min_points_per_centroid = 1  # no warning for the small training sample
+        train = np.random.default_rng(seed).choice(n_views, min(n_views, 32 * nlist), replace=False)
+        index.train(pca(vs.descriptors(train))[0])
+        index.nprobe = nprobe
+        assign = np.empty((n_views, nprobe), np.int32)
+    step = CHUNK * max(1, threads)
+    for s in range(0, n_views, step):
+        views = np.arange(s, min(s + step, n_views))
+        y = np.empty((len(views), d), np.float32)
+
+        def run(lo: int, views: np.ndarray = views, y: np.ndarray = y) -> None:
+            part = views[lo : lo + CHUNK]
+            y[lo : lo + len(part)], xmu[part], r[part], wnorm[part] = pca(vs.descriptors(part))
+
+        parallel(run, list(range(0, len(views), CHUNK)), threads)
+        if assign is None:
+            index.add(y)
+            continue
+        _, lists = index.quantizer.search(y, nprobe)
         assign[views] = lists
         first = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
         ids = views.astype(np.int64)  # named: swig_ptr does not keep its array alive
         index.add_core(len(y), faiss.swig_ptr(y), faiss.swig_ptr(ids), faiss.swig_ptr(first))
-    return index, assign
+    if assign is not None:
+        index.make_direct_map()  # the queries are the stored vectors themselves
+    return index, assign, Coords(xmu, r, wnorm, float(pca.mu @ pca.mu), 1 / pca.scale**2)
 
 
-def _hits(index: object, assign: np.ndarray | None, c: Coords, views: np.ndarray, k: int) -> np.ndarray:
-    """``(len(views), k)`` neighbour view ids of ``views`` (-1 = none)."""
-    y = c.white(views)
+def _hits(index: object, assign: np.ndarray | None, views: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(len(views), k)`` neighbour view ids of ``views`` (-1 = none) and the query vectors ``(len(views), d)``."""
+    y = index.reconstruct_batch(views.astype(np.int64))  # type: ignore[attr-defined]
     if assign is None:
-        return index.search(y, k)[1]  # type: ignore[attr-defined]
+        return index.search(y, k)[1], y  # type: ignore[attr-defined]
     lists = assign[views].astype(np.int64)
-    return index.search_preassigned(y, k, lists, np.zeros(lists.shape, np.float32))[1]  # type: ignore[attr-defined]
+    return index.search_preassigned(y, k, lists, np.zeros(lists.shape, np.float32))[1], y  # type: ignore[attr-defined]
 
 
 def candidate_pairs(
@@ -215,37 +230,38 @@ def candidate_pairs(
     import faiss
 
     faiss.omp_set_num_threads(max(1, threads))
-    c = coordinates(vs, threads=threads, seed=seed)
-    index, assign = _index(c, vs.n_views, nprobe, seed)
+    index, assign, c = build(vs, nprobe, threads=threads, seed=seed)
     k = min(k, vs.n_views)
     qv = np.flatnonzero(query[vs.owner])
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for s in range(0, len(qv), 65536):
         q = qv[s : s + 65536]
-        ids = _hits(index, assign, c, q, k)
-        qa, qb = np.repeat(q, ids.shape[1]), ids.reshape(-1)
-        ok = np.flatnonzero(qb >= 0)
+        ids, yq = _hits(index, assign, q, k)
+        qa, qb = np.repeat(np.arange(len(q)), ids.shape[1]), ids.reshape(-1)
+        ok = np.flatnonzero((qb >= 0) & (vs.owner[q[qa]] != vs.owner[np.maximum(qb, 0)]))
         qa, qb = qa[ok], qb[ok]
-        ok = np.flatnonzero(vs.owner[qa] != vs.owner[qb])
-        parts.append(_plain_test(vs, c, qa[ok], qb[ok]))
+        yb = index.reconstruct_batch(qb.astype(np.int64))  # type: ignore[attr-defined]
+        parts.append(_plain_test(vs, c, q[qa], qb, yq[qa], yb))
     a = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
     b = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     sim = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.float32)
     return _unique_pairs(vs.owner[a], vs.owner[b], sim, len(query))
 
 
-def _plain_test(vs: ViewSet, c: Coords, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The hits ``(a, b)`` (view ids) whose plain cosine is >= ``DESC_MIN``, with their whitened cosines."""
-    za, zb = c.z[a].astype(np.float32), c.z[b].astype(np.float32)
-    base = np.einsum("pd,pd->p", za, zb) + c.xmu[a] + c.xmu[b] - c.mu2
+def _plain_test(
+    vs: ViewSet, c: Coords, a: np.ndarray, b: np.ndarray, ya: np.ndarray, yb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The hits ``(a, b)`` (view ids; ``ya``, ``yb`` their whitened vectors) whose plain cosine is >= ``DESC_MIN``,
+    with their whitened cosines."""
+    white = np.einsum("pd,pd->p", ya, yb)
+    zz = np.einsum("pd,pd,d->p", ya, yb, c.inv_s2) * c.wnorm[a] * c.wnorm[b]
+    base = zz + c.xmu[a] + c.xmu[b] - c.mu2
     band = c.r[a] * c.r[b] + SLACK
     keep = base - band >= DESC_MIN
     unsure = np.flatnonzero((base + band >= DESC_MIN) & ~keep)
     if unsure.size:
         keep[unsure] = _exact_cosine(vs.descriptors, a[unsure], b[unsure]) >= DESC_MIN
-    a, b, za, zb = a[keep], b[keep], za[keep], zb[keep]
-    white = np.einsum("pd,pd->p", za * c.scale, zb * c.scale) / (c.wnorm[a] * c.wnorm[b] + 1e-12)
-    return a, b, white.astype(np.float32)
+    return a[keep], b[keep], white[keep].astype(np.float32)
 
 
 def _exact_cosine(desc: Callable[[np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray) -> np.ndarray:
