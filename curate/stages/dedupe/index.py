@@ -1,4 +1,4 @@
-"""Candidate pairs from compact descriptors: every view's descriptor is computed once, kept as 64 float16 numbers.
+"""Candidate pairs from compact views: each view's descriptor is computed once and kept as 64 floats in the index.
 
 Memory is what limits the search at a million images (issue 16: 1M signatures under 2 GB for the dedupe step),
 so the 265-value Fourier descriptors (``search.fft_descriptor``) of the views are never held together:
@@ -6,17 +6,20 @@ so the 265-value Fourier descriptors (``search.fft_descriptor``) of the views ar
 1. *Views* (``ViewSet``): the luma thumbnail, its centre zoomed back (``pairs.zoom_views``, computed chunk by
    chunk, never stored) and the value-channel thumbnail of colour images; each gives a *canonical* view and,
    when it is not 32x32, a *native* one.
-2. *Coordinates*: a PCA to ``PCA_DIM`` dimensions is fitted on a deterministic sample of at most 20,000 views;
-   each view is then kept as ``z = V^T (x - mu)`` in float16 (128 bytes), plus ``x . mu`` and the norm ``r`` of
-   the part of ``x - mu`` that the PCA drops. For unit vectors, ``x . x' = z . z' + x.mu + x'.mu - |mu|^2 +
-   res . res'``, and ``|res . res'| <= r r'``: so the plain cosine of two views is known to within ``r r'``.
-3. *Neighbours*: the whitened ``z`` (each component over ``sqrt(lambda + 1% of the largest)``, L2-normalised,
-   as before) go into a faiss index: exact ``IndexFlatIP`` up to ``EXACT_MAX`` views, else an IVF index
-   (``nlist = 2 sqrt(n)``) storing the vectors as float16; every view is assigned to its coarse lists once,
-   and that assignment serves both the add and the search, whose ``k`` nearest views are the hits.
+2. *Whitening* (``_Pca``): a PCA to ``PCA_DIM`` dimensions fitted on a deterministic sample of at most 20,000
+   views, each component divided by ``sqrt(lambda + 1% of the largest)``, L2-normalised. Descriptors are then
+   computed chunk by chunk, whitened and added to the index; besides the index's 64 float32 numbers per view,
+   three floats are kept: ``x . mu``, the norm ``r`` of the part of ``x - mu`` that the PCA drops, and the
+   whitened norm. For unit vectors ``x . x' = z . z' + x.mu + x'.mu - |mu|^2 + res . res'`` with
+   ``|res . res'| <= r r'`` (``z`` the PCA coordinates, recovered from the index): the plain cosine of two
+   views is known to within ``r r'``.
+3. *Neighbours*: faiss, exact ``IndexFlatIP`` up to ``EXACT_MAX`` views, else IVF-Flat (``nlist = 2 sqrt(n)``,
+   10 k-means iterations on at most 32 vectors per list); each view is assigned to its ``nprobe`` nearest lists
+   once, and that serves both its add and its search (``search_preassigned``): the coarse step, as costly as
+   the scan, runs once instead of twice. A query's ``k`` nearest views are its hits.
 4. *The plain-cosine test*: a hit is kept when its plain descriptor cosine is at least ``DESC_MIN``. Where the
-   bound of step 2 decides it (nearly always: random images' hits lie far below, copies far above), nothing is
-   recomputed; the hits in the band are decided exactly, from their views' descriptors computed again.
+   bound of step 2 decides it (random images' hits lie far below, copies far above), nothing is recomputed;
+   the hits in the band are decided exactly, from their views' descriptors computed again.
 
 Each candidate image pair also carries its *closeness*: the best whitened cosine among its hits, which is what
 ``pairs.pair_scores`` gates the expensive fitted-filter score on.
@@ -24,6 +27,7 @@ Each candidate image pair also carries its *closeness*: the best whitened cosine
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -213,7 +217,8 @@ def _hits(index: object, assign: np.ndarray | None, views: np.ndarray, k: int) -
 
 
 def candidate_pairs(
-    vs: ViewSet, query: np.ndarray, *, k: int = 4, nprobe: int = 4, threads: int = 1, seed: int = 0
+    vs: ViewSet, query: np.ndarray, *, k: int = 4, nprobe: int = 4, threads: int = 1, seed: int = 0,
+    timings: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unique image pairs ``(P, 2)`` (i < j) where a view of one is among the ``k`` nearest views of the other.
 
@@ -223,6 +228,7 @@ def candidate_pairs(
     Args:
         vs: the views (``ViewSet``); query: ``(N,)`` bool: only views of query images search, and a pair needs
             at least one query image (``--against``: the reference set is not compared with itself).
+        timings: filled with ``build_s`` (descriptors, whitening, index) and ``knn_s`` (neighbours, cosine test).
 
     Returns:
         ``(pairs (P, 2) int64, closeness (P,) float32)``: closeness = the best whitened cosine of the pair's hits.
@@ -230,7 +236,9 @@ def candidate_pairs(
     import faiss
 
     faiss.omp_set_num_threads(max(1, threads))
+    t0 = time.perf_counter()
     index, assign, c = build(vs, nprobe, threads=threads, seed=seed)
+    t1 = time.perf_counter()
     k = min(k, vs.n_views)
     qv = np.flatnonzero(query[vs.owner])
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -245,6 +253,8 @@ def candidate_pairs(
     a = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
     b = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     sim = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.float32)
+    if timings is not None:
+        timings.update({"build_s": round(t1 - t0, 3), "knn_s": round(time.perf_counter() - t1, 3)})
     return _unique_pairs(vs.owner[a], vs.owner[b], sim, len(query))
 
 

@@ -174,7 +174,8 @@ def near_pairs(
     # OpenBLAS threads and 5 ms without), so BLAS gets one thread and the work is parallelised by chunks instead.
     with _one_blas_thread():
         views = ViewSet(thumbs, shapes, values, np.flatnonzero(has_value) if has_value is not None else np.empty(0, np.int64))
-        cand, close = candidate_pairs(views, query, k=k, nprobe=nprobe, threads=threads)
+        parts: dict[str, float] = {}
+        cand, close = candidate_pairs(views, query, k=k, nprobe=nprobe, threads=threads, timings=parts)
         t1 = time.perf_counter()
         scores, keep, n_robust = pair_scores(
             thumbs, shapes, sizes, cand, threshold, robust_threshold, values=values, has_value=has_value, closeness=close,
@@ -182,6 +183,7 @@ def near_pairs(
         )
     t2 = time.perf_counter()
     timings = {
+        **parts,
         "index_s": round(t1 - t0, 3),
         "verify_s": round(t2 - t1, 3),
         "candidates": int(len(cand)),
