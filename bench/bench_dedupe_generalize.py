@@ -5,13 +5,13 @@ that scikit-image, scikit-learn and matplotlib ship, each with ``--per-family`` 
 family (``curate.stages.dedupe.transforms``).
 
 curate is scored from its own parts, in process, on every file: signatures (``compute_signatures``, the
-stage's per-sample work, on ``--workers`` processes), candidate pairs (``descriptor_views`` +
-``candidate_pairs`` over the images and their extra views, ``pairs.extra_views``, the stage's defaults), and both
-verification scores of every candidate (the aligned one, ``verify_pairs``, and the fitted-filter one,
-``robust_scores``; each the better of luma and value channel for colour pairs), which is what the stage's
-cheapest-first cascade (``pairs.pair_scores``) decides on. Same pixel hash = an edge. A pair of thresholds
-``(t_aligned, t_robust)`` turns the scored candidates into edges; files are grouped by connected components,
-as the stage groups them.
+stage's per-sample work, on ``--workers`` processes), candidate pairs with their closeness
+(``index.ViewSet`` + ``index.candidate_pairs``, the stage's defaults), the aligned score of every candidate
+(``verify_pairs``) and the fitted-filter score (``robust_scores``) where a gate lets it run, plus every planted
+pair for the gate's calibration (each score the better of luma and value channel for colour pairs): what the
+stage's cheapest-first cascade (``pairs.pair_scores``) decides on. Same pixel hash = an edge. A pair of
+thresholds ``(t_aligned, t_robust)`` and a closeness gate turn the scored candidates into edges; files are
+grouped by connected components, as the stage groups them.
 
 Metrics. A *found pair* is two files in one group. Recall of a family = its copies grouped with their source.
 Precision = planted pairs found / all found pairs (a pair of two originals counts as wrong, although
@@ -20,7 +20,9 @@ Fashion-MNIST holds some genuine duplicates; their count is printed).
 Calibration. A threshold pair is *fitted* on a set of families: the grid point with the highest mean recall
 over those families whose precision (copies of those families + all originals) is >= 0.97 on both sets.
 
-- Leave one family out: for each family F, fit without F, report F's recall at the fitted thresholds.
+- The gate, fitted on the same families first: the lowest closeness of their planted pairs whose fitted-filter
+  score reaches the grid's lowest threshold, less ``GATE_MARGIN``; the thresholds are then fitted with it.
+- Leave one family out: for each family F, fit without F, report F's recall at the fitted gate and thresholds.
 - The defaults: fitted without the families ``HELD_OUT`` (never used to pick them); their recall at the
   defaults is the generalization figure.
 
