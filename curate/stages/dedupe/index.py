@@ -14,9 +14,10 @@ so the 265-value Fourier descriptors (``search.fft_descriptor``) of the views ar
    ``|res . res'| <= r r'`` (``z`` the PCA coordinates, recovered from the index): the plain cosine of two
    views is known to within ``r r'``.
 3. *Neighbours*: faiss, exact ``IndexFlatIP`` up to ``EXACT_MAX`` views, else IVF-Flat (``nlist = 2 sqrt(n)``,
-   10 k-means iterations on at most 32 vectors per list); each view is assigned to its ``nprobe`` nearest lists
-   once, and that serves both its add and its search (``search_preassigned``): the coarse step, as costly as
-   the scan, runs once instead of twice. A query's ``k`` nearest views are its hits.
+   10 k-means iterations on at most 32 vectors per list; float16 vectors above ``F32_INDEX_BYTES``); each view
+   is assigned to its ``nprobe`` nearest lists once, and that serves both its add and its search
+   (``search_preassigned``): the coarse step, as costly as the scan, runs once instead of twice. A query's
+   ``k`` nearest views are its hits.
 4. *The plain-cosine test*: a hit is kept when its plain descriptor cosine is at least ``DESC_MIN``. Where the
    bound of step 2 decides it (random images' hits lie far below, copies far above), nothing is recomputed;
    the hits in the band are decided exactly, from their views' descriptors computed again.
@@ -44,6 +45,8 @@ SAMPLE = 20_000
 CHUNK = 8192
 #: float32 rounding of the bound; the slack keeps the kept/dropped decision exact
 SLACK = 1e-3
+#: above this many bytes of float32 vectors (about 1M views) the IVF lists store float16 (memory at 1M images)
+F32_INDEX_BYTES = 256 << 20
 
 
 @dataclass
@@ -177,7 +180,11 @@ def build(vs: ViewSet, nprobe: int, *, threads: int = 1, seed: int = 0) -> tuple
     else:
         nlist = int(2 * np.sqrt(n_views))
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        if n_views * d * 4 <= F32_INDEX_BYTES:
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:  # half the memory; inner products off by ~1e-3, so near-ties among the k nearest may change
+            fp16 = faiss.ScalarQuantizer.QT_fp16
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, fp16, faiss.METRIC_INNER_PRODUCT, False)
         index.cp.niter = 10
         index.cp.min_points_per_centroid = 1  # no warning for the small training sample
         train = np.random.default_rng(seed).choice(n_views, min(n_views, 32 * nlist), replace=False)
