@@ -154,7 +154,7 @@ class _Pca:
         xc = x - self.mu
         z = xc @ self.vec
         r = np.sqrt(np.maximum(np.einsum("pd,pd->p", xc, xc) - np.einsum("pd,pd->p", z, z), 0))
-        y = x @ self.proj  # = scale * z, written as the search has always computed it (same neighbours, bit for bit)
+        y = x @ self.proj  # = scale * z, the formula the search has always used (its neighbours stay the same)
         y -= self.mu_proj
         wnorm = np.linalg.norm(y, axis=1)
         y /= wnorm[:, None] + 1e-12
