@@ -5,13 +5,13 @@ that scikit-image, scikit-learn and matplotlib ship, each with ``--per-family`` 
 family (``curate.stages.dedupe.transforms``).
 
 curate is scored from its own parts, in process, on every file: signatures (``compute_signatures``, the
-stage's per-sample work, on ``--workers`` processes), candidate pairs (``descriptor_views`` +
-``candidate_pairs`` over the images and their extra views, ``pairs.extra_views``, the stage's defaults), and both
-verification scores of every candidate (the aligned one, ``verify_pairs``, and the fitted-filter one,
-``robust_scores``; each the better of luma and value channel for colour pairs), which is what the stage's
-cheapest-first cascade (``pairs.pair_scores``) decides on. Same pixel hash = an edge. A pair of thresholds
-``(t_aligned, t_robust)`` turns the scored candidates into edges; files are grouped by connected components,
-as the stage groups them.
+stage's per-sample work, on ``--workers`` processes), candidate pairs with their closeness
+(``index.ViewSet`` + ``index.candidate_pairs``, the stage's defaults), the aligned score of every candidate
+(``verify_pairs``) and the fitted-filter score (``robust_scores``) where a gate lets it run, plus every planted
+pair for the gate's calibration (each score the better of luma and value channel for colour pairs): what the
+stage's cheapest-first cascade (``pairs.pair_scores``) decides on. Same pixel hash = an edge. A pair of
+thresholds ``(t_aligned, t_robust)`` and a closeness gate turn the scored candidates into edges; files are
+grouped by connected components, as the stage groups them.
 
 Metrics. A *found pair* is two files in one group. Recall of a family = its copies grouped with their source.
 Precision = planted pairs found / all found pairs (a pair of two originals counts as wrong, although
@@ -20,7 +20,9 @@ Fashion-MNIST holds some genuine duplicates; their count is printed).
 Calibration. A threshold pair is *fitted* on a set of families: the grid point with the highest mean recall
 over those families whose precision (copies of those families + all originals) is >= 0.97 on both sets.
 
-- Leave one family out: for each family F, fit without F, report F's recall at the fitted thresholds.
+- The gate, fitted on the same families first: the lowest closeness of their planted pairs whose fitted-filter
+  score reaches the grid's lowest threshold, less ``GATE_MARGIN``; the thresholds are then fitted with it.
+- Leave one family out: for each family F, fit without F, report F's recall at the fitted gate and thresholds.
 - The defaults: fitted without the families ``HELD_OUT`` (never used to pick them); their recall at the
   defaults is the generalization figure.
 
@@ -58,6 +60,8 @@ HELD_OUT = ("webp", "sharpen", "rotate", "pair")
 T_ALIGNED = [round(0.86 + 0.01 * i, 2) for i in range(11)] + [1.01]
 T_ROBUST = [round(0.86 + 0.01 * i, 2) for i in range(13)] + [1.01]
 MIN_PRECISION = 0.97
+#: the gate sits this far below the lowest calibration pair (chosen before any run, not fitted)
+GATE_MARGIN = 0.05
 
 
 # --------------------------------------------------------------------------------------------- curate
@@ -71,14 +75,16 @@ def _sig_chunk(args: tuple[list[str], str]) -> Any:
 
 
 def curate_scores(folder: Path, names: list[str], workers: int) -> dict[str, Any]:
-    """Signatures, candidates and both scores of every candidate for the files ``names`` (index = position)."""
+    """Signatures, candidates with their closeness, and the aligned score of every candidate (index = position).
+
+    The fitted-filter score is filled in later, only where it is needed (``robust_where``).
+    """
     from multiprocessing import Pool
 
     import pyarrow as pa
 
-    from curate.stages.dedupe.pairs import extra_views
-    from curate.stages.dedupe.robust import robust_scores
-    from curate.stages.dedupe.search import _one_blas_thread, candidate_pairs, descriptor_views
+    from curate.stages.dedupe.index import ViewSet, candidate_pairs
+    from curate.stages.dedupe.search import _one_blas_thread
     from curate.stages.dedupe.signatures import thumbs_array, value_thumbs
     from curate.stages.dedupe.verify import verify_pairs
 
@@ -94,44 +100,78 @@ def curate_scores(folder: Path, names: list[str], workers: int) -> dict[str, Any
     values, has_value = value_thumbs(good, thumbs)
     sizes = np.stack([good.column("height").to_numpy(), good.column("width").to_numpy()], 1).astype(np.int64)
     t1 = time.perf_counter()
-    with _one_blas_thread():  # the stage's own search (near_pairs), with every score computed for every candidate
-        x_thumbs, x_shapes, x_owner = extra_views(thumbs, shapes, values, has_value)
-        vecs, owner = descriptor_views(np.concatenate([thumbs, x_thumbs]), np.concatenate([shapes, x_shapes]), threads=workers)
-        owner = np.concatenate([np.arange(len(thumbs)), x_owner])[owner]
-        cand = candidate_pairs(vecs, owner, np.ones(len(thumbs), bool), threads=workers)
+    with _one_blas_thread():  # the stage's own search (near_pairs), with the aligned score of every candidate
+        views = ViewSet(thumbs, shapes, values, np.flatnonzero(has_value))
+        cand, close = candidate_pairs(views, np.ones(len(thumbs), bool), threads=workers)
         colour = has_value[cand].all(1)
         t2 = time.perf_counter()
         aligned = verify_pairs(thumbs, shapes, sizes, cand, threads=workers)
         aligned[colour] = np.maximum(aligned[colour], verify_pairs(values, shapes, sizes, cand[colour], threads=workers))
-        t3 = time.perf_counter()
-        robust = robust_scores(thumbs, shapes, cand, threads=workers)
-        robust[colour] = np.maximum(robust[colour], robust_scores(values, shapes, cand[colour], threads=workers))
-    t4 = time.perf_counter()
+    t3 = time.perf_counter()
     hashes = good.column("pixel_hash").to_pylist()
     first: dict[bytes, int] = {}
     exact = [(first.setdefault(h, i), i) for i, h in enumerate(hashes) if first.get(h, i) != i]
     return {
         "cand": idx[cand],
+        "local": cand,
+        "close": close,
         "aligned": aligned,
-        "robust": robust,
+        "robust": np.full(len(cand), np.nan, np.float32),
+        "images": (thumbs, shapes, values, colour),
         "exact": idx[np.array(exact, np.int64).reshape(-1, 2)],
         "errors": int((~ok).sum()),
         "timings": {
             "signatures_s": round(t_sig, 2),
             "candidates_s": round(t2 - t1, 2),
             "aligned_s": round(t3 - t2, 2),
-            "robust_s": round(t4 - t3, 2),
+            "robust_s": 0.0,
             "candidates": int(len(cand)),
+            "robust_scored": 0,
         },
     }
 
 
-def groups_at(sc: dict[str, Any], n: int, ta: float, tr: float, mask: np.ndarray) -> np.ndarray:
-    """Component label of each of ``n`` files (files outside ``mask`` stay alone) at thresholds (ta, tr)."""
+def robust_where(sc: dict[str, Any], want: np.ndarray, workers: int) -> None:
+    """The fitted-filter score (the better of luma and value channel for colour pairs) of the candidates in ``want``."""
+    from curate.stages.dedupe.robust import robust_scores
+    from curate.stages.dedupe.search import _one_blas_thread
+
+    thumbs, shapes, values, colour = sc["images"]
+    todo = np.flatnonzero(want & np.isnan(sc["robust"]))
+    t0 = time.perf_counter()
+    with _one_blas_thread():
+        r = robust_scores(thumbs, shapes, sc["local"][todo], threads=workers)
+        c = colour[todo]
+        r[c] = np.maximum(r[c], robust_scores(values, shapes, sc["local"][todo[c]], threads=workers))
+    sc["robust"][todo] = r
+    sc["timings"]["robust_s"] = round(sc["timings"]["robust_s"] + time.perf_counter() - t0, 2)
+    sc["timings"]["robust_scored"] += int(len(todo))
+
+
+def planted_mask(sc: dict[str, Any], truth: dict[str, Any], fams: set[str] | None = None) -> np.ndarray:
+    """Candidates that are planted (copy, source) pairs, of the families ``fams`` (all when None)."""
+    n = truth["n"]
+    code = {min(c, s) * n + max(c, s) for c, s, f in truth["copy_idx"] if fams is None or f in fams}
+    cc = sc["cand"][:, 0].astype(np.int64) * n + sc["cand"][:, 1]
+    return np.isin(cc, np.array(sorted(code), np.int64))
+
+
+def fit_gate(sets: list[tuple[dict[str, Any], dict[str, Any]]], fams: set[str]) -> float:
+    """The closeness gate from the families ``fams``: their lowest planted pair that the fitted-filter score
+    could accept (score >= the lowest threshold of the grid), less ``GATE_MARGIN``."""
+    low = [sc["close"][planted_mask(sc, t, fams) & (sc["robust"] >= min(T_ROBUST))] for t, sc in sets]
+    vals = np.concatenate(low)
+    return float(vals.min()) - GATE_MARGIN if len(vals) else -1.0
+
+
+def groups_at(sc: dict[str, Any], n: int, ta: float, tr: float, mask: np.ndarray, gate: float) -> np.ndarray:
+    """Component label of each of ``n`` files (files outside ``mask`` stay alone) at thresholds (ta, tr) and the
+    closeness gate (no fitted-filter score below it)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    e = np.concatenate([sc["cand"][(sc["aligned"] >= ta) | (sc["robust"] >= tr)], sc["exact"]])
+    robust = np.where(sc["close"] >= gate, np.nan_to_num(sc["robust"], nan=-1.0), -1.0)
+    e = np.concatenate([sc["cand"][(sc["aligned"] >= ta) | (robust >= tr)], sc["exact"]])
     e = e[mask[e[:, 0]] & mask[e[:, 1]]]
     g = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
     return connected_components(g, directed=False)[1]
@@ -157,7 +197,7 @@ def score_groups(comp: np.ndarray, mask: np.ndarray, truth: dict[str, Any], fams
     }
 
 
-def fit(sets: list[tuple[dict[str, Any], dict[str, Any]]], fams: set[str]) -> tuple[float, float]:
+def fit(sets: list[tuple[dict[str, Any], dict[str, Any]]], fams: set[str], gate: float) -> tuple[float, float]:
     """The (t_aligned, t_robust) with the best mean recall over ``fams`` at precision >= MIN_PRECISION on every set."""
     best: tuple[float, float, float] = (-1.0, 1.01, 1.01)
     for ta in T_ALIGNED:
@@ -165,7 +205,7 @@ def fit(sets: list[tuple[dict[str, Any], dict[str, Any]]], fams: set[str]) -> tu
             recalls, ok = [], True
             for truth, sc in sets:
                 mask = truth["keep_mask"](fams)
-                m = score_groups(groups_at(sc, truth["n"], ta, tr, mask), mask, truth, sorted(fams))
+                m = score_groups(groups_at(sc, truth["n"], ta, tr, mask, gate), mask, truth, sorted(fams))
                 ok &= m["precision"] >= MIN_PRECISION
                 recalls += list(m["recall"].values())
             if ok and np.mean(recalls) > best[0]:
@@ -306,6 +346,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--sets", default="fashion,photos")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--gate", type=float, default=None, help="a fixed closeness gate instead of the fitted ones (-1: none)")
     ap.add_argument("--scale", default="", help="search timings only, e.g. fashion:70000,random:1000000")
     args = ap.parse_args()
     print(machine(), "| load average", os.getloadavg())
@@ -317,17 +358,27 @@ def main() -> None:
     scores = {k: curate_scores(folder, t["names"], args.workers) for k, (folder, t) in data.items()}
     both = [(t, scores[k]) for k, (_, t) in data.items()]
     all_fams = sorted({f for _, t in data.values() for f in t["families"]})
+    for t, sc in both:  # the gate is calibrated on planted pairs only: their fitted-filter score first
+        robust_where(sc, planted_mask(sc, t), args.workers)
+    gate = fit_gate(both, set(all_fams) - set(HELD_OUT))
+    lofo_gate = {f: fit_gate(both, set(all_fams) - {f}) for f in all_fams}
+    if args.gate is not None:
+        gate, lofo_gate = args.gate, dict.fromkeys(all_fams, args.gate)
+    for _, sc in both:  # then wherever some gate lets the score run: what the stage computes
+        robust_where(sc, sc["close"] >= min(gate, *lofo_gate.values()), args.workers)
+        sc["timings"]["gated_out_at_default"] = int((sc["close"] < gate).sum())
     report: dict[str, Any] = {"machine": machine(), "held_out": HELD_OUT, "timings": {k: v["timings"] for k, v in scores.items()}}
-    default = fit(both, set(all_fams) - set(HELD_OUT))
-    lofo = {f: fit(both, set(all_fams) - {f}) for f in all_fams}
+    default = fit(both, set(all_fams) - set(HELD_OUT), gate)
+    lofo = {f: fit(both, set(all_fams) - {f}, lofo_gate[f]) for f in all_fams}
     report["default_thresholds"], report["lofo_thresholds"] = default, lofo
+    report["default_gate"], report["lofo_gate"] = gate, lofo_gate
     for k, (folder, t) in data.items():
         full = np.ones(t["n"], bool)
-        at_default = score_groups(groups_at(scores[k], t["n"], *default, full), full, t, t["families"])
+        at_default = score_groups(groups_at(scores[k], t["n"], *default, full, gate), full, t, t["families"])
         loo = {}
         for f in t["families"]:
             mask = t["keep_mask"]({f})
-            loo[f] = score_groups(groups_at(scores[k], t["n"], *lofo[f], mask), mask, t, [f])["recall"][f]
+            loo[f] = score_groups(groups_at(scores[k], t["n"], *lofo[f], mask, lofo_gate[f]), mask, t, [f])["recall"][f]
         peers: dict[str, Any] = {}
         if not args.no_peers:
             ph, secs = phash_pairs(folder, t)
@@ -336,6 +387,8 @@ def main() -> None:
             peers["fastdup"] = fd if isinstance(fd, str) else {**pairs_score(fd[0], t, t["families"]), "seconds": round(fd[1], 1)}
         report[k] = {"default": at_default, "lofo_recall": loo, "peers": peers, "files": t["n"], "copies": len(t["copies"])}
         _table(k, t, at_default, loo, peers)
+    print("default gate (fitted without", HELD_OUT, "):", round(gate, 4))
+    print("leave-one-out gates:", {f: round(g, 4) for f, g in lofo_gate.items()})
     print("default thresholds (fitted without", HELD_OUT, "):", default)
     print("leave-one-out thresholds:", lofo)
     print("timings:", report["timings"], "| load average", os.getloadavg())

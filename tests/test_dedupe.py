@@ -236,10 +236,11 @@ def test_exact_pixels_match_across_encodings() -> None:
 
 def test_ivf_index_path_finds_planted_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above EXACT_MAX vectors the search is an IVF index; it must still find shifted and JPEG copies."""
+    import curate.stages.dedupe.index as di
     import curate.stages.dedupe.search as ds
     from curate.stages.dedupe.signatures import compute_signatures, thumbs_array
 
-    monkeypatch.setattr(ds, "EXACT_MAX", 50)
+    monkeypatch.setattr(di, "EXACT_MAX", 50)
     import pyarrow as pa
 
     blobs = [encode(scene(s)) for s in range(300)] + [planted(scene(s), "shift2") for s in range(5)]
@@ -249,6 +250,9 @@ def test_ivf_index_path_finds_planted_pairs(monkeypatch: pytest.MonkeyPatch) -> 
     pairs, scores, timings = ds.near_pairs(thumbs, shapes, sizes, 0.9)
     assert {tuple(p) for p in pairs.tolist()} == {(s, 300 + s) for s in range(5)}
     assert timings["candidates"] < 300 * 299 // 2 // 10  # far from all pairs
+    monkeypatch.setattr(di, "F32_INDEX_BYTES", 0)  # the float16 lists of a large index find them too
+    pairs16, _, _ = ds.near_pairs(thumbs, shapes, sizes, 0.9)
+    assert {tuple(p) for p in pairs16.tolist()} == {(s, 300 + s) for s in range(5)}
 
 
 def test_excluded_rows_do_not_take_part(workspace: Any, ingest: Any, planted_folder: Path) -> None:

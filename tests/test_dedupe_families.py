@@ -87,6 +87,44 @@ def test_a_copy_under_every_family_is_found_and_look_alikes_are_not() -> None:
     assert all((i, n + i) not in pairs for i in range(n)), "a look-alike was grouped with its scene"
 
 
+def test_the_closeness_gate_keeps_every_familys_planted_decision() -> None:
+    """The fitted-filter score skipped below ``ROBUST_GATE`` changes no decision on planted copies of any family."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from curate.stages.dedupe import DEFAULT_ROBUST_THRESHOLD, DEFAULT_THRESHOLD
+    from curate.stages.dedupe.index import ViewSet, candidate_pairs
+    from curate.stages.dedupe.pairs import pair_scores
+    from curate.stages.dedupe.signatures import compute_signatures, thumbs_array, value_thumbs
+    from curate.stages.dedupe.transforms import FAMILIES
+
+    rng = np.random.default_rng(7)
+    fams = list(FAMILIES)
+    sources = [Image.fromarray(scene(100 + s)) for s in range(len(fams))]
+    others = [Image.fromarray(scene(100 + s, variant=1)) for s in range(len(fams))]
+    copies = [FAMILIES[f](sources[i], rng) for i, f in enumerate(fams)]
+    datas = [png(im) for im in sources + others + copies]
+    sigs = compute_signatures(pa.table({"sample_id": [str(i) for i in range(len(datas))], "data": datas}))
+    thumbs, shapes = thumbs_array(sigs)
+    values, has_value = value_thumbs(sigs, thumbs)
+    sizes = np.stack([sigs.column("height").to_numpy(), sigs.column("width").to_numpy()], 1).astype(np.int64)
+    cand, close = candidate_pairs(ViewSet(thumbs, shapes, values, np.flatnonzero(has_value)), np.ones(len(datas), bool))
+    n = len(fams)
+    where = {(int(a), int(b)): i for i, (a, b) in enumerate(cand)}
+    planted = [where.get((i, 2 * n + i), -1) for i in range(n)]
+    assert min(planted) >= 0, [f for f, p in zip(fams, planted, strict=True) if p < 0]  # every copy is a candidate
+    t = (DEFAULT_THRESHOLD, DEFAULT_ROBUST_THRESHOLD)
+    kw = {"values": values, "has_value": has_value}
+    _, gated, n_gated = pair_scores(thumbs, shapes, sizes, cand, *t, closeness=close, **kw)
+    _, full, n_full = pair_scores(thumbs, shapes, sizes, cand, *t, **kw)
+    changed = [f for f, p in zip(fams, planted, strict=True) if gated[p] != full[p]]
+    assert not changed, f"the gate changed the decision on planted copies: {changed}"
+    assert full[planted].sum() >= n - 1 and n_gated <= n_full
+    # a gate above every pair's closeness turns the fitted-filter score off: the families it alone finds are lost
+    _, off, n_off = pair_scores(thumbs, shapes, sizes, cand, *t, closeness=close, gate=2.0, **kw)
+    assert n_off == 0 and not off[planted].all()
+
+
 @pytest.mark.xfail(strict=True, reason="signatures are luma and HSV value: an object recoloured at equal luma is invisible")
 def test_an_object_recoloured_at_equal_luma_is_not_a_duplicate() -> None:
     from PIL import Image

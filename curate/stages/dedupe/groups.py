@@ -62,7 +62,10 @@ def group_items(
     nu = len(first)
     firsts = sigs.take(pa.array(first))
     thumbs, shapes = thumbs_array(firsts)
-    values, has_value = value_thumbs(firsts, thumbs)
+    if firsts.column("thumb_v").null_count < nu:
+        values, has_value = value_thumbs(firsts, thumbs)
+    else:  # all gray: no second (N, 32, 32) array (1 GB at a million images)
+        values, has_value = None, np.zeros(nu, bool)
     sizes = np.stack([sigs.column("height").to_numpy(), sigs.column("width").to_numpy()], 1)[first].astype(np.int64)
     query_u = np.zeros(nu, bool)
     np.logical_or.at(query_u, u_of, ~is_ref)
@@ -108,21 +111,22 @@ def _rep_scores(
     shapes: np.ndarray,
     sizes: np.ndarray,
     pairs: np.ndarray,
-    values: tuple[np.ndarray, np.ndarray],
+    values: tuple[np.ndarray | None, np.ndarray],
     t: tuple[float, float],
     flip: bool,
 ) -> np.ndarray:
     """``dup_score`` of members against their representative: the best score computed (and of the mirror image)."""
     from curate.stages.dedupe.pairs import mirrored, pair_scores
 
-    score, _ = pair_scores(thumbs, shapes, sizes, pairs, *t, values=values[0], has_value=values[1])
+    score, _, _ = pair_scores(thumbs, shapes, sizes, pairs, *t, values=values[0], has_value=values[1])
     if flip:
         n = len(thumbs)
         two = np.concatenate
         mp = np.stack([pairs[:, 0], pairs[:, 1] + n], 1)
-        m_score, _ = pair_scores(
+        m_score, _, _ = pair_scores(
             two([thumbs, mirrored(thumbs, shapes)]), two([shapes, shapes]), two([sizes, sizes]), mp, *t,
-            values=two([values[0], mirrored(values[0], shapes)]), has_value=two([values[1], values[1]]),
+            values=None if values[0] is None else two([values[0], mirrored(values[0], shapes)]),
+            has_value=two([values[1], values[1]]),
         )  # fmt: skip
         score = np.maximum(score, m_score)
     return score

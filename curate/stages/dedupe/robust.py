@@ -39,40 +39,48 @@ RIDGE = 1e-3
 CHUNK = 2048
 
 
-def _integral(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integral images ``(P, h + 1, w + 1)`` of ``img`` and of ``img**2`` (float64: exact window sums)."""
+@lru_cache(maxsize=256)
+def _band(n: int, t: int) -> np.ndarray:
+    """``(n, n - t + 1)`` float64 matrix of ones where row ``i`` is inside window ``j`` (``j <= i < j + t``)."""
+    i, j = np.arange(n)[:, None], np.arange(n - t + 1)[None, :]
+    return ((i >= j) & (i < j + t)).astype(np.float64)
+
+
+def window_var(img: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """Sum of squared deviations of every ``(th, tw)`` window of ``img`` ``(P, h, w)``: ``(P, h - th + 1, w - tw + 1)``.
+
+    The window sums are two batch-wide products with band matrices (float64: exact enough for the difference).
+    """
+    p, h, w = img.shape
     x = img.astype(np.float64)
-    c1 = np.zeros((len(x), x.shape[1] + 1, x.shape[2] + 1))
-    c2 = np.zeros_like(c1)
-    c1[:, 1:, 1:] = x.cumsum(1).cumsum(2)
-    c2[:, 1:, 1:] = (x * x).cumsum(1).cumsum(2)
-    return c1, c2
+    bw, bh = _band(w, tw), _band(h, th)
+
+    def box(v: np.ndarray) -> np.ndarray:
+        r = (v.reshape(p * h, w) @ bw).reshape(p, h, -1).transpose(0, 2, 1)  # (P, nx, h)
+        return (np.ascontiguousarray(r).reshape(-1, h) @ bh).reshape(p, -1, h - th + 1).transpose(0, 2, 1)
+
+    s1, s2 = box(x), box(x * x)
+    return np.maximum(s2 - s1 * s1 / (th * tw), 0)
 
 
-def ncc_map(img: np.ndarray, t: np.ndarray, integral: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def ncc_map(img: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Normalised cross-correlation of template ``t`` ``(P, th, tw)`` at every offset inside ``img`` ``(P, h, w)``.
 
-    Direct products (the offsets are few: at most about 8 per axis for these templates), the window sums from
-    the integral images (``integral``, computed here when not given).
+    Direct products (the offsets are few: at most about 8 per axis for these templates); the windows' variances
+    from ``window_var``.
 
     Returns:
         ``(P, h - th + 1, w - tw + 1)`` float32 Pearson correlations.
     """
     p, h, w = img.shape
     _, th, tw = t.shape
-    c1, c2 = _integral(img) if integral is None else integral
     tc = t - t.mean((1, 2), keepdims=True)
     ny, nx = h - th + 1, w - tw + 1
     num = np.empty((p, ny, nx), np.float32)
     for oy in range(ny):
         for ox in range(nx):
             num[:, oy, ox] = np.einsum("pij,pij->p", img[:, oy : oy + th, ox : ox + tw], tc)
-
-    def box(c: np.ndarray) -> np.ndarray:
-        return c[:, th:, tw:] - c[:, :-th, tw:] - c[:, th:, :-tw] + c[:, :-th, :-tw]
-
-    var = np.maximum(box(c2) - box(c1) ** 2 / (th * tw), 0)
-    den = np.sqrt(var * np.einsum("pij,pij->p", tc, tc)[:, None, None]) + 1e-6
+    den = np.sqrt(window_var(img, th, tw) * np.einsum("pij,pij->p", tc, tc)[:, None, None]) + 1e-6
     return (num / den).astype(np.float32)
 
 
@@ -167,11 +175,8 @@ def zoom_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     hyps = _hypotheses(a, b)
     ncc = np.full((len(hyps), p), -2.0, np.float32)
     where = np.zeros((len(hyps), p, 2), np.int64)
-    integrals: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i, (img, t, _) in enumerate(hyps):
-        if id(img) not in integrals:
-            integrals[id(img)] = _integral(img)
-        c = ncc_map(img, t, integrals[id(img)])
+        c = ncc_map(img, t)
         flat = c.reshape(p, -1).argmax(1)
         ncc[i] = c.reshape(p, -1)[np.arange(p), flat]
         where[i] = np.stack(np.unravel_index(flat, c.shape[1:]), 1)

@@ -51,10 +51,13 @@ def resize_matrix(n_out: int, n_in: int) -> np.ndarray:
 
 def resize_batch(x: np.ndarray, h: int, w: int) -> np.ndarray:
     """Resize a ``(P, H, W)`` float batch to ``(P, h, w)`` with ``resize_matrix`` (identity when equal)."""
-    _, hh, ww = x.shape
+    p, hh, ww = x.shape
     if (hh, ww) == (h, w):
         return x
-    return resize_matrix(h, hh) @ x @ resize_matrix(w, ww).T
+    # two large products over the whole batch, not one small product per image (numpy's stacked matmul)
+    y = np.ascontiguousarray(x).reshape(p * hh, ww) @ resize_matrix(w, ww).T
+    y = np.ascontiguousarray(y.reshape(p, hh, w).transpose(0, 2, 1)).reshape(p * w, hh) @ resize_matrix(h, hh).T
+    return np.ascontiguousarray(y.reshape(p, w, h).transpose(0, 2, 1))
 
 
 def _block_edges(n: int) -> np.ndarray:
