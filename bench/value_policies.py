@@ -80,6 +80,28 @@ def score(d: dict, policy: str, action: str, quality: float, junk: float, method
     }
 
 
+def posterior_rows(d: dict, taus: tuple[float, ...] = (0.3, 0.5, 0.7), junk: float = 0.85) -> list[dict]:
+    """Tried against the shipped rule (not a curate policy): exclude a row when the posterior that its given label
+    is right, ``T[y,y] p(y) / sum_j T[y,j] p(j)`` with ``T`` cleanlab's estimated noise matrix
+    (``P(given = i | true = j)``), is below ``tau``; 0.5 is the Bayes decision "more likely wrong than right", a
+    rule with no constant fitted to a set. Junk as the confident policy (``ood_score > junk``)."""
+    from cleanlab.count import estimate_py_and_noise_matrices_from_probabilities
+
+    y, p = d["labels"], d["probs"]
+    _, noise, _, _ = estimate_py_and_noise_matrices_from_probabilities(y, p)
+    post = noise[y, y] * p[np.arange(len(y)), y] / np.maximum((noise[y, :] * p).sum(1), 1e-12)
+    ood = (1 - p.max(1)) / (1 - 1 / p.shape[1])
+    flip, junk_, clean = d["kind"] == "flip", d["kind"] == "junk", d["kind"] == "clean"
+    base = flip | clean | (d["kind"] == "dup")
+    out = []
+    for tau in taus:
+        excl = (post < tau) | (ood > junk)
+        kept_wrong = int((~excl & (d["labels"] != d["true"]) & base).sum() + (~excl & junk_).sum())
+        out.append({"tau": tau, "flip_excl": float(excl[flip].mean()), "junk_excl": float(excl[junk_].mean()),
+                    "clean_lost": float(excl[clean].mean()), "kept_wrong": kept_wrong})  # fmt: skip
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workspaces", nargs="+", type=Path)
@@ -97,6 +119,11 @@ def main() -> None:
             print(
                 f"| {ws.name} | {policy} | {action} | {t} | {o} | {s['flagged']} | {s['flip_fixed']:.1%} | {s['flip_excl']:.1%} "
                 f"| {s['junk_excl']:.1%} | {s['clean_lost']:.2%} | {s['clean_wrong']:.2%} | {s['kept_wrong']} |"
+            )
+        for r in posterior_rows(d):
+            print(
+                f"| {ws.name} | posterior < {r['tau']} | exclude | - | 0.85 | - | 0.0% | {r['flip_excl']:.1%} "
+                f"| {r['junk_excl']:.1%} | {r['clean_lost']:.2%} | 0.00% | {r['kept_wrong']} |"
             )
 
 
