@@ -13,17 +13,7 @@ import pyarrow.compute as pc
 
 from curate.schema import OK
 from curate.stages.split import SplitConfig
-
-
-def _targets(n: int, ratios: list[tuple[str, float]]) -> dict[str, int]:
-    """Largest-remainder apportionment of ``n`` items to the splits (sums to exactly ``n``)."""
-    raw = [(name, n * frac) for name, frac in ratios]
-    out = {name: int(v) for name, v in raw}
-    rest = n - sum(out.values())
-    order = [r[0] for r in ratios]
-    for name, _ in sorted(raw, key=lambda x: (-(x[1] - int(x[1])), order.index(x[0])))[:rest]:
-        out[name] += 1
-    return out
+from curate.stages.split.assign import _targets  # the apportionment did not change: the reference shares it
 
 
 class _UnionFind:
