@@ -40,8 +40,13 @@ def _probs(rng: np.random.Generator, main: int, p_main: float, other: int | None
     return p.tolist()
 
 
-def make_dataset(root: Path) -> tuple[dict[str, dict[str, str]], list[tuple[str, list[float]]]]:
-    """Images ``root/images/q<label>/<name>.png`` and per name the planted probabilities; the truth by kind."""
+def make_dataset(root: Path, *, sure: bool = False) -> tuple[dict[str, dict[str, str]], list[tuple[str, list[float]]]]:
+    """Images ``root/images/q<label>/<name>.png`` and per name the planted probabilities; the truth by kind.
+
+    ``sure``: the shape of MNIST with look-alike flips instead (BENCHMARKS.md, held-out sets): models sure of the
+    clean rows (0.85-0.95, no hard rows), and flips that keep some probability on their given label (0.08-0.1)."""
+    if sure:
+        return _make_sure(root)
     from PIL import Image
 
     rng = np.random.default_rng(5)
@@ -69,11 +74,32 @@ def make_dataset(root: Path) -> tuple[dict[str, dict[str, str]], list[tuple[str,
     return truth, probs
 
 
-@pytest.fixture(scope="module")
-def flagged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict[str, dict[str, str]], str]:
-    """A workspace after ingest + ``clean --find-mislabels --find-outliers --pred-probs`` (flag only)."""
-    root = tmp_path_factory.mktemp("policy")
-    truth, probs = make_dataset(root)
+def _make_sure(root: Path) -> tuple[dict[str, dict[str, str]], list[tuple[str, list[float]]]]:
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    truth: dict[str, dict[str, str]] = {"flipped": {}, "junk": {}, "hard": {}, "clean": {}}
+    probs: list[tuple[str, list[float]]] = []
+    for i, kind in enumerate(rng.choice(["clean", "flipped", "junk"], N, p=[0.87, 0.1, 0.03]).tolist()):
+        true = i % K
+        label = (true + 1 + int(rng.integers(0, K - 1))) % K if kind != "clean" else true
+        if kind == "clean":
+            p = _probs(rng, true, rng.uniform(0.85, 0.95))
+        elif kind == "flipped":  # the true class as sure as a clean row, the given label kept at 0.08-0.12
+            p = _probs(rng, true, rng.uniform(0.82, 0.9), label, rng.uniform(0.08, 0.1))
+        else:
+            p = (np.array(0.25 + rng.uniform(-0.03, 0.03, K)) / 1.0).tolist()
+            p = (np.array(p) / sum(p)).tolist()
+        name = f"{kind}{i:04d}.png"
+        truth[kind][name] = f"q{true}" if kind != "junk" else ""
+        (root / "images" / f"q{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / "images" / f"q{label}" / name)
+        probs.append((name, p))
+    return truth, probs
+
+
+def _flagged(root: Path, *, sure: bool) -> tuple[Workspace, dict[str, dict[str, str]], str]:
+    truth, probs = make_dataset(root, sure=sure)
     ws = Workspace(root / "ws")
     ingest(ws, root / "images")
     t = ws.samples()
@@ -84,6 +110,18 @@ def flagged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict[s
     path = str(root / "probs.parquet")
     _clean(ws, path)
     return ws, truth, path
+
+
+@pytest.fixture(scope="module")
+def sure_flagged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict[str, dict[str, str]], str]:
+    """As ``flagged``, on the ``sure`` shape (``make_dataset``)."""
+    return _flagged(tmp_path_factory.mktemp("sure"), sure=True)
+
+
+@pytest.fixture(scope="module")
+def flagged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict[str, dict[str, str]], str]:
+    """A workspace after ingest + ``clean --find-mislabels --find-outliers --pred-probs`` (flag only)."""
+    return _flagged(tmp_path_factory.mktemp("policy"), sure=False)
 
 
 def _clean(ws: Workspace, pred_probs: str, **kw: object) -> dict:
@@ -116,7 +154,7 @@ def _back(ws: Workspace, vid: str) -> None:
 def test_confident_policy_drops_junk_fixes_flips_and_keeps_hard_clean_rows(flagged) -> None:  # noqa: ANN001
     ws, truth, probs = flagged
     start = ws.head()
-    res = _clean(ws, probs, action="relabel")  # policy "confident" is the default
+    res = _clean(ws, probs, action="relabel", policy="confident")
     got = _outcome(ws, truth)
     assert got["junk_excluded"] == 1.0, got
     assert got["flips_fixed"] >= 0.9, got
@@ -141,11 +179,32 @@ def test_old_policy_throws_away_hard_clean_rows(flagged) -> None:  # noqa: ANN00
 def test_confident_exclude_drops_junk_and_ruled_out_labels_only(flagged) -> None:  # noqa: ANN001
     ws, truth, probs = flagged
     start = ws.head()
-    _clean(ws, probs, action="exclude")
+    _clean(ws, probs, action="exclude", policy="confident")
     got = _outcome(ws, truth)
     assert got["junk_excluded"] == 1.0 and got["flips_handled"] >= 0.9 and got["clean_lost"] <= 0.01, got
     t = ws.samples()
     assert pc.sum(pc.equal(t["label_source"], "relabel:clean")).as_py() == 0  # exclude never changes a label
+    _back(ws, start)
+
+
+def test_estimate_policy_acts_on_the_estimated_count_where_confident_is_too_timid(sure_flagged) -> None:  # noqa: ANN001
+    """Look-alike flips keep 0.1-0.25 on their given label while the models are sure of clean rows: ``confident``
+    (p(given) < 0.1 x the class's mean confidence) leaves them; ``estimate`` (the default) ranks them worst and
+    acts on as many rows as cleanlab estimates are wrong."""
+    ws, truth, probs = sure_flagged
+    start = ws.head()
+    _clean(ws, probs, action="exclude", policy="confident")
+    timid = _outcome(ws, truth)
+    _back(ws, start)
+    _clean(ws, probs, action="exclude")
+    got = _outcome(ws, truth)
+    assert CleanConfig().policy == "estimate"  # the call above used the default
+    assert timid["flips_handled"] <= 0.2 and timid["junk_excluded"] == 1.0, timid
+    assert got["flips_handled"] >= 0.75 and got["junk_excluded"] == 1.0 and got["clean_lost"] <= 0.01, got
+    _back(ws, start)
+    _clean(ws, probs, action="relabel")
+    fixed = _outcome(ws, truth)
+    assert fixed["flips_handled"] >= 0.75 and fixed["clean_lost"] <= 0.01, fixed
     _back(ws, start)
 
 
@@ -157,6 +216,7 @@ def test_decide_rules() -> None:
         "given_threshold": np.full(5, 0.6),
         "suggested_confidence": np.array([0.8, 0.4, 0.65, 0.3, 0.8]),
         "suggested_threshold": np.full(5, 0.6),
+        "estimate_rank": np.array([0.0, 0.5, 1.5, 0.8, 2.0]),  # rank / estimated count: the first two, and junk
     }
     ood = np.array([0.1, 0.7, 0.5, 0.95, 0.1])
     kw = {"relabel_threshold": 0.9, "outlier_threshold": 0.75, "junk_threshold": 0.85}
@@ -167,6 +227,10 @@ def test_decide_rules() -> None:
     assert d.exclude_label.tolist() == [1, 1, 0, 0, 0] and d.exclude_outlier.tolist() == [0, 0, 0, 1, 0] and not d.relabel.any()
     d = decide(found, ood, action="exclude", policy="all", **kw)
     assert d.exclude_label.tolist() == [1, 1, 1, 0, 0] and d.exclude_outlier.tolist() == [0, 0, 0, 1, 0]
+    d = decide(found, ood, action="exclude", policy="estimate", **kw)  # junk goes as an outlier, not a label issue
+    assert d.exclude_label.tolist() == [1, 1, 0, 0, 0] and d.exclude_outlier.tolist() == [0, 0, 0, 1, 0]
+    d = decide(found, ood, action="relabel", policy="estimate", **kw)
+    assert d.relabel.tolist() == [1, 0, 0, 0, 0] and d.exclude_label.tolist() == [0, 1, 0, 0, 0]
     d = decide(found, ood, action="flag", policy="confident", **kw)
     assert not (d.relabel.any() or d.exclude_label.any() or d.exclude_outlier.any())
     d = decide(None, ood, action="exclude", policy="confident", **kw)  # outliers only: junk still goes

@@ -34,9 +34,10 @@ class CleanConfig:
             kNN distance).
         find_low_quality: Model-free checks: dark, bright, blurry, low information, tiny, odd aspect, grayscale.
         action: flag: columns only; exclude: exclude what was found; relabel: give label issues the suggested label.
-        policy: What exclude/relabel act on. confident: label issues whose given label's probability is far below its
-            class's confidence (relabel gives them a confident suggestion, else excludes them) and junk (ood_score
-            above junk_threshold); the rest stay in, flagged. all: every flagged row (the behaviour before issue 18).
+        policy: What exclude/relabel act on. estimate: the rows with the least likely given labels, as many as
+            cleanlab estimates are mislabeled (x 0.9), and junk (ood_score above junk_threshold); relabel gives them
+            a confident suggestion, else excludes them. confident: only label issues whose given label's probability
+            is far below its class's confidence, and junk. all: every flagged row (the behaviour before issue 18).
         act_on: train: act on train rows and rows not split yet; all: every split.
         max_fraction: Act on at most this fraction of the checked rows per issue kind, worst first.
         method: cleanlab filter_by: low_normalized_margin, low_self_confidence, prune_by_noise_rate, both, ...
@@ -68,7 +69,7 @@ class CleanConfig:
     find_outliers: bool = False
     find_low_quality: bool = False
     action: str = "flag"
-    policy: str = "confident"
+    policy: str = "estimate"
     act_on: str = "train"
     max_fraction: float = 0.2
     method: str = "low_normalized_margin"
@@ -224,7 +225,7 @@ def details(res: dict[str, Any]) -> list[str]:
             o = st[key]
             checks = f" ({', '.join(f'{k} {v}' for k, v in o['by_check'].items()) or 'none'})" if "by_check" in o else ""
             # policy confident excludes junk (outliers) under relabel too
-            junk = action == "relabel" and key == "outliers" and st.get("policy", "all") == "confident"
+            junk = action == "relabel" and key == "outliers" and st.get("policy", "all") in ("estimate", "confident")
             done = f"{o['acted_on']:,} excluded" if action == "exclude" or junk else "flagged only"
             out.append(f"{name}: {o['flagged']:,} of {o['rows_checked']:,}{checks}; {done}")
     if "review" in res:

@@ -227,7 +227,8 @@ def _act(
     n = table.num_rows
     found = score = None
     if li is not None:  # cleanlab's per-row arrays spread over all rows (unchecked rows: no issue)
-        found = {k: np.zeros(n, v.dtype) for k, v in li["found"].items()}
+        # unchecked rows: no issue (an estimate_rank of 0 would put them first in line)
+        found = {k: np.full(n, np.inf if k == "estimate_rank" else 0, v.dtype) for k, v in li["found"].items()}
         for k, v in li["found"].items():
             found[k][li["pos"]] = v
     if out is not None:

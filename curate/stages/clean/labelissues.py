@@ -176,8 +176,11 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, method: str = "low_no
         ``suggested_confidence`` float ``(N,)``; ``given_threshold`` / ``suggested_threshold`` float ``(N,)``: the
         per-class thresholds of cleanlab's confident joint (mean out-of-sample probability of class k over the rows
         labeled k) of the given and of the suggested class (what "confident" means for that class; they fall as
-        label noise makes the models less sure).
+        label noise makes the models less sure); ``estimate_rank`` float ``(N,)``: the row's place when the rows are
+        ranked by ``label_quality``, worst first (0 = worst), divided by cleanlab's estimate of how many labels are
+        wrong (``num_label_issues``): below 1 = among the estimated count of worst rows (inf when none are estimated).
     """
+    from cleanlab.count import num_label_issues
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
@@ -193,11 +196,15 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, method: str = "low_no
     is_issue = np.zeros(len(labels), bool) if len(present) < 2 else np.asarray(find_label_issues(lab, sub, filter_by=method), bool)
     quality = get_label_quality_scores(lab, sub, method="self_confidence") if len(present) >= 2 else np.ones(len(labels))
     suggested = probs.argmax(1)
+    n_est = int(num_label_issues(lab, sub)) if len(present) >= 2 else 0
+    rank = np.empty(len(labels), np.float64)
+    rank[np.argsort(quality, kind="stable")] = np.arange(len(labels))
     thresholds = np.array([probs[labels == k, k].mean() if (labels == k).any() else 1.0 for k in range(probs.shape[1])])
     return {
         "given_threshold": thresholds[labels],
         "suggested_threshold": thresholds[suggested],
         "is_label_issue": is_issue,
+        "estimate_rank": rank / n_est if n_est else np.full(len(labels), np.inf),
         "label_quality": np.asarray(quality, np.float64),
         "suggested": suggested,
         "suggested_confidence": probs[np.arange(len(probs)), suggested].astype(np.float64),

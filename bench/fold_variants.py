@@ -1,0 +1,122 @@
+"""Which fold models make ``curate clean`` judge better: out-of-sample probabilities from variants of the k-fold
+models, scored against the planted truth of ``bench/bench_value.py``'s sets, without training any arm.
+
+For one set's workspace (the rows the newest clean version checked, their given labels and the truth), each
+variant (``NAME=key=value,...`` over ``curate.learn.train.TrainConfig`` fields, plus ``folds`` and ``ensemble``:
+that many seeds averaged) computes k-fold probabilities with ``curate.learn.predict.oof_predict`` and is scored with
+``value_policies.score`` under the shipped policy, plus threshold-free figures (AUROC of the given label's
+probability, flips vs clean rows). Probabilities are cached under ``bench/.out/value/folds/<set>/<variant>.npz``.
+
+Run: ``python bench/fold_variants.py bench/.out/value/ws/<set> --variant base=epochs=3 --variant e6=epochs=6``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import OUT  # noqa: E402
+from value_policies import load, score  # noqa: E402
+
+
+def parse(spec: str) -> tuple[str, dict[str, object]]:
+    """``NAME=k=v,k=v`` -> (NAME, {k: v}) with ints/floats converted."""
+    name, _, rest = spec.partition("=")
+    out: dict[str, object] = {}
+    for kv in filter(None, rest.split(",")):
+        k, _, v = kv.partition("=")
+        for cast in (int, float):
+            try:
+                out[k] = cast(v)
+                break
+            except ValueError:
+                continue
+        else:
+            out[k] = v
+    return name, out
+
+
+def images_of(ws_path: Path, ids: list[str]) -> np.ndarray:
+    """uint8 (N, H, W, C) of ``ids`` from the workspace's blobs, in that order."""
+    import pyarrow as pa
+
+    from curate.learn.blobimages import geometry, load_images
+    from curate.workspace import Workspace
+
+    ws = Workspace(ws_path)
+    table = ws.samples(ws.head())
+    where = {s: i for i, s in enumerate(table.column("sample_id").to_pylist())}
+    rows = table.take(pa.array([where[s] for s in ids]))
+    channels, size = geometry(rows, None)
+    return load_images(ws, rows, channels, size)
+
+
+def oof(images: np.ndarray, labels: np.ndarray, classes: list[str], opts: dict[str, object], seed: int) -> np.ndarray:
+    """Mean of ``ensemble`` k-fold probability sets (seeds ``seed``, ``seed + 100``, ...)."""
+    from curate.learn.predict import oof_predict
+    from curate.learn.train import TrainConfig
+
+    opts = dict(opts)
+    folds, ensemble = int(opts.pop("folds", 5)), int(opts.pop("ensemble", 1))
+    base = {"arch": "small-cnn", "epochs": 3, "batch_size": 128, "lr": 3e-3, "augment": "none", "device": "auto"}
+    cfg = replace(TrainConfig(), **(base | opts))
+    runs = [oof_predict(images, labels, classes, cfg, folds=folds, seed=seed + 100 * e).probs for e in range(ensemble)]
+    return np.mean(runs, axis=0)
+
+
+def auroc(d: dict) -> float:
+    """AUROC of 1 - p(given label) for flipped vs clean rows (threshold-free: how well the probabilities rank)."""
+    from sklearn.metrics import roc_auc_score
+
+    keep = np.isin(d["kind"], ("flip", "clean"))
+    p_given = d["probs"][np.arange(len(d["labels"])), d["labels"]]
+    return float(roc_auc_score(d["kind"][keep] == "flip", 1 - p_given[keep]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workspace", type=Path)
+    p.add_argument("--variant", action="append", required=True, help="NAME=key=value,... (TrainConfig fields, folds, ensemble)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    import pyarrow.parquet as pq
+
+    from curate.workspace import Workspace
+
+    d = load(args.workspace)
+    ws = Workspace(args.workspace)
+    vid = next(v for v in reversed(ws.version_ids()) if ws.state_path(v, "clean_oof.parquet").exists())
+    ids = pq.read_table(ws.state_path(vid, "clean_oof.parquet")).column("sample_id").to_pylist()
+    classes = [str(i) for i in range(d["probs"].shape[1])]  # the value sets' labels are the class indices
+    images = None
+    print("| variant | seconds | AUROC flip vs clean | flips excl | junk excl | clean lost | wrong kept (q=0.1) | q=0.2 wrong kept / clean lost |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for spec in args.variant:
+        name, opts = parse(spec)
+        cache = OUT / "value" / "folds" / args.workspace.name / f"{name}.npz"
+        t0 = time.perf_counter()
+        if cache.exists():
+            probs = np.load(cache)["probs"]
+        else:
+            images = images_of(args.workspace, ids) if images is None else images
+            probs = oof(images, d["labels"], classes, opts, args.seed)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, probs=probs)
+        dv = {**{k: v for k, v in d.items() if not isinstance(k, tuple)}, "probs": probs.astype(np.float64)}
+        s1 = score(dv, "confident", "exclude", 0.1, 0.85, "low_normalized_margin")
+        s2 = score(dv, "confident", "exclude", 0.2, 0.85, "low_normalized_margin")
+        print(
+            f"| {name} | {time.perf_counter() - t0:.0f} | {auroc(dv):.4f} | {s1['flip_excl']:.1%} | {s1['junk_excl']:.1%} "
+            f"| {s1['clean_lost']:.2%} | {s1['kept_wrong']} | {s2['kept_wrong']} / {s2['clean_lost']:.2%} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
