@@ -237,5 +237,12 @@ def robust_scores(thumbs: np.ndarray, shapes: np.ndarray, pairs: np.ndarray, *, 
         a[swap], b[swap] = b[swap], a[swap].copy()
         out[sel] = zoom_scores(a, b)
 
-    parallel(run, tasks, threads)
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # the chunks run on ``threads`` threads; each convolution on one
+    try:
+        parallel(run, tasks, threads)
+    finally:
+        torch.set_num_threads(prev)
     return out
