@@ -48,6 +48,8 @@ CHUNK = 8192
 SLACK = 1e-3
 #: above this many bytes of float32 vectors (about 1M views) the IVF lists store float16 (memory at 1M images)
 F32_INDEX_BYTES = 256 << 20
+#: queries searched together by ``knn`` (its buffers: 16 numbers per query and probed list)
+QUERY_BLOCK = 1 << 18
 
 
 @dataclass
@@ -232,17 +234,30 @@ def knn(store: Store, queries: np.ndarray, k: int, *, threads: int = 1) -> np.nd
     """
     import faiss
 
-    from curate.stages.dedupe.verify import parallel
-
-    ip = faiss.METRIC_INNER_PRODUCT
     if store.assign is None:
-        return faiss.knn(store.vectors(queries), store.vectors(np.arange(len(store.y))), k, ip)[1]
+        return faiss.knn(store.vectors(queries), store.vectors(np.arange(len(store.y))), k, faiss.METRIC_INNER_PRODUCT)[1]
     first = store.assign[:, 0]
     n_lists = int(store.assign.max()) + 1
     stored = np.argsort(first, kind="stable")  # views by list, ascending ids within a list
     s_bounds = np.searchsorted(first[stored], np.arange(n_lists + 1))
-    probe = store.assign.shape[1]
-    q_lists = store.assign[queries].reshape(-1)  # incidence i: query i // probe, its (i % probe)-th list
+    out = np.empty((len(queries), k), np.int64)
+    faiss.omp_set_num_threads(1)  # parallel over lists instead
+    try:
+        for s in range(0, len(queries), QUERY_BLOCK):  # bounded buffers: (block, nprobe * k) candidates
+            out[s : s + QUERY_BLOCK] = _knn_block(store, queries[s : s + QUERY_BLOCK], k, stored, s_bounds, threads)
+    finally:
+        faiss.omp_set_num_threads(max(1, threads))
+    return out
+
+
+def _knn_block(store: Store, queries: np.ndarray, k: int, stored: np.ndarray, s_bounds: np.ndarray, threads: int) -> np.ndarray:
+    """``knn`` for one block of queries: every list they probe searched once, the ``nprobe`` results merged."""
+    import faiss
+
+    from curate.stages.dedupe.verify import parallel
+
+    probe, n_lists = store.assign.shape[1], len(s_bounds) - 1  # type: ignore[union-attr]
+    q_lists = store.assign[queries].reshape(-1)  # type: ignore[index]  # incidence i: query i // probe, its (i % probe)-th list
     q_order = np.argsort(q_lists, kind="stable")
     q_bounds = np.searchsorted(q_lists[q_order], np.arange(n_lists + 1))
     best_d = np.full((len(queries), probe * k), -np.inf, np.float32)
@@ -253,17 +268,13 @@ def knn(store: Store, queries: np.ndarray, k: int, *, threads: int = 1) -> np.nd
         db = stored[s_bounds[lst] : s_bounds[lst + 1]]
         if not inc.size or not db.size:
             return
-        rows = inc // probe
-        dist, idx = faiss.knn(store.vectors(queries[rows]), store.vectors(db), min(k, len(db)), ip)
+        rows = inc // probe  # each (query, list) incidence fills its own k columns: no two threads write a cell
+        dist, idx = faiss.knn(store.vectors(queries[rows]), store.vectors(db), min(k, len(db)), faiss.METRIC_INNER_PRODUCT)
         cols = (inc % probe)[:, None] * k + np.arange(dist.shape[1])
         best_d[rows[:, None], cols] = dist
         best_i[rows[:, None], cols] = np.where(idx >= 0, db[np.maximum(idx, 0)], -1)
 
-    faiss.omp_set_num_threads(1)  # parallel over lists instead
-    try:
-        parallel(run, list(range(n_lists)), threads)
-    finally:
-        faiss.omp_set_num_threads(max(1, threads))
+    parallel(run, list(range(n_lists)), threads)
     top = np.argsort(-best_d, axis=1, kind="stable")[:, :k]
     out = np.take_along_axis(best_i, top, 1)
     out[np.take_along_axis(best_d, top, 1) == -np.inf] = -1
