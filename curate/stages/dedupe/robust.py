@@ -12,7 +12,8 @@ another:
 - *Geometric*: ``ZOOMS`` (15 zooms, about 3.8 % apart, within +-30 %) and ``ANGLES`` (+-1.5, 3, 4.5 degrees).
   For a zoom ``s > 1`` B is taken as a window of A enlarged by ``s`` (a crop resized back), for ``s < 1`` A as a
   window of B (a border or a padding resized back), for an angle A is rotated. Each hypothesis is placed at the
-  offset where its template correlates best with the image (``ncc_map``, every offset); the ``TOP`` two by that
+  offset where its template correlates best with the image (``ncc_map``, every offset, one depthwise
+  convolution per hypothesis over the batch of pairs); the ``TOP`` two by that
   correlation, and the same-frame one, get the fit.
 
 The score of a placement is ``min(1 - max block RMS of the residual, 2 * sqrt(R^2) - 1)`` (the same block rule
