@@ -37,7 +37,7 @@ ANGLES = (-4.5, -3.0, -1.5, 1.5, 3.0, 4.5)
 #: hypotheses scored with the full fit per pair (the best ones by plain correlation)
 TOP = 2
 RIDGE = 1e-3
-CHUNK = 2048
+CHUNK = 512  # pairs per task: 8 integral-image pairs of float64 per pair in flight (2048: ~220 MB per thread)
 
 
 def integral(img: np.ndarray) -> np.ndarray:
