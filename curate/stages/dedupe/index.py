@@ -11,13 +11,14 @@ so the 265-value Fourier descriptors (``search.fft_descriptor``) of the views ar
    computed chunk by chunk, whitened and added to the index; besides the index's 64 float32 numbers per view,
    three floats are kept: ``x . mu``, the norm ``r`` of the part of ``x - mu`` that the PCA drops, and the
    whitened norm. For unit vectors ``x . x' = z . z' + x.mu + x'.mu - |mu|^2 + res . res'`` with
-   ``|res . res'| <= r r'`` (``z`` the PCA coordinates, recovered from the index): the plain cosine of two
+   ``|res . res'| <= r r'`` (``z`` the PCA coordinates, recovered from the stored vector): the plain cosine of two
    views is known to within ``r r'``.
-3. *Neighbours*: faiss, exact ``IndexFlatIP`` up to ``EXACT_MAX`` views, else IVF-Flat (``nlist = 2 sqrt(n)``,
-   10 k-means iterations on at most 32 vectors per list; float16 vectors above ``F32_INDEX_BYTES``); each view
-   is assigned to its ``nprobe`` nearest lists once, and that serves both its add and its search
-   (``search_preassigned``): the coarse step, as costly as the scan, runs once instead of twice. A query's
-   ``k`` nearest views are its hits.
+3. *Neighbours* (``knn``): exact up to ``EXACT_MAX`` views, else an IVF (``nlist = 2 sqrt(n)`` lists, faiss's
+   k-means, 10 iterations on at most 32 vectors per list) kept as plain arrays (``Store``; float16 vectors
+   above ``F32_INDEX_BYTES``): each view is assigned to its ``nprobe`` nearest lists once, is stored in the
+   first and searches all of them, list by list as matrix products (what faiss's IVF-Flat
+   ``search_preassigned`` returns, without its one-query-at-a-time scan). A query's ``k`` nearest views are
+   its hits.
 4. *The plain-cosine test*: a hit is kept when its plain descriptor cosine is at least ``DESC_MIN``. Where the
    bound of step 2 decides it (random images' hits lie far below, copies far above), nothing is recomputed;
    the hits in the band are decided exactly, from their views' descriptors computed again.
@@ -47,6 +48,8 @@ CHUNK = 8192
 SLACK = 1e-3
 #: above this many bytes of float32 vectors (about 1M views) the IVF lists store float16 (memory at 1M images)
 F32_INDEX_BYTES = 256 << 20
+#: queries searched together by ``knn`` (its buffers: 16 numbers per query and probed list)
+QUERY_BLOCK = 1 << 18
 
 
 @dataclass
@@ -161,10 +164,29 @@ class _Pca:
         return y.astype(np.float32), xmu, r, wnorm
 
 
-def build(vs: ViewSet, nprobe: int, *, threads: int = 1, seed: int = 0) -> tuple[object, np.ndarray | None, Coords]:
-    """The faiss index of every view's whitened vector, each view's ``nprobe`` coarse lists (IVF) and ``Coords``.
+@dataclass
+class Store:
+    """Every view's whitened vector and, above ``EXACT_MAX`` views, its coarse lists (an IVF kept as plain arrays).
 
-    Descriptors are computed chunk by chunk on ``threads`` threads and added in view order (deterministic).
+    Attributes:
+        y: ``(V, d)`` whitened unit vectors, float32 (float16 above ``F32_INDEX_BYTES``).
+        assign: ``(V, nprobe)`` int32 coarse lists of each view, nearest first (None = exact search); a view is
+            stored in its first list and searches all of them.
+    """
+
+    y: np.ndarray
+    assign: np.ndarray | None
+
+    def vectors(self, views: np.ndarray) -> np.ndarray:
+        """``(len(views), d)`` float32 vectors of ``views``."""
+        return self.y[views].astype(np.float32, copy=False)
+
+
+def build(vs: ViewSet, nprobe: int, *, threads: int = 1, seed: int = 0) -> tuple[Store, Coords]:
+    """Every view's whitened vector, its ``nprobe`` coarse lists (IVF, above ``EXACT_MAX`` views) and ``Coords``.
+
+    Descriptors are computed chunk by chunk on ``threads`` threads (deterministic: each chunk writes its own
+    rows). The coarse centroids are faiss's k-means (``IndexIVFFlat.train``); ``knn`` searches the lists.
     """
     import faiss
 
@@ -174,53 +196,90 @@ def build(vs: ViewSet, nprobe: int, *, threads: int = 1, seed: int = 0) -> tuple
     pca = _Pca(vs, seed)
     d = len(pca.scale)
     xmu, r, wnorm = (np.empty(n_views, np.float32) for _ in range(3))
-    assign = None
-    if n_views <= EXACT_MAX:
-        index = faiss.IndexFlatIP(d)
-    else:
+    quantizer, assign = None, None
+    if n_views > EXACT_MAX:
         nlist = int(2 * np.sqrt(n_views))
-        quantizer = faiss.IndexFlatIP(d)
-        if n_views * d * 4 <= F32_INDEX_BYTES:
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        else:  # half the memory; inner products off by ~1e-3, so near-ties among the k nearest may change
-            fp16 = faiss.ScalarQuantizer.QT_fp16
-            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, fp16, faiss.METRIC_INNER_PRODUCT, False)
-        index.cp.niter = 10
-        index.cp.min_points_per_centroid = 1  # no warning for the small training sample
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = 10
+        ivf.cp.min_points_per_centroid = 1  # no warning for the small training sample
         train = np.random.default_rng(seed).choice(n_views, min(n_views, 32 * nlist), replace=False)
-        index.train(pca(vs.descriptors(train))[0])
-        index.nprobe = nprobe
+        ivf.train(pca(vs.descriptors(train))[0])
+        quantizer = ivf.quantizer
         assign = np.empty((n_views, nprobe), np.int32)
+    # float16 above about 1M views (half the memory; inner products off by ~1e-3, so near-ties may change)
+    y = np.empty((n_views, d), np.float16 if n_views * d * 4 > F32_INDEX_BYTES else np.float32)
     step = CHUNK * max(1, threads)
     for s in range(0, n_views, step):
         views = np.arange(s, min(s + step, n_views))
-        y = np.empty((len(views), d), np.float32)
+        y32 = np.empty((len(views), d), np.float32)
 
-        def run(lo: int, views: np.ndarray = views, y: np.ndarray = y) -> None:
+        def run(lo: int, views: np.ndarray = views, y32: np.ndarray = y32) -> None:
             part = views[lo : lo + CHUNK]
-            y[lo : lo + len(part)], xmu[part], r[part], wnorm[part] = pca(vs.descriptors(part))
+            y32[lo : lo + len(part)], xmu[part], r[part], wnorm[part] = pca(vs.descriptors(part))
 
         parallel(run, list(range(0, len(views), CHUNK)), threads)
-        if assign is None:
-            index.add(y)
-            continue
-        _, lists = index.quantizer.search(y, nprobe)
-        assign[views] = lists
-        first = np.ascontiguousarray(lists[:, 0], dtype=np.int64)
-        ids = views.astype(np.int64)  # named: swig_ptr does not keep its array alive
-        index.add_core(len(y), faiss.swig_ptr(y), faiss.swig_ptr(ids), faiss.swig_ptr(first))
-    if assign is not None:
-        index.make_direct_map()  # the queries are the stored vectors themselves
-    return index, assign, Coords(xmu, r, wnorm, float(pca.mu @ pca.mu), 1 / pca.scale**2)
+        y[views] = y32
+        if quantizer is not None:  # one batch for the step: faiss's matrix product runs on all threads
+            assign[views] = quantizer.search(y32, nprobe)[1]
+    return Store(y, assign), Coords(xmu, r, wnorm, float(pca.mu @ pca.mu), 1 / pca.scale**2)
 
 
-def _hits(index: object, assign: np.ndarray | None, views: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(len(views), k)`` neighbour view ids of ``views`` (-1 = none) and the query vectors ``(len(views), d)``."""
-    y = index.reconstruct_batch(views.astype(np.int64))  # type: ignore[attr-defined]
-    if assign is None:
-        return index.search(y, k)[1], y  # type: ignore[attr-defined]
-    lists = assign[views].astype(np.int64)
-    return index.search_preassigned(y, k, lists, np.zeros(lists.shape, np.float32))[1], y  # type: ignore[attr-defined]
+def knn(store: Store, queries: np.ndarray, k: int, *, threads: int = 1) -> np.ndarray:
+    """``(len(queries), k)`` ids of the ``k`` nearest views (inner product) of each query view, best first (-1 = none).
+
+    Exact up to ``EXACT_MAX`` views; above, a query searches the views stored in its ``nprobe`` lists, as an
+    IVF-Flat ``search_preassigned`` does, but list by list: one matrix product of all the queries that probe a
+    list with the list's vectors (``faiss.knn``: BLAS plus a k-heap), then the ``nprobe`` partial results of
+    each query merged. faiss's IVF scan goes one query at a time: on 300,000 random thumbnails this took 2.3x
+    less CPU (46.2 -> 19.8 s; BENCHMARKS.md, issue 16, third part) for the same neighbours.
+    """
+    import faiss
+
+    if store.assign is None:
+        return faiss.knn(store.vectors(queries), store.vectors(np.arange(len(store.y))), k, faiss.METRIC_INNER_PRODUCT)[1]
+    first = store.assign[:, 0]
+    n_lists = int(store.assign.max()) + 1
+    stored = np.argsort(first, kind="stable")  # views by list, ascending ids within a list
+    s_bounds = np.searchsorted(first[stored], np.arange(n_lists + 1))
+    out = np.empty((len(queries), k), np.int64)
+    faiss.omp_set_num_threads(1)  # parallel over lists instead
+    try:
+        for s in range(0, len(queries), QUERY_BLOCK):  # bounded buffers: (block, nprobe * k) candidates
+            out[s : s + QUERY_BLOCK] = _knn_block(store, queries[s : s + QUERY_BLOCK], k, stored, s_bounds, threads)
+    finally:
+        faiss.omp_set_num_threads(max(1, threads))
+    return out
+
+
+def _knn_block(store: Store, queries: np.ndarray, k: int, stored: np.ndarray, s_bounds: np.ndarray, threads: int) -> np.ndarray:
+    """``knn`` for one block of queries: every list they probe searched once, the ``nprobe`` results merged."""
+    import faiss
+
+    from curate.stages.dedupe.verify import parallel
+
+    probe, n_lists = store.assign.shape[1], len(s_bounds) - 1  # type: ignore[union-attr]
+    q_lists = store.assign[queries].reshape(-1)  # type: ignore[index]  # incidence i: query i // probe, its (i % probe)-th list
+    q_order = np.argsort(q_lists, kind="stable")
+    q_bounds = np.searchsorted(q_lists[q_order], np.arange(n_lists + 1))
+    best_d = np.full((len(queries), probe * k), -np.inf, np.float32)
+    best_i = np.full((len(queries), probe * k), -1, np.int64)
+
+    def run(lst: int) -> None:
+        inc = q_order[q_bounds[lst] : q_bounds[lst + 1]]
+        db = stored[s_bounds[lst] : s_bounds[lst + 1]]
+        if not inc.size or not db.size:
+            return
+        rows = inc // probe  # each (query, list) incidence fills its own k columns: no two threads write a cell
+        dist, idx = faiss.knn(store.vectors(queries[rows]), store.vectors(db), min(k, len(db)), faiss.METRIC_INNER_PRODUCT)
+        cols = (inc % probe)[:, None] * k + np.arange(dist.shape[1])
+        best_d[rows[:, None], cols] = dist
+        best_i[rows[:, None], cols] = np.where(idx >= 0, db[np.maximum(idx, 0)], -1)
+
+    parallel(run, list(range(n_lists)), threads)
+    top = np.argsort(-best_d, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(best_i, top, 1)
+    out[np.take_along_axis(best_d, top, 1) == -np.inf] = -1
+    return out
 
 
 def candidate_pairs(
@@ -244,19 +303,18 @@ def candidate_pairs(
 
     faiss.omp_set_num_threads(max(1, threads))
     t0 = time.perf_counter()
-    index, assign, c = build(vs, nprobe, threads=threads, seed=seed)
+    store, c = build(vs, nprobe, threads=threads, seed=seed)
     t1 = time.perf_counter()
     k = min(k, vs.n_views)
     qv = np.flatnonzero(query[vs.owner])
+    hits = knn(store, qv, k, threads=threads)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for s in range(0, len(qv), 65536):
-        q = qv[s : s + 65536]
-        ids, yq = _hits(index, assign, q, k)
+        q, ids = qv[s : s + 65536], hits[s : s + 65536]
         qa, qb = np.repeat(np.arange(len(q)), ids.shape[1]), ids.reshape(-1)
         ok = np.flatnonzero((qb >= 0) & (vs.owner[q[qa]] != vs.owner[np.maximum(qb, 0)]))
-        qa, qb = qa[ok], qb[ok]
-        yb = index.reconstruct_batch(qb.astype(np.int64))  # type: ignore[attr-defined]
-        parts.append(_plain_test(vs, c, q[qa], qb, yq[qa], yb))
+        qa, qb = q[qa[ok]], qb[ok]
+        parts.append(_plain_test(vs, c, qa, qb, store.vectors(qa), store.vectors(qb)))
     a = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int64)
     b = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.int64)
     sim = np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.float32)

@@ -12,7 +12,8 @@ another:
 - *Geometric*: ``ZOOMS`` (15 zooms, about 3.8 % apart, within +-30 %) and ``ANGLES`` (+-1.5, 3, 4.5 degrees).
   For a zoom ``s > 1`` B is taken as a window of A enlarged by ``s`` (a crop resized back), for ``s < 1`` A as a
   window of B (a border or a padding resized back), for an angle A is rotated. Each hypothesis is placed at the
-  offset where its template correlates best with the image (``ncc_map``, every offset); the ``TOP`` two by that
+  offset where its template correlates best with the image (``ncc_map``, every offset, one depthwise
+  convolution per hypothesis over the batch of pairs); the ``TOP`` two by that
   correlation, and the same-frame one, get the fit.
 
 The score of a placement is ``min(1 - max block RMS of the residual, 2 * sqrt(R^2) - 1)`` (the same block rule
@@ -36,51 +37,51 @@ ANGLES = (-4.5, -3.0, -1.5, 1.5, 3.0, 4.5)
 #: hypotheses scored with the full fit per pair (the best ones by plain correlation)
 TOP = 2
 RIDGE = 1e-3
-CHUNK = 2048
+CHUNK = 512  # pairs per task: 8 integral-image pairs of float64 per pair in flight (2048: ~220 MB per thread)
 
 
-@lru_cache(maxsize=256)
-def _band(n: int, t: int) -> np.ndarray:
-    """``(n, n - t + 1)`` float64 matrix of ones where row ``i`` is inside window ``j`` (``j <= i < j + t``)."""
-    i, j = np.arange(n)[:, None], np.arange(n - t + 1)[None, :]
-    return ((i >= j) & (i < j + t)).astype(np.float64)
+def integral(img: np.ndarray) -> np.ndarray:
+    """Integral images of ``img`` ``(P, h, w)`` and of its square: ``(2, P, h + 1, w + 1)`` float64, zero first row/column.
 
-
-def window_var(img: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """Sum of squared deviations of every ``(th, tw)`` window of ``img`` ``(P, h, w)``: ``(P, h - th + 1, w - tw + 1)``.
-
-    The window sums are two batch-wide products with band matrices (float64: exact enough for the difference).
+    float64: a window's sum of squared deviations is a difference of two such sums, exact enough in float64.
     """
     p, h, w = img.shape
-    x = img.astype(np.float64)
-    bw, bh = _band(w, tw), _band(h, th)
-
-    def box(v: np.ndarray) -> np.ndarray:
-        r = (v.reshape(p * h, w) @ bw).reshape(p, h, -1).transpose(0, 2, 1)  # (P, nx, h)
-        return (np.ascontiguousarray(r).reshape(-1, h) @ bh).reshape(p, -1, h - th + 1).transpose(0, 2, 1)
-
-    s1, s2 = box(x), box(x * x)
-    return np.maximum(s2 - s1 * s1 / (th * tw), 0)
+    s = np.zeros((2, p, h + 1, w + 1))
+    s[0, :, 1:, 1:] = img
+    s[1, :, 1:, 1:] = s[0, :, 1:, 1:] ** 2
+    np.cumsum(s, axis=2, out=s)
+    np.cumsum(s, axis=3, out=s)
+    return s
 
 
-def ncc_map(img: np.ndarray, t: np.ndarray) -> np.ndarray:
+def window_var(sums: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """Sum of squared deviations of every ``(th, tw)`` window, from ``integral`` sums: ``(P, h - th + 1, w - tw + 1)``."""
+    ny, nx = sums.shape[2] - th, sums.shape[3] - tw
+    box = sums[:, :, th:, tw:] - sums[:, :, :ny, tw:] - sums[:, :, th:, :nx] + sums[:, :, :ny, :nx]
+    return np.maximum(box[1] - box[0] * box[0] / (th * tw), 0)
+
+
+def ncc_map(img: np.ndarray, t: np.ndarray, sums: np.ndarray | None = None) -> np.ndarray:
     """Normalised cross-correlation of template ``t`` ``(P, th, tw)`` at every offset inside ``img`` ``(P, h, w)``.
 
-    Direct products (the offsets are few: at most about 8 per axis for these templates); the windows' variances
-    from ``window_var``.
+    The numerators are one depthwise convolution over the batch (torch, one kernel per pair: about 30 times
+    faster than a product per offset, the same sums to float32 rounding); the windows' variances from the
+    integral images ``sums`` of ``img`` (``integral``; computed here when None).
 
     Returns:
         ``(P, h - th + 1, w - tw + 1)`` float32 Pearson correlations.
     """
-    p, h, w = img.shape
+    import torch
+
+    p = len(img)
     _, th, tw = t.shape
     tc = t - t.mean((1, 2), keepdims=True)
-    ny, nx = h - th + 1, w - tw + 1
-    num = np.empty((p, ny, nx), np.float32)
-    for oy in range(ny):
-        for ox in range(nx):
-            num[:, oy, ox] = np.einsum("pij,pij->p", img[:, oy : oy + th, ox : ox + tw], tc)
-    den = np.sqrt(window_var(img, th, tw) * np.einsum("pij,pij->p", tc, tc)[:, None, None]) + 1e-6
+    x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None]
+    k = torch.from_numpy(np.ascontiguousarray(tc, dtype=np.float32))[:, None]
+    with torch.no_grad():
+        num = torch.nn.functional.conv2d(x, k, groups=p)[0].numpy()
+    var = window_var(integral(img) if sums is None else sums, th, tw)
+    den = np.sqrt(var * np.einsum("pij,pij->p", tc, tc)[:, None, None]) + 1e-6
     return (num / den).astype(np.float32)
 
 
@@ -175,8 +176,11 @@ def zoom_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     hyps = _hypotheses(a, b)
     ncc = np.full((len(hyps), p), -2.0, np.float32)
     where = np.zeros((len(hyps), p, 2), np.int64)
+    sums: dict[int, np.ndarray] = {}  # per image of the hypotheses (a, b, each rotation): its integral images
     for i, (img, t, _) in enumerate(hyps):
-        c = ncc_map(img, t)
+        if id(img) not in sums:
+            sums[id(img)] = integral(img)
+        c = ncc_map(img, t, sums[id(img)])
         flat = c.reshape(p, -1).argmax(1)
         ncc[i] = c.reshape(p, -1)[np.arange(p), flat]
         where[i] = np.stack(np.unravel_index(flat, c.shape[1:]), 1)
@@ -234,5 +238,12 @@ def robust_scores(thumbs: np.ndarray, shapes: np.ndarray, pairs: np.ndarray, *, 
         a[swap], b[swap] = b[swap], a[swap].copy()
         out[sel] = zoom_scores(a, b)
 
-    parallel(run, tasks, threads)
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # the chunks run on ``threads`` threads; each convolution on one
+    try:
+        parallel(run, tasks, threads)
+    finally:
+        torch.set_num_threads(prev)
     return out

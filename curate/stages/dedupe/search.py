@@ -7,7 +7,7 @@
    small images); thumbnails already 32x32 have one view. Besides the image's own thumbnail, its centre zoomed
    back and its value channel are searched (``pairs.extra_views``).
 2. *Candidates* (``curate.stages.dedupe.index``): the ``k`` nearest views of every query view by inner product
-   after a PCA to 64 dimensions with mild whitening, via faiss (exact for small sets, IVF above ``EXACT_MAX``
+   after a PCA to 64 dimensions with mild whitening (exact for small sets, IVF above ``EXACT_MAX``
    views, so the work grows like n^1.5, not n^2); hits whose plain descriptor cosine is below ``DESC_MIN`` (0.80)
    are dropped. The descriptors are held as 64 float16 numbers per view, never all 265 at once.
 3. *Verification* (``curate.stages.dedupe.pairs.pair_scores``): the aligned score (``verify``) of every
