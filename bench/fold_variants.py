@@ -95,7 +95,10 @@ def main() -> None:
     ids = pq.read_table(ws.state_path(vid, "clean_oof.parquet")).column("sample_id").to_pylist()
     classes = [str(i) for i in range(d["probs"].shape[1])]  # the value sets' labels are the class indices
     images = None
-    print("| variant | seconds | AUROC flip vs clean | flips excl | junk excl | clean lost | wrong kept (q=0.1) | q=0.2 wrong kept / clean lost |")
+    print(
+        "| variant | seconds | AUROC flip vs clean | flips excl | junk excl | clean lost | wrong kept (q=0.1) "
+        "| q=0.2 wrong kept / clean lost |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for spec in args.variant:
         name, opts = parse(spec)
