@@ -86,6 +86,16 @@ class PackWriter:
         pos = 0
         for chunk in data.chunks if isinstance(data, pa.ChunkedArray) else [data]:
             sizes = pc.binary_length(chunk).to_pylist()
+            total = sum(sizes)
+            if self._size + total < self.target_bytes and max(sizes, default=0) < ROW_GROUP_BYTES:
+                # No flush anywhere in this chunk (the loop below would find none): buffer it whole.
+                names += [self.current] * len(sizes)
+                self._ids += sample_ids[pos : pos + len(sizes)]
+                self._sizes += sizes
+                self._size += total
+                self._data.append(chunk)
+                pos += len(sizes)
+                continue
             start = 0  # first row of ``chunk`` not in the buffer yet
             for i, size in enumerate(sizes):
                 if self._ids and self._size + size > self.target_bytes:
