@@ -179,7 +179,7 @@ def main() -> None:
     )
     print(
         "\nimages/s: end-to-end wall time of the whole command, median (min-max); ratio = median / bare-loop median, "
-        "ratio of best = best run / best bare-loop run (goal >= 0.70). images per CPU-s: user+system CPU of the command "
+        "ratio of best = best run / best bare-loop run (goal >= 0.80, issue 19). images per CPU-s: user+system CPU of the command "
         "and its worker processes; steadier than wall time on a shared machine. Peak RSS: sum over the process tree."
     )
 
