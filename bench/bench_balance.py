@@ -32,9 +32,11 @@ import hashlib
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from _common import CURATE, FASHION, OUT, machine, median, print_table
@@ -45,12 +47,17 @@ CUT = ("0", "1", "2", "3", "4")
 STRATEGIES = ("plain", "undersample", "oversample", "augment", "weights")
 
 
-def sh(args: list[str]) -> dict[str, Any]:
-    """Run a curate command (``--json`` appended), echo it, return its parsed output and wall seconds."""
+def sh(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run a curate command (``--json`` appended), echo it, return its parsed output, wall seconds and CPU seconds
+    (user + system of the command and the workers it reaped)."""
     print("$ " + " ".join(["curate", *args[1:]]), flush=True)
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    out = subprocess.run([*args, "--json"], check=True, capture_output=True, text=True).stdout
-    return {"wall": time.perf_counter() - t0, **(json.loads(out) if out.strip() else {})}
+    out = subprocess.run([*args, "--json"], check=True, capture_output=True, text=True, env=env).stdout
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return {"wall": wall, "cpu": cpu, **(json.loads(out) if out.strip() else {})}
 
 
 def load() -> str:
@@ -148,7 +155,7 @@ def train_all(base: str, epochs: int, only: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def throughput(base: str, repeats: int) -> dict[str, Any]:
+def throughput(base: str, repeats: int, before: str | None = None) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
@@ -164,13 +171,14 @@ def throughput(base: str, repeats: int) -> dict[str, Any]:
     aug.set_random_seed(0)
     arrays = [np.asarray(Image.open(io.BytesIO(b)).convert("L")) for b in blobs]
 
-    def bare_full() -> float:
-        t0 = time.perf_counter()
+    def bare_full() -> tuple[float, float]:
+        """(images/s, images per CPU-s) of the bare loop."""
+        t0, c0 = time.perf_counter(), time.process_time()
         for data in blobs:
             out = aug(image=np.asarray(Image.open(io.BytesIO(data)).convert("L")))["image"]
             buf = io.BytesIO()
             Image.fromarray(out).save(buf, format="PNG")
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
     def bare_reseed() -> float:
         """The bare loop plus what curate's determinism needs: a fresh generator pair per image (seeded by its index)."""
@@ -193,30 +201,37 @@ def throughput(base: str, repeats: int) -> dict[str, Any]:
     # A seed never used before in this workspace: the same parent and settings would be answered from the stage cache.
     seed = iter(range(int(time.time()) * 100, int(time.time()) * 100 + 100))
 
-    def curate(workers: int) -> tuple[float, float]:
+    def curate(workers: int, env: dict[str, str] | None = None) -> tuple[float, float, float]:
+        """(the stage's images/s, the command's images/s, the command's images per CPU-s)."""
         sh([CURATE, "checkout", base, "-w", str(WS)])
         res = sh(
-            [CURATE, "augment", "--policy", "medium", "--copies", "1", "--seed", str(next(seed)), "-j", str(workers), "-w", str(WS)]
+            [CURATE, "augment", "--policy", "medium", "--copies", "1", "--seed", str(next(seed)), "-j", str(workers), "-w", str(WS)],
+            env=env,
         )
         if res["cached"]:
             raise RuntimeError("curate augment answered from its cache; the measurement is void")
         st = res["stats"]
-        return st["images_per_s"], st["images_made"] / res["wall"]
+        return st["images_per_s"], st["images_made"] / res["wall"], st["images_made"] / res["cpu"]
 
-    keys = ("bare_full", "bare_reseed", "bare_aug", "j1_stage", "j1_wall", "j2_stage", "j2_wall")
+    order = ["bare", "j1", "j2", *(["j1b", "j2b"] if before else [])]  # j1b, j2b: the code in ``before``
+    keys = ["bare_full", "bare_full_cpu", "bare_reseed", "bare_aug"]
+    keys += [f"{j}_{kind}" for j in order[1:] for kind in ("stage", "wall", "cpu")]
     got: dict[str, list[float]] = {k: [] for k in keys}
     loads = [load()]
+    env_before = {**os.environ, "PYTHONPATH": before} if before else None
     for r in range(repeats):
-        order = ["bare", "j1", "j2"]
-        for what in order[r % 3 :] + order[: r % 3]:
+        for what in order[r % len(order) :] + order[: r % len(order)]:
             if what == "bare":
-                got["bare_full"].append(bare_full())
+                wall, cpu = bare_full()
+                got["bare_full"].append(wall)
+                got["bare_full_cpu"].append(cpu)
                 got["bare_reseed"].append(bare_reseed())
                 got["bare_aug"].append(bare_aug())
             else:
-                stage, wall = curate(int(what[1]))
+                stage, wall, cpu = curate(int(what[1]), env_before if what.endswith("b") else None)
                 got[f"{what}_stage"].append(stage)
                 got[f"{what}_wall"].append(wall)
+                got[f"{what}_cpu"].append(cpu)
             loads.append(load())
     sh([CURATE, "checkout", base, "-w", str(WS)])
     return {
@@ -234,43 +249,35 @@ def main() -> None:
     ap.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset of " + ",".join(STRATEGIES))
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--before", type=Path, help="throughput: also run curate from this copy of the code (holding curate/)")
     args = ap.parse_args()
     print(f"# {machine()}; load average {load()} at start", flush=True)
     t0 = time.perf_counter()
     base = prepare()
     result: dict[str, Any] = {"base": base}
     if not args.skip_throughput:
-        result["throughput"] = tp = throughput(base, args.repeats)
+        result["throughput"] = tp = throughput(base, args.repeats, str(args.before.resolve()) if args.before else None)
         m = tp["median"]
         print(f"\nAugmentation throughput, {tp['images']:,} Fashion-MNIST train images, policy medium (images/s, medians):")
-        print_table(
-            ["what", "images/s", "runs", "vs bare loop (decode+augment+encode)"],
+        rows = [
+            ["albumentations bare loop: decode + augment + PNG encode, 1 process", m["bare_full"], tp["runs"]["bare_full"], "1.00"],
+            ["  the same, images per CPU-s", m["bare_full_cpu"], tp["runs"]["bare_full_cpu"], "1.00"],
             [
-                [
-                    "albumentations bare loop: decode + augment + PNG encode, 1 process",
-                    m["bare_full"],
-                    tp["runs"]["bare_full"],
-                    "1.00",
-                ],
-                [
-                    "the same + a fresh generator pair per image (per-copy seeds)",
-                    m["bare_reseed"],
-                    tp["runs"]["bare_reseed"],
-                    f"{m['bare_reseed'] / m['bare_full']:.2f}",
-                ],
-                ["albumentations bare loop: augment only (pre-decoded arrays)", m["bare_aug"], tp["runs"]["bare_aug"], "-"],
-                *[
-                    [
-                        f"curate augment -j {j}, {kind}",
-                        m[f"j{j}_{kind}"],
-                        tp["runs"][f"j{j}_{kind}"],
-                        f"{m[f'j{j}_{kind}'] / m['bare_full']:.2f}",
-                    ]
-                    for j in (1, 2)
-                    for kind in ("stage", "wall")
-                ],
+                "the same + a fresh generator pair per image (per-copy seeds)",
+                m["bare_reseed"],
+                tp["runs"]["bare_reseed"],
+                f"{m['bare_reseed'] / m['bare_full']:.2f}",
             ],
-        )
+            ["albumentations bare loop: augment only (pre-decoded arrays)", m["bare_aug"], tp["runs"]["bare_aug"], "-"],
+        ]
+        for j in ("j1", "j2", "j1b", "j2b"):
+            if f"{j}_stage" not in m:
+                continue
+            what = f"curate augment -j {j[1]}" + (", code before (--before)" if j.endswith("b") else "")
+            for kind, label, peer in (("stage", "the stage's images/s", "bare_full"), ("wall", "whole command", "bare_full"),
+                                      ("cpu", "whole command, images per CPU-s", "bare_full_cpu")):  # fmt: skip
+                rows.append([f"{what}, {label}", m[f"{j}_{kind}"], tp["runs"][f"{j}_{kind}"], f"{m[f'{j}_{kind}'] / m[peer]:.2f}"])
+        print_table(["what", "images/s", "runs", "vs bare loop (decode+augment+encode)"], rows)
         print(f"load averages: {' '.join(tp['load'])}")
     if not args.skip_train:
         result["train"] = rows = train_all(base, args.epochs, args.strategies.split(","))

@@ -47,7 +47,8 @@ class PackWriter:
         self.target_bytes = target_bytes
         self._seq = 0
         self._ids: list[str] = []
-        self._data: list[bytes] = []
+        self._data: list[bytes | pa.Array] = []  # add()'s bytes, add_many()'s array slices
+        self._sizes: list[int] = []
         self._size = 0
         self.written: list[str] = []
 
@@ -66,17 +67,76 @@ class PackWriter:
         name = self.current
         self._ids.append(sample_id)
         self._data.append(data)
+        self._sizes.append(len(data))
         self._size += len(data)
         if self._size >= self.target_bytes or len(data) >= ROW_GROUP_BYTES:  # a large blob is written, not held
             self.flush()
         return name
 
+    def add_many(self, sample_ids: Sequence[str], data: pa.Array | pa.ChunkedArray) -> list[str]:
+        """``add`` for each ``(sample_ids[i], data[i])`` in order, without turning the bytes into Python objects.
+
+        The packs (names, rows, row groups) are those the same ``add`` calls would write; the buffer holds slices
+        of ``data`` (binary, no nulls) until a flush copies them into the pack.
+
+        Returns:
+            The pack name of each blob, parallel to ``sample_ids``.
+        """
+        names: list[str] = []
+        pos = 0
+        for chunk in data.chunks if isinstance(data, pa.ChunkedArray) else [data]:
+            sizes = pc.binary_length(chunk).to_pylist()
+            total = sum(sizes)
+            if self._size + total < self.target_bytes and max(sizes, default=0) < ROW_GROUP_BYTES:
+                # No flush anywhere in this chunk (the loop below would find none): buffer it whole.
+                names += [self.current] * len(sizes)
+                self._ids += sample_ids[pos : pos + len(sizes)]
+                self._sizes += sizes
+                self._size += total
+                self._data.append(chunk)
+                pos += len(sizes)
+                continue
+            start = 0  # first row of ``chunk`` not in the buffer yet
+            for i, size in enumerate(sizes):
+                if self._ids and self._size + size > self.target_bytes:
+                    self._data.append(chunk.slice(start, i - start))
+                    start = i
+                    self.flush()
+                names.append(self.current)
+                self._ids.append(sample_ids[pos])
+                self._sizes.append(size)
+                self._size += size
+                pos += 1
+                if self._size >= self.target_bytes or size >= ROW_GROUP_BYTES:
+                    self._data.append(chunk.slice(start, i + 1 - start))
+                    start = i + 1
+                    self.flush()
+            if start < len(sizes):
+                self._data.append(chunk.slice(start))
+        return names
+
+    def _blob_array(self) -> pa.Array:
+        """The buffered blobs as one binary array (``add``'s bytes and ``add_many``'s slices, in order)."""
+        parts: list[pa.Array] = []
+        run: list[bytes] = []
+        for part in self._data:
+            if isinstance(part, bytes):
+                run.append(part)
+                continue
+            if run:
+                parts.append(pa.array(run, pa.binary()))
+                run = []
+            parts.append(part)
+        if run:
+            parts.append(pa.array(run, pa.binary()))
+        return parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+
     def flush(self) -> None:
         if not self._ids:
             return
         name = self.current
-        table = pa.table({"sample_id": self._ids, "data": pa.array(self._data, pa.binary())}, schema=PACK_SCHEMA)
-        sizes = [len(d) for d in self._data]
+        table = pa.table({"sample_id": self._ids, "data": self._blob_array()}, schema=PACK_SCHEMA)
+        sizes = self._sizes
         self._data = []  # the table holds the bytes now: do not keep a second copy while writing
         tmp = self.root / f".tmp-{name}.parquet"
         # recorded before the file exists: a Ctrl-C anywhere below still lets ``discard`` find what was written
@@ -89,7 +149,7 @@ class PackWriter:
             for start, rows in _row_groups(sizes):
                 out.write_table(table.slice(start, rows), row_group_size=rows)
         os.replace(tmp, self.root / f"{name}.parquet")
-        self._ids, self._data, self._size = [], [], 0
+        self._ids, self._data, self._sizes, self._size = [], [], [], 0
         self._seq += 1
 
     def close(self) -> list[str]:
@@ -99,7 +159,7 @@ class PackWriter:
 
     def discard(self) -> None:
         """Delete the packs this writer wrote (the run failed and commits nothing)."""
-        self._ids, self._data, self._size = [], [], 0
+        self._ids, self._data, self._sizes, self._size = [], [], [], 0
         for name in self.written:
             (self.root / f"{name}.parquet").unlink(missing_ok=True)
             (self.root / f".tmp-{name}.parquet").unlink(missing_ok=True)

@@ -543,7 +543,7 @@ def test_fifo_and_socket_in_a_folder_are_rows_not_a_hang(tmp_path, image_folder)
 
 
 def test_read_path_refuses_devices_and_directories(tmp_path):
-    from curate.stages.ingest.read import _read_path
+    from curate.stages.ingest.work import _read_path
 
     assert _read_path("/dev/zero", 1000) == (None, "not_a_file", "is a character device")
     assert _read_path(str(tmp_path), 1000) == (None, "not_an_image", "is a directory")
@@ -755,3 +755,35 @@ def test_same_folder_spelled_differently_is_the_same_place(tmp_path, image_folde
     ingest(workspace, "../../images/")
     ingest(workspace, str(root))
     assert comparable(workspace.samples()) == comparable(t1)
+
+
+def test_pack_writer_add_many_writes_the_packs_add_writes(tmp_path, monkeypatch):
+    """Ingest's batched pack writes give the same pack names, rows, row groups and bytes as one ``add`` per blob."""
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate import blobs
+    from curate.blobs import PackWriter
+
+    monkeypatch.setattr(blobs, "ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(blobs, "ROW_GROUP_BYTES", 300)  # blob 17 alone is a row group and a pack flush
+    rng = np.random.default_rng(0)
+    data = [rng.bytes(int(n)) for n in rng.integers(1, 90, size=40)]
+    data[17] = rng.bytes(400)
+    ids = [hashlib.sha256(d).hexdigest() for d in data]
+    one = PackWriter(tmp_path / "one", "t", target_bytes=500)
+    names_one = [one.add(i, d) for i, d in zip(ids, data, strict=True)]
+    one.close()
+    many = PackWriter(tmp_path / "many", "t", target_bytes=500)
+    chunked = pa.chunked_array([pa.array(data[5:23], pa.binary()), pa.array(data[23:], pa.binary())])
+    names_many = [many.add(i, d) for i, d in zip(ids[:5], data[:5], strict=True)]  # add and add_many mixed
+    names_many += many.add_many(ids[5:], chunked)
+    many.close()
+    assert names_many == names_one and len(set(names_one)) > 3 and one.written == many.written
+    for name in one.written:
+        a, b = pq.ParquetFile(tmp_path / "one" / f"{name}.parquet"), pq.ParquetFile(tmp_path / "many" / f"{name}.parquet")
+        assert a.read().equals(b.read())
+        assert [a.metadata.row_group(g).num_rows for g in range(a.num_row_groups)] == [
+            b.metadata.row_group(g).num_rows for g in range(b.num_row_groups)
+        ]

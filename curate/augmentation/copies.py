@@ -77,30 +77,46 @@ def augment_batch(batch: pa.Table, job: Job) -> pa.Table:
     Returns:
         ``OUT_SCHEMA`` rows, one per requested copy, in input order.
     """
-    import numpy as np
-
     rows: list[tuple[Any, ...]] = []  # one tuple per copy, in OUT_SCHEMA order
     cols = (batch.column(c).to_pylist() for c in ("sample_id", "data", "copies"))
     for pid, data, copies in zip(*cols, strict=True):
         image, mode, fmt = decode(data)
         compose, tjson = _transform(job, image.shape[:2])
         encode = encoding_for(fmt)
+        recipe = _recipe_template(pid, encode, mode, job.policy, tjson)
         for planned in copies:
             for m in range(UNCHANGED_TRIES):
                 k = planned + m * UNCHANGED_STRIDE
                 seed = copy_seed(job.seed, pid, k)
                 pixels = augment_array(compose, seed, image)
-                if not np.array_equal(pixels, image):
+                if not _same_pixels(pixels, image):
                     break
             out, (h, w) = encode_array(pixels, encode), pixels.shape[:2]
-            head = {"copy": k, "encode": encode, "mode": mode, "parent_id": pid, "policy": job.policy, "rng": "shared", "seed": seed}
-            # The transform JSON is spliced in verbatim: serialised once per worker, not once per copy.
-            recipe = json.dumps(head, sort_keys=True, separators=(",", ":"))[:-1] + ',"transform":' + tjson + "}"
-            rows.append((pid, k, hashlib.sha256(out).hexdigest(), out, w, h, mode, encode["format"], len(out), recipe))
+            rows.append((pid, k, hashlib.sha256(out).hexdigest(), out, w, h, mode, encode["format"], len(out), recipe % (k, seed)))
     if not rows:
         return OUT_SCHEMA.empty_table()
     columns = zip(*rows, strict=True)
     return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, OUT_SCHEMA, strict=True)], schema=OUT_SCHEMA)
+
+
+def _recipe_template(pid: str, encode: dict[str, Any], mode: str, policy: str, tjson: str) -> str:
+    """The recipe JSON of ``pid``'s copies, with ``%d`` for the copy index and for the seed (in that order).
+
+    The text ``json.dumps`` gives the head (sorted keys, compact: ``copy`` first, ``seed`` last) with ``"transform"``
+    spliced in verbatim (serialised once per worker); written once per parent instead of once per copy.
+    """
+    head = {"copy": 0, "encode": encode, "mode": mode, "parent_id": pid, "policy": policy, "rng": "shared", "seed": 0}
+    mid = json.dumps(head, sort_keys=True, separators=(",", ":"))[len('{"copy":0,') : -len("0}")]  # "encode":...,"seed":
+    return '{"copy":%d,' + mid.replace("%", "%%") + '%d,"transform":' + tjson.replace("%", "%%") + "}"
+
+
+def _same_pixels(a: Any, b: Any) -> bool:
+    """``np.array_equal(a, b)``; for two uint8 arrays of one shape (every copy) a byte compare, ~10x cheaper."""
+    import numpy as np
+
+    if a.dtype == b.dtype == np.uint8 and a.shape == b.shape:
+        return a.tobytes() == b.tobytes()
+    return bool(np.array_equal(a, b))
 
 
 def parents_of(table: pa.Table) -> pa.Table:
@@ -229,18 +245,19 @@ def _copy_rounds(
             batches = ws.blobs.iter_packs(todo, batch_rows=cfg.batch_size, carry=["copies"])
             retry: dict[str, int] = defaultdict(int)
             for out in map_batches(augment_batch, batches, job, workers=workers):
-                keep = []
-                for pid, sid, data in zip(*(out.column(c).to_pylist() for c in ("parent_id", "sample_id", "data")), strict=True):
-                    fresh = sid not in known
-                    keep.append(fresh)
-                    if fresh:
-                        known.add(sid)
-                        pack_names.append(packs.add(sid, data))
-                    else:  # identical to an existing sample: replace it with the parent's next copy index
+                sids = out.column("sample_id").to_pylist()
+                # ``known.add`` returns None: a fresh id is recorded and kept in one pass
+                keep = [sid not in known and not known.add(sid) for sid in sids]
+                for pid, fresh in zip(out.column("parent_id").to_pylist(), keep, strict=True):
+                    if not fresh:  # identical to an existing sample: replace it with the parent's next copy index
                         retry[pid] += 1
+                mask = pa.array(keep, pa.bool_())
+                pack_names += packs.add_many(
+                    [s for s, fresh in zip(sids, keep, strict=True) if fresh], out.column("data").filter(mask)
+                )
                 produced += out.num_rows
                 rejected += keep.count(False)
-                accepted.append(out.filter(pa.array(keep, pa.bool_())).drop_columns(["data"]))
+                accepted.append(out.drop_columns(["data"]).filter(mask))
                 advance(sum(keep))
             pending = {pid: list(range(next_copy[pid], next_copy[pid] + n)) for pid, n in sorted(retry.items())}
             next_copy.update({pid: next_copy[pid] + n for pid, n in retry.items()})

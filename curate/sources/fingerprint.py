@@ -38,24 +38,52 @@ def input_fingerprint(source: str) -> str:
     path = Path(os.path.abspath(Path(local_path(source)).expanduser()))
     entries: list[tuple[str, int, int]] = []
     if path.is_dir():
-        for dirpath, _dirs, files in os.walk(path):
-            for name in files:
-                full = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(full)
-                except OSError:  # a dangling link: ingest reports it; it still changes nothing here
-                    continue
-                entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+        entries = _tree_entries(str(path))
     elif path.exists():
         st = path.stat()
         entries.append((path.name, st.st_size, st.st_mtime_ns))
     return _digest(entries)
 
 
+def _tree_entries(root: str) -> list[tuple[str, int, int]]:
+    """(path relative to ``root``, size, mtime_ns) of every file below ``root``, as ``os.walk`` lists them.
+
+    Files are the entries that are not folders (links followed, links to folders not descended, unreadable
+    folders skipped); the size and mtime are those of the link's target, and a dangling link is left out (ingest
+    reports it; it changes nothing here). ``scandir`` and cutting the root prefix instead of ``os.walk`` and
+    ``os.path.relpath``: the fingerprint is taken on every ingest, and at 70,000 files that cost ~0.6 s.
+    """
+    cut = len(os.path.join(root, ""))
+    entries: list[tuple[str, int, int]] = []
+    stack = [root]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    if not entry.is_symlink():
+                        stack.append(entry.path)
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                entries.append((entry.path[cut:], st.st_size, st.st_mtime_ns))
+    return entries
+
+
 def _digest(entries: list[tuple[str, int, Any]]) -> str:
     digest = hashlib.sha256()
-    for rel, size, mtime in sorted(entries):
-        digest.update(f"{rel}\0{size}\0{mtime}\n".encode())
+    entries = sorted(entries)
+    for start in range(0, len(entries), 4096):  # the same bytes as one update per entry, in fewer calls
+        digest.update("".join(f"{rel}\0{size}\0{mtime}\n" for rel, size, mtime in entries[start : start + 4096]).encode())
     return digest.hexdigest()
 
 

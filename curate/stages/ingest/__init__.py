@@ -1,6 +1,6 @@
 """Ingest: read images from a folder, manifest, idx pair, archive or bucket into a new version (a source).
 
-Per-sample work (``read.process_items``: read or fetch, sha256, full decode) runs wherever the executor puts it;
+Per-sample work (``work.process_items``: read or fetch, sha256, full decode) runs wherever the executor puts it;
 the driver (``read.run_ingest``) merges exact duplicates by sha256, writes new bytes into blob packs and builds the
 table. Every input becomes a row: good images ``ok``, the rest ``excluded`` by ``ingest`` with a reason. In a
 pipeline an ingest whose inputs (``curate.sources.fingerprint``) and settings are unchanged is not run again.

@@ -1,6 +1,6 @@
 """The work of ingest: read, hash and decode every input, merge exact duplicates, write new bytes into packs.
 
-Per-sample work (``process_items``: read or fetch, sha256, full decode) runs wherever the executor puts it;
+Per-sample work (``work.process_items``: read or fetch, sha256, full decode) runs wherever the executor puts it;
 the driver (``run_ingest``) merges exact duplicates by sha256, writes new bytes into blob packs and builds
 the table. Every input becomes a row: good images ``ok``, the rest ``excluded`` by ``ingest`` with a reason.
 """
@@ -8,26 +8,21 @@ the table. Every input becomes a row: good images ``ok``, the rest ``excluded`` 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import io
 import json
-import os
-import stat
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.blobs import PackWriter
 from curate.errors import CurateError, TooManyErrors
-from curate.images import inspect_image
-from curate.remote import is_remote, read_capped
-from curate.schema import EXCLUDED, OK, RESERVED, SAMPLE_SCHEMA, conform, placeholder_id, sha256_hex
+from curate.schema import OK, RESERVED, SAMPLE_SCHEMA, conform
 from curate.stage import Progress, StageResult, no_progress
 from curate.stages.ingest import IngestConfig
+from curate.stages.ingest.work import OUT_SCHEMA, process_items
 
 if TYPE_CHECKING:
     from curate.workspace import Workspace
@@ -39,121 +34,6 @@ NOT_FAILURES = frozenset({"unknown_label", "robots", "noai"})
 
 #: A processed batch at least this large (large archive members) returns Arrow's freed memory to the OS.
 BIG_BATCH = 16 << 20
-
-OUT_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("source", pa.string()),
-        ("label", pa.string()),
-        ("origin_split", pa.string()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
-        ("error", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("mode", pa.string()),
-        ("format", pa.string()),
-        ("exif_orientation", pa.int8()),
-        ("nbytes", pa.int64()),
-        ("data", pa.binary()),
-        ("extra", pa.string()),
-    ]
-)
-
-
-def _not_regular(mode: int) -> tuple[str, str] | None:
-    """``(reason, error)`` for a file type ingest must not read, None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "not_an_image", "is a directory"
-    kind = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
-    return "not_a_file", f"is {kind.get(stat.S_IFMT(mode), 'not a regular file')}"
-
-
-def _read_path(path: str, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
-    if is_remote(path):  # s3://...: one capped ranged read through fsspec, opened from the URL in this process
-        return read_capped(path, max_bytes)
-    # A FIFO would block open() until a writer comes (forever), a device can read without end: check the type
-    # first, open without blocking, and check again on the open file (the path may have been swapped meanwhile).
-    try:
-        bad = _not_regular(os.stat(path).st_mode)
-        if bad:
-            return None, *bad
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with open(fd, "rb") as fh:
-            st = os.fstat(fd)
-            bad = _not_regular(st.st_mode)
-            if bad:
-                return None, *bad
-            # Ask for the size the file has (+1 to notice growth), not max_bytes + 1: a 64 MB read buffer per file
-            # is an allocation plus page faults every time (ingest of 70k small PNGs ran 1.6x slower).
-            data = fh.read(min(st.st_size, max_bytes) + 1)
-            if st.st_size < len(data) <= max_bytes:  # it grew, or fstat cannot tell (/proc): read on to the cap
-                data += fh.read(max_bytes + 1 - len(data))
-    except FileNotFoundError:
-        return None, "missing", "no such file"
-    except PermissionError:
-        return None, "unreadable", "permission denied"
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # open() of a socket
-            return None, "not_a_file", "is a socket"
-        return None, "unreadable", str(exc)[:200]
-    if len(data) > max_bytes:
-        return None, "too_large", f"more than max_bytes {max_bytes}"
-    return data, None, None
-
-
-def _encode_raw(data: bytes, spec: str) -> bytes:
-    from PIL import Image
-
-    mode, size = spec.split(":")
-    h, w = (int(x) for x in size.split("x"))
-    buf = io.BytesIO()
-    Image.frombytes(mode, (w, h), data).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def process_items(batch: pa.Table, cfg: IngestConfig) -> pa.Table:
-    """Per-sample work: get the bytes, hash them, decode them fully (URL rows arrive fetched, see ``run_ingest``).
-
-    Args:
-        batch: rows of ``curate.sources.ITEM_SCHEMA``.
-        cfg: the ingest config (size caps, allowed classes, fetch timeout).
-
-    Returns:
-        A table of ``OUT_SCHEMA``, one row per input row in the same order; ``data`` is null for excluded rows.
-    """
-    allowed = set(cfg.classes) if cfg.classes else None
-    rows: dict[str, list[Any]] = {name: [] for name in OUT_SCHEMA.names}
-    for item in batch.to_pylist():
-        data, reason, error = None, item["pre_reason"], item["pre_error"]
-        if reason is None:
-            if item["path"] is not None:
-                data, reason, error = _read_path(item["path"], cfg.max_bytes)
-            elif item["encode"] is not None:
-                data = _encode_raw(item["data"], item["encode"])
-            else:
-                data = item["data"] if item["data"] is not None else b""
-        check = inspect_image(data, max_pixels=cfg.max_pixels, max_bytes=cfg.max_bytes) if reason is None else None
-        if check is not None:
-            reason, error = check.reason, check.error
-        label = item["label"]
-        if reason is None and allowed is not None and label is not None and label not in allowed:
-            reason, error = "unknown_label", f"label {label!r} is not in --classes"
-        rows["sample_id"].append(sha256_hex(data) if data is not None else placeholder_id(item["source"]))
-        rows["source"].append(item["source"])
-        rows["label"].append(label)
-        rows["origin_split"].append(item["origin_split"])
-        rows["status"].append(OK if reason is None else EXCLUDED)
-        rows["reason"].append(reason)
-        rows["error"].append(error)
-        for key in ("width", "height", "mode", "format", "exif_orientation"):
-            rows[key].append(getattr(check, key) if check is not None else None)
-        rows["nbytes"].append(len(data) if data is not None else None)
-        rows["data"].append(data if reason is None else None)
-        rows["extra"].append(item["extra"])
-    return pa.table(rows, schema=OUT_SCHEMA)
 
 
 def run_ingest(
@@ -288,28 +168,33 @@ class _Accumulator:
         self.n_in = self.n_dup = self.n_bytes = 0
 
     def add(self, out: pa.Table) -> None:
+        """Merge one ``process_items`` result: count reasons, drop known bytes, pack the new ones."""
         self.n_in += out.num_rows
-        keep: list[bool] = []
-        pack_col: list[str | None] = []
-        cols = (out.column(c).to_pylist() for c in ("sample_id", "source", "label", "status", "reason", "data"))
-        for sid, src, label, status, reason, data in zip(*cols, strict=True):
-            if status != OK:
-                self.reasons[reason] += 1
-            if sid in self.known:
-                self.n_dup += 1
-                self.extra.setdefault(sid, []).append((src, label))
-                keep.append(False)
-                pack_col.append(None)
-                continue
-            self.known.add(sid)
-            keep.append(True)
-            if data is not None:
-                self.n_bytes += len(data)
-                pack_col.append(self.packs.add(sid, data))
-            else:
-                pack_col.append(None)
-        out = out.drop_columns(["data"]).append_column("pack", pa.array(pack_col, pa.string()))
-        self.parts.append(out.filter(pa.array(keep, pa.bool_())))
+        bad = pc.not_equal(out.column("status"), OK)
+        if pc.any(bad).as_py():
+            for row in pc.value_counts(out.column("reason").filter(bad)).to_pylist():  # first-seen order, as per row
+                self.reasons[row["values"]] += row["counts"]
+        known = self.known
+        # ``known.add`` returns None: a new id is recorded and kept in one pass, a repeated one is not kept.
+        keep = [sid not in known and not known.add(sid) for sid in out.column("sample_id").to_pylist()]
+        if not all(keep):
+            self._record_duplicates(out, keep)
+        mask = pa.array(keep, pa.bool_())
+        data = out.column("data")
+        has = pc.is_valid(data)
+        blobs = data.filter(pc.and_(mask, has))  # a copy of the new bytes only: the batch can go
+        names = iter(self.packs.add_many(out.column("sample_id").filter(pc.and_(mask, has)).to_pylist(), blobs))
+        self.n_bytes += pc.sum(pc.binary_length(blobs)).as_py() or 0
+        packs = [next(names) if h else None for h in has.filter(mask).to_pylist()]
+        self.parts.append(out.drop_columns(["data"]).filter(mask).append_column("pack", pa.array(packs, pa.string())))
+
+    def _record_duplicates(self, out: pa.Table, keep: list[bool]) -> None:
+        """Note the place and label of each row whose bytes are already known (``extra_sources`` later)."""
+        dup = pa.array([i for i, k in enumerate(keep) if not k], pa.int64())
+        ids, sources, labels = (out.column(c).take(dup).to_pylist() for c in ("sample_id", "source", "label"))
+        self.n_dup += len(ids)
+        for sid, src, label in zip(ids, sources, labels, strict=True):
+            self.extra.setdefault(sid, []).append((src, label))
 
 
 def _record_extra_sources(table: pa.Table, extra: dict[str, list[tuple[str, str | None]]]) -> pa.Table:
