@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT  # noqa: E402
 
 #: (policy, action, issue_quality, junk_threshold); policy "all" uses the flag's outlier_threshold 0.75
+#: policy "estimate": the third value is ISSUE_SHARE (the share of cleanlab's estimated count acted on)
 GRID = [("all", "exclude", 0.0, 0.75)] + [
     ("confident", a, q, j) for a in ("relabel", "exclude") for q in (0.05, 0.1, 0.2, 0.5, 10.0) for j in (0.75, 0.85)
-]
+] + [("estimate", a, c, 0.85) for a in ("relabel", "exclude") for c in (0.8, 0.85, 0.9, 0.95, 1.0)]
 
 
 def load(ws_path: Path) -> dict:
@@ -61,7 +62,10 @@ def score(d: dict, policy: str, action: str, quality: float, junk: float, method
         found = d[("found", method)] = label_issues(d["labels"], d["probs"], method=method)
     p = d["probs"]
     ood = (1 - p.max(1)) / (1 - 1 / p.shape[1])
-    cleanpolicy.ISSUE_QUALITY = quality  # the module constant being calibrated
+    if policy == "estimate":
+        cleanpolicy.ISSUE_SHARE = quality  # the module constant being calibrated
+    else:
+        cleanpolicy.ISSUE_QUALITY = quality
     dec = cleanpolicy.decide(
         found, ood, action=action, policy=policy, relabel_threshold=0.9, outlier_threshold=junk, junk_threshold=junk
     )
