@@ -14,7 +14,7 @@ Columns added (``ok`` rows that took part; other rows keep what they had):
 | is_duplicate | true for every member but the representative (never for ``--against`` reference rows) |
 | dup_of | the representative a duplicate was matched to |
 | dup_score | similarity to the representative: 1.0 same pixels, else the verification score (null for others) |
-| dup_kind | ``exact`` (same decoded pixels) or ``near`` |
+| dup_kind | ``exact`` (same decoded pixels), ``near`` (pixel signatures) or ``semantic`` (linked only by ``--model``'s embeddings) |
 | dup_label_conflict | the group's members carry more than one distinct label (a label-noise signal) |
 
 Threshold calibration of the aligned score alone (issue 3: 0.90, ``bench/bench_dedupe.py``): 10,000 Fashion-MNIST train images
@@ -175,6 +175,12 @@ def run_dedupe(
     good = sigs.filter(pc.is_null(sigs.column("error")))
     items = items.filter(pc.is_in(items.column("sample_id"), good.column("sample_id")))
     good = good.take(pc.index_in(items.column("sample_id"), good.column("sample_id")))  # align with items
+    semantic = None
+    if cfg.model:  # after the signature filter: the embedding pairs index the same items
+        from curate.stages.dedupe.semantic import semantic_edges
+
+        is_ref = np.array([s in ref_ids for s in items.column("sample_id").to_pylist()], bool)
+        semantic = semantic_edges(ws, items, is_ref, cfg, ref_ws=rws if cfg.against else None, threads=workers, progress=progress)
     result = group_items(
         items,
         good,
@@ -187,12 +193,16 @@ def run_dedupe(
         k=cfg.k,
         nprobe=cfg.nprobe,
         threads=workers,
+        semantic=semantic,
     )
     table, stats = annotate(table, items, result, exclude_duplicates=cfg.action == "exclude", stage=STAGE)
     stats["action"] = cfg.action
     buf = io.BytesIO()
     pq.write_table(result["edges"], buf, compression="zstd")
     state = {"dup_pairs.parquet": buf.getvalue()}
+    if semantic is not None:
+        state.update(semantic.state)
+        stats["semantic"] = semantic.info
     if computed.num_rows:  # only new ones: older ones stay in the ancestors' state and are found through the lineage
         state["signatures.parquet"] = cache_bytes(computed)
     stats.update(
