@@ -58,16 +58,12 @@ def _png(a: np.ndarray) -> bytes:
 def _train_run() -> Path:
     """A small-cnn trained 1 epoch on 2,000 Fashion-MNIST train rows (its weights do not change its speed)."""
     from bench_clean import _curate
-    from bench_clean_model import _write_idx
+    from bench_clean_model import _subset_ws
 
     from curate.sources.idx import read_idx
 
-    src, ws = DIR / "idx", DIR / "ws"
-    for p in (src, ws):
-        shutil.rmtree(p, ignore_errors=True)
-    _write_idx(src / "train-images-idx3-ubyte", read_idx(FASHION / "train-images-idx3-ubyte.gz")[:2000])
-    _write_idx(src / "train-labels-idx1-ubyte", read_idx(FASHION / "train-labels-idx1-ubyte.gz")[:2000])
-    _curate("ingest", str(src), "--format", "idx", "-w", str(ws))
+    x, y = read_idx(FASHION / "train-images-idx3-ubyte.gz")[:2000], read_idx(FASHION / "train-labels-idx1-ubyte.gz")[:2000]
+    ws = _subset_ws("ws", x, y, DIR)
     run = DIR / "run"
     shutil.rmtree(run, ignore_errors=True)
     for cmd in (["split"], ["normalize"], ["train", "--epochs", "1", "--out", str(run)]):

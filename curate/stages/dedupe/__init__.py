@@ -3,8 +3,9 @@
 The contract (settings, checks, summary); the work is in ``find`` (the driver, with the threshold calibration),
 ``signatures`` (per-sample decode, pixel hash, luma and value thumbnails), ``search`` (descriptor ANN index),
 ``pairs`` (extra views, the decision), ``verify`` (aligned pair scores), ``robust`` (fitted-filter pair scores)
-and ``groups`` (connected components, representatives, columns); ``transforms`` is the public family of
-near-duplicate edits the benchmark and the tests plant.
+``semantic`` (``--model``: embedding pairs, an extra signal) and ``groups`` (connected components,
+representatives, columns); ``transforms`` is the public family of near-duplicate edits the benchmark and the
+tests plant.
 """
 
 from __future__ import annotations
