@@ -170,3 +170,25 @@ def test_bad_models_are_one_line_errors(planted: dict[str, Any]) -> None:
         lines = [ln for ln in r.output.splitlines() if ln.strip()]
         assert "Traceback" not in r.output and needle in lines[0], (args, r.output)
     assert Workspace(ws).head() == head  # nothing committed
+
+
+def test_against_another_workspace_embeds_its_rows_from_its_own_blobs(planted: dict[str, Any]) -> None:
+    tmp = planted["tmp"]
+    new = tmp / "new" / "cls"
+    new.mkdir(parents=True)
+    for s in ROTATED:  # three quarter turns of reference scenes (the reference has one turn), plus two new scenes
+        (new / f"n_{s:02d}_rot.png").write_bytes(encode(np.ascontiguousarray(np.rot90(scene(s), 3))))
+    for s in (40, 41):
+        (new / f"n_{s:02d}.png").write_bytes(encode(scene(s)))
+    ws2 = tmp / "ws2"
+    assert _cli("ingest", tmp / "new", "-w", ws2).exit_code == 0
+    res = _dedupe(ws2, "--against", planted["ws"], "--model", f"torchscript:{planted['model']}")
+    rows, ref = _rows(ws2), _rows(planted["ws"])
+    for s in ROTATED:
+        copy = rows[f"n_{s:02d}_rot.png"]
+        assert copy["dup_of"] == ref[f"a_{s:02d}.png"]["sample_id"] and copy["reason"] == "semantic_duplicate"
+    assert rows["n_40.png"]["status"] == rows["n_41.png"]["status"] == "ok"
+    emb = res["stats"]["semantic"]["embeddings"]
+    assert emb["computed"] == 5 + 16 and res["stats"]["duplicates"] == 3  # this table's 5 rows + the reference's 16
+    again = _dedupe(ws2, "--against", planted["ws"], "--model", f"torchscript:{planted['model']}", "--action", "flag")
+    assert again["stats"]["semantic"]["embeddings"]["computed"] == 0  # both sides now cached in this workspace
