@@ -74,15 +74,18 @@ def components(n: int, edges: np.ndarray) -> np.ndarray:
     return connected_components(g, directed=False)[1]
 
 
-def stage_comp(ws: Path, vid: str, truth: dict[str, Any]) -> np.ndarray:
-    """Component label per file of the set (files in ``truth["names"]`` order) from a version's ``dup_group``."""
+def stage_comp(ws: Path, vid: str, folder: Path, truth: dict[str, Any]) -> np.ndarray:
+    """Component label per file of the set (files in ``truth["names"]`` order) from a version's ``dup_group``
+    (files with the same bytes are one sample: ingest merged them; its id is the sha256 of the bytes)."""
+    import hashlib
+
     from curate.workspace import Workspace
 
-    t = Workspace(ws).samples(vid, columns=["source", "sample_id", "dup_group"])
-    cols = (t.column(c).to_pylist() for c in ("source", "sample_id", "dup_group"))
-    by_name = {Path(s).name: (g or sid) for s, sid, g in zip(*cols, strict=True)}
-    labels = {g: i for i, g in enumerate(sorted(set(by_name.values())))}
-    return np.array([labels[by_name[n]] for n in truth["names"]])
+    t = Workspace(ws).samples(vid, columns=["sample_id", "dup_group"])
+    group = {sid: (g or sid) for sid, g in zip(t.column("sample_id").to_pylist(), t.column("dup_group").to_pylist(), strict=True)}
+    of_file = [group[hashlib.sha256((folder / n).read_bytes()).hexdigest()] for n in truth["names"]]
+    labels = {g: i for i, g in enumerate(sorted(set(of_file)))}
+    return np.array([labels[g] for g in of_file])
 
 
 def semantic_candidates(spec: str, folder: Path, truth: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -130,16 +133,23 @@ def main() -> None:
     ap.add_argument("--backbone-n", type=int, default=10_000)
     ap.add_argument("--backbone-epochs", type=int, default=3)
     ap.add_argument("--model", default=None, help="a model spec to use instead of training the backbone here")
+    ap.add_argument("--reuse", action="store_true", help="reuse the workspace of an earlier run (ingest + pixel dedupe)")
     args = ap.parse_args()
     print(f"# {machine()}, load {os.getloadavg()[0]:.2f}", flush=True)
     spec = args.model or train_backbone(args.backbone_n, args.backbone_epochs)
     folder = DIR / "fashion"
     truth = prepare(fashion_set(folder, args.per_family, args.seed))
     ws = DIR / "ws"
-    shutil.rmtree(ws, ignore_errors=True)
-    base = _curate("ingest", str(folder), "-w", str(ws))["version"]
-    pixel = _curate("dedupe", "--action", "flag", "-w", str(ws))
-    pix = stage_comp(ws, pixel["version"], truth)
+    if args.reuse and (ws / "versions").is_dir():  # the set is deterministic: its ingest and pixel dedupe are too
+        from curate.workspace import Workspace
+
+        base, pix_vid = Workspace(ws).version_ids()[:2]
+        pixel = {"version": pix_vid, "wall_s": float("nan")}
+    else:
+        shutil.rmtree(ws, ignore_errors=True)
+        base = _curate("ingest", str(folder), "-w", str(ws))["version"]
+        pixel = _curate("dedupe", "--action", "flag", "-w", str(ws))
+    pix = stage_comp(ws, pixel["version"], folder, truth)
     pairs, cos, secs = semantic_candidates(spec, folder, truth)
     print(f"# model {spec}; {truth['n']:,} files embedded + searched in {secs:.1f}s; pixel dedupe {pixel['wall_s']:.1f}s; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
@@ -159,7 +169,7 @@ def main() -> None:
         print(row(f"pixel + semantic at {fitted}", at(pix, pairs, cos, fitted, truth, fams), fams))
     _curate("checkout", base, "-w", str(ws))
     stage = _curate("dedupe", "--action", "flag", "--model", spec, "--semantic-threshold", str(fitted), "-w", str(ws))
-    comp = stage_comp(ws, stage["version"], truth)
+    comp = stage_comp(ws, stage["version"], folder, truth)
     mask = truth["keep_mask"](set(HELD_OUT))
     m = score_groups(comp, mask, truth, list(HELD_OUT))
     print(f"\nthe stage at t={fitted} (held-out families): {row('stage', m, HELD_OUT)}; {stage['wall_s']:.1f}s; "
