@@ -3,7 +3,8 @@
 Ground truth: smooth random scenes (``tests.test_dedupe.scene``), some copied rotated by 90 degrees (the pixel
 signatures do not see a quarter turn as a copy: a fact checked below) and one JPEG copy (a pixel near duplicate).
 The model is a TorchScript net the test builds: the sum of an image's four quarter turns, flattened and
-mean-centred, so a quarter-turned copy has the same embedding (cosine 1) while different scenes do not.
+mean-centred, so a quarter-turned copy has the same embedding (up to resampling) while different scenes do not.
+The tests pass ``--semantic-threshold`` themselves: the default belongs to the calibration, not to this model.
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ def test_quarter_turned_copies_are_semantic_duplicates_only_with_the_model(plant
     assert base["stats"]["duplicates"] == 1 and rows[f"z_{JPEG:02d}_jpeg.jpg"]["dup_kind"] == "near"  # pixels miss the turns
     assert all(rows[f"z_{s:02d}_rot.png"]["dup_group"] is None for s in ROTATED)
 
-    res = _dedupe(ws, "--model", f"torchscript:{planted['model']}")
+    res = _dedupe(ws, "--model", f"torchscript:{planted['model']}", "--semantic-threshold", "0.95")
     rows = _rows(ws)
     st = res["stats"]
     for s in ROTATED:
         copy, orig = rows[f"z_{s:02d}_rot.png"], rows[f"a_{s:02d}.png"]
         assert copy["is_duplicate"] and copy["dup_of"] == orig["sample_id"] and copy["dup_kind"] == "semantic"
         assert copy["status"] == "excluded" and copy["reason"] == "semantic_duplicate"
-        assert copy["dup_score"] > 0.999 and orig["status"] == "ok"
+        assert copy["dup_score"] > 0.99 and orig["status"] == "ok"
     jpeg = rows[f"z_{JPEG:02d}_jpeg.jpg"]
     assert jpeg["dup_kind"] == "near" and jpeg["reason"] == "duplicate"  # the pixel signal is unchanged
     assert st["duplicates"] == 4 and st["semantic_duplicates"] == 3 and st["near_duplicates"] == 1
@@ -137,7 +138,7 @@ def test_precomputed_embeddings_file_pairs_its_planted_vectors(planted: dict[str
     vec["a_11.png"] = vec["a_10.png"] + 0.01 * rng.standard_normal(8)  # planted: 10 and 11 are "the same"
     path = planted["tmp"] / "emb.parquet"
     pq.write_table(pa.table({"sample_id": ids, "vector": [vec[n].tolist() for n in names]}), path)
-    res = _dedupe(ws, "--model", f"embeddings:{path}", "--action", "flag")
+    res = _dedupe(ws, "--model", f"embeddings:{path}", "--action", "flag", "--semantic-threshold", "0.95")
     rows = _rows(ws)
     assert rows["a_11.png"]["dup_of"] == rows["a_10.png"]["sample_id"] and rows["a_11.png"]["dup_kind"] == "semantic"
     assert res["stats"]["semantic"]["pairs"] == 1 and res["stats"]["semantic"]["embeddings"]["from_file"] == 16
@@ -182,7 +183,8 @@ def test_against_another_workspace_embeds_its_rows_from_its_own_blobs(planted: d
         (new / f"n_{s:02d}.png").write_bytes(encode(scene(s)))
     ws2 = tmp / "ws2"
     assert _cli("ingest", tmp / "new", "-w", ws2).exit_code == 0
-    res = _dedupe(ws2, "--against", planted["ws"], "--model", f"torchscript:{planted['model']}")
+    spec = f"torchscript:{planted['model']}"
+    res = _dedupe(ws2, "--against", planted["ws"], "--model", spec, "--semantic-threshold", "0.95")
     rows, ref = _rows(ws2), _rows(planted["ws"])
     for s in ROTATED:
         copy = rows[f"n_{s:02d}_rot.png"]
@@ -190,5 +192,5 @@ def test_against_another_workspace_embeds_its_rows_from_its_own_blobs(planted: d
     assert rows["n_40.png"]["status"] == rows["n_41.png"]["status"] == "ok"
     emb = res["stats"]["semantic"]["embeddings"]
     assert emb["computed"] == 5 + 16 and res["stats"]["duplicates"] == 3  # this table's 5 rows + the reference's 16
-    again = _dedupe(ws2, "--against", planted["ws"], "--model", f"torchscript:{planted['model']}", "--action", "flag")
+    again = _dedupe(ws2, "--against", planted["ws"], "--model", spec, "--semantic-threshold", "0.95", "--action", "flag")
     assert again["stats"]["semantic"]["embeddings"]["computed"] == 0  # both sides now cached in this workspace

@@ -8,8 +8,9 @@ embedding pairs gets ``dup_kind`` ``semantic`` (excluded with reason ``semantic_
 cosine to the representative.
 
 Embeddings come from any ``curate.models`` backend and are cached per (sample_id, model digest) in the version's
-state (``curate.models.cache``), so a rerun with another threshold embeds nothing. Vectors are L2-normalised; each
-queried image's ``k`` nearest neighbours by inner product (faiss: exact up to ``EXACT_MAX`` images, else IVF-Flat
+state (``curate.models.cache``), so a rerun with another threshold embeds nothing. Vectors are whitened on the
+set itself and L2-normalised (``whiten``: the cosine is then the *whitened* cosine); each queried image's ``k``
+nearest neighbours by inner product (faiss: exact up to ``EXACT_MAX`` images, else IVF-Flat
 with ``nprobe`` lists) are pairs when their cosine is at least the threshold. Reference rows (``--against``) are
 never queried, so two reference rows are never paired.
 """
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 #: BENCHMARKS.md "Dedupe: a semantic signal from a model").
 DEFAULT_SEMANTIC_THRESHOLD = 0.99
 EXACT_MAX = 20_000  # images searched exactly (IndexFlatIP); above, IVF-Flat
-SAMPLE = 50_000  # vectors the IVF coarse quantizer is trained on (a deterministic sample)
+SAMPLE = 50_000  # vectors the whitening and the IVF coarse quantizer are fitted on (a seeded sample)
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Semantic:
 
     Attributes:
         pairs: ``(P, 2)`` int64 item indices, ``a < b``; scores: ``(P,)`` float32 cosines, each >= the threshold.
-        vectors: ``(M, D)`` float32 unit vectors aligned with the items (a zero vector where the model gave one).
+        vectors: ``(M, d)`` float32 whitened unit vectors aligned with the items (zero where the model gave a zero
+            vector).
         state: the new version's state files (newly embedded rows, ``dedupe_model.json``).
         info: stats: the model's ``describe()``, embedding counts and seconds, pairs, threshold, search seconds.
     """
@@ -82,17 +84,17 @@ def semantic_edges(
     bad = int((~np.isfinite(vectors).all(1)).sum()) if vectors.size else 0
     if bad:
         raise CurateError(f"{backend.spec}: the model gives NaN or infinite embeddings for {bad} images")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0).astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1)
+    unit = whiten(vectors, norms > 0)
     t1 = time.perf_counter()
-    query = ~is_ref & (norms[:, 0] > 0)
+    query = ~is_ref & (norms > 0)
     pairs, scores = neighbour_pairs(unit, query, cfg.semantic_threshold, k=cfg.k, nprobe=cfg.nprobe, threads=threads)
     info = {
         "model": backend.describe(),
         "embeddings": {**counts, "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0, "seconds": round(t1 - t0, 2)},
         "threshold": cfg.semantic_threshold,
         "pairs": len(pairs),
-        "zero_vectors": int((norms[:, 0] == 0).sum()),
+        "zero_vectors": int((norms == 0).sum()),
         "search_seconds": round(time.perf_counter() - t1, 3),
     }
     import json
@@ -157,6 +159,43 @@ def _concat_parquet(blobs: list[bytes]) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.concat_tables(tables), buf, compression="zstd")
     return buf.getvalue()
+
+
+def whiten(vectors: np.ndarray, valid: np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
+    """Whitened unit vectors: centred on the set's mean, each principal axis divided by ``sqrt(lambda + 1% of the
+    largest)`` (the pixel index's whitening, ``index._Pca``), L2-normalised.
+
+    Why: a model's features share a few dominant directions (a classifier's, after a ReLU, all lie in one orthant),
+    so their plain cosine is high for any two images of one kind; whitened, the cosine measures what sets one image
+    apart from the rest of the set. Fitted on at most ``SAMPLE`` valid rows (a seeded sample), axes with no variance
+    dropped.
+
+    Args:
+        vectors: ``(M, D)`` float32 embeddings; valid: ``(M,)`` bool, rows to fit on and return (others come back zero).
+
+    Returns:
+        ``(M, d)`` float32, ``d`` <= ``D`` (the axes with variance), unit rows (zero where not valid).
+    """
+    m = len(vectors)
+    valid = np.ones(m, bool) if valid is None else valid
+    rows = np.flatnonzero(valid)
+    if len(rows) < 2:
+        return np.zeros((m, 0), np.float32)
+    if len(rows) > SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, SAMPLE, replace=False))
+    fit = vectors[rows].astype(np.float64)
+    mu = fit.mean(0)
+    fit -= mu
+    lam, vec = np.linalg.eigh(fit.T @ fit / (len(fit) - 1))
+    keep = lam > max(lam.max(), 0.0) * 1e-6
+    if not keep.any():  # every valid row the same vector: nothing sets one apart
+        return np.zeros((m, 0), np.float32)
+    proj = vec[:, keep] / np.sqrt(lam[keep] + 0.01 * lam.max())
+    z = ((vectors.astype(np.float64) - mu) @ proj).astype(np.float32)
+    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    out = np.divide(z, norm, out=np.zeros_like(z), where=norm > 0)
+    out[~valid] = 0.0
+    return out
 
 
 def neighbour_pairs(
