@@ -1,8 +1,10 @@
 """Semantic near duplicates (``curate dedupe --model``): pairs of images whose model embeddings point the same way.
 
-The pixel signatures find copies of one picture (re-encodes, resizes, crops, filters); a model's embedding also
-sees a copy through edits that move many pixels (a heavier crop, a rotation, a recolouring, a watermark), and, with
-a loose threshold, different photos of one scene. It is an extra signal, off by default: the pairs it adds are
+The pixel signatures find copies of one picture (re-encodes, resizes, crops, filters); a model's embedding can
+also see a copy through edits that move many pixels (on Fashion-MNIST, with a small curate net: watermarks, heavy
+JPEG, small rotations), and, with a loose threshold, different photos of one scene. How much it adds depends on
+the model: an instance-level backbone (DINOv2, CLIP) more than a classifier, whose features are built to forget
+what sets two shirts apart. It is an extra signal, off by default: the pairs it adds are
 unioned with the pixel pairs into the same groups, and a member linked to its representative only through
 embedding pairs gets ``dup_kind`` ``semantic`` (excluded with reason ``semantic_duplicate``), its ``dup_score`` the
 cosine to the representative.
@@ -12,7 +14,8 @@ state (``curate.models.cache``), so a rerun with another threshold embeds nothin
 set itself and L2-normalised (``whiten``: the cosine is then the *whitened* cosine); each queried image's ``k``
 nearest neighbours by inner product (faiss: exact up to ``EXACT_MAX`` images, else IVF-Flat
 with ``nprobe`` lists) are pairs when their cosine is at least the threshold. Reference rows (``--against``) are
-never queried, so two reference rows are never paired.
+never queried, so two reference rows are never paired. The threshold is ``DedupeConfig.semantic_threshold`` (its
+default and how it was fitted: ``curate.stages.dedupe.DEFAULT_SEMANTIC_THRESHOLD``).
 """
 
 from __future__ import annotations
@@ -32,10 +35,6 @@ if TYPE_CHECKING:
     from curate.stage import Progress
     from curate.workspace import Workspace
 
-#: Calibrated on the Fashion-MNIST set of ``bench/dedupe_sets.py`` (9 transform families; webp, sharpen, rotate and
-#: pair held out) with a curate small-cnn trained on disjoint Fashion-MNIST train rows (``bench/bench_dedupe_semantic.py``,
-#: BENCHMARKS.md "Dedupe: a semantic signal from a model").
-DEFAULT_SEMANTIC_THRESHOLD = 0.99
 EXACT_MAX = 20_000  # images searched exactly (IndexFlatIP); above, IVF-Flat
 SAMPLE = 50_000  # vectors the whitening and the IVF coarse quantizer are fitted on (a seeded sample)
 
