@@ -134,6 +134,24 @@ def resolve_against(ws: Workspace, against: str) -> tuple[Workspace, str]:
     return ws, ws.resolve(against)
 
 
+def _with_reference(
+    ws: Workspace, parent_id: str | None, cfg: DedupeConfig, items: pa.Table, sigs: pa.Table, computed: pa.Table, workers: int,
+    progress: Progress,
+) -> tuple[Workspace, set[str], pa.Table, pa.Table, pa.Table]:  # fmt: skip
+    """``--against``: the reference's workspace, its ok sample_ids, and ``items``/``sigs``/``computed`` extended by
+    the reference rows outside this table (``order`` -1)."""
+    rws, rvid = resolve_against(ws, cfg.against or "")
+    rtab = rws.samples(rvid, columns=["sample_id", "status", "pack", "label"])
+    rtab = rtab.filter(pc.equal(rtab.column("status"), OK))
+    ref_ids = set(rtab.column("sample_id").to_pylist())
+    ext = rtab.filter(pc.invert(pc.is_in(rtab.column("sample_id"), items.column("sample_id"))))
+    ext_items = ext.select(["sample_id", "pack", "label"]).append_column("order", pa.array(np.full(ext.num_rows, -1), pa.int64()))
+    # reference rows outside this table: cached here (an earlier --against run) or there, else computed once
+    ext_sigs, ext_computed = _signatures(rws, [(ws, parent_id), (rws, rvid)], ext_items, cfg, workers, progress)
+    return (rws, ref_ids, pa.concat_tables([items, ext_items]), pa.concat_tables([sigs, ext_sigs]),
+            pa.concat_tables([computed, ext_computed]))  # fmt: skip
+
+
 def run_dedupe(
     ws: Workspace, parent: pa.Table | None, parent_id: str | None, cfg: DedupeConfig, *, workers: int = 1,
     progress: Progress = no_progress,
@@ -158,18 +176,9 @@ def run_dedupe(
     items = _items(table, ok.column("sample_id").to_pylist())
     sigs, computed = _signatures(ws, [(ws, parent_id)], items, cfg, workers, progress)
     ref_ids: set[str] = set()
+    rws = None
     if cfg.against:
-        rws, rvid = resolve_against(ws, cfg.against)
-        rtab = rws.samples(rvid, columns=["sample_id", "status", "pack", "label"])
-        rtab = rtab.filter(pc.equal(rtab.column("status"), OK))
-        ref_ids = set(rtab.column("sample_id").to_pylist())
-        ext = rtab.filter(pc.invert(pc.is_in(rtab.column("sample_id"), items.column("sample_id"))))
-        ext_items = ext.select(["sample_id", "pack", "label"]).append_column("order", pa.array(np.full(ext.num_rows, -1), pa.int64()))
-        # reference rows outside this table: cached here (an earlier --against run) or there, else computed once
-        ext_sigs, ext_computed = _signatures(rws, [(ws, parent_id), (rws, rvid)], ext_items, cfg, workers, progress)
-        items = pa.concat_tables([items, ext_items])
-        sigs = pa.concat_tables([sigs, ext_sigs])
-        computed = pa.concat_tables([computed, ext_computed])
+        rws, ref_ids, items, sigs, computed = _with_reference(ws, parent_id, cfg, items, sigs, computed, workers, progress)
     t_sig = time.perf_counter() - t0
     errors = sigs.filter(pc.is_valid(sigs.column("error")))
     good = sigs.filter(pc.is_null(sigs.column("error")))
@@ -180,7 +189,7 @@ def run_dedupe(
         from curate.stages.dedupe.semantic import semantic_edges
 
         is_ref = np.array([s in ref_ids for s in items.column("sample_id").to_pylist()], bool)
-        semantic = semantic_edges(ws, items, is_ref, cfg, ref_ws=rws if cfg.against else None, threads=workers, progress=progress)
+        semantic = semantic_edges(ws, items, is_ref, cfg, ref_ws=rws, threads=workers, progress=progress)
     result = group_items(
         items,
         good,
