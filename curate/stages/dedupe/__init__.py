@@ -132,17 +132,18 @@ def details(res: dict[str, Any]) -> list[str]:
         return []
     st = res["stats"]
     verb = "excluded" if st.get("action", "exclude") == "exclude" else "flagged"
+    sem = f", {st.get('semantic_duplicates', 0):,} semantic" if st.get("semantic") else ""
     out = [
         f"{st['participants']:,} samples, {st['groups']:,} groups -> {st['duplicates']:,} duplicates {verb} "
-        f"({st['exact_duplicates']:,} exact, {st['near_duplicates']:,} near; largest group {st['largest_group']}), "
+        f"({st['exact_duplicates']:,} exact, {st['near_duplicates']:,} near{sem}; largest group {st['largest_group']}), "
         f"{st['seconds']:.1f}s",
         f"signatures: {st['signatures_computed']:,} computed, {st['signatures_cached']:,} cached, {st['signature_errors']:,} failed",
     ]
     sem = st.get("semantic")
     if sem:
         emb = sem["embeddings"]
-        out.append(f"semantic ({sem['model']['spec']}): {sem['pairs']:,} pairs at cosine >= {sem['threshold']}, "
-                   f"{st['semantic_duplicates']:,} duplicates only they link; embeddings {emb['computed']:,} computed, "
+        out.append(f"semantic ({sem['model']['spec']}): {sem['pairs']:,} pairs at whitened cosine >= {sem['threshold']}; "
+                   f"embeddings {emb['computed']:,} computed, "
                    f"{emb['cached']:,} cached, {emb['from_file']:,} from a file ({emb['seconds']:.1f}s)")  # fmt: skip
     if st["label_conflict_groups"]:
         out.append(f"label conflicts: {st['label_conflict_groups']:,} groups ({st['label_conflict_rows']:,} rows) "
