@@ -21,6 +21,7 @@ default and how it was fitted: ``curate.stages.dedupe.DEFAULT_SEMANTIC_THRESHOLD
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -96,8 +97,6 @@ def semantic_edges(
         "zero_vectors": int((norms == 0).sum()),
         "search_seconds": round(time.perf_counter() - t1, 3),
     }
-    import json
-
     state = {**state, "dedupe_model.json": json.dumps({**info["model"], "embeddings": info["embeddings"]}, indent=2).encode()}
     return Semantic(pairs, scores, unit, state, info)
 
