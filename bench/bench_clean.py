@@ -37,12 +37,19 @@ ASYM = [6, 3, 4, 1, 2, 7, 0, 9, 5, 8]  # class k is flipped to ASYM[k] (a permut
 
 
 def _curate(*args: str) -> dict:
+    """Run ``curate ARGS --json``; its JSON plus ``wall_s`` and ``cpu_s`` (user + system seconds of the process and
+    its children: under load, the figure that does not count the time other work held the cores)."""
+    import resource
+
     t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([CURATE, *args, "--json"], capture_output=True, text=True)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode:
         raise SystemExit(f"curate {' '.join(args)} failed:\n{out.stderr}")
     doc = json.loads(out.stdout)
     doc["wall_s"] = time.perf_counter() - t0
+    doc["cpu_s"] = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     return doc
 
 

@@ -390,3 +390,18 @@ def test_linear_head_on_embeddings_finds_planted_label_errors_and_outliers() -> 
     np.testing.assert_array_equal(oof_linear(x, given, 4, folds=5, seed=0).probs, res.probs)  # deterministic
     with pytest.raises(CurateError, match="fewer than --folds 5"):
         oof_linear(x[[0, 1, 2, 50, 51, 52]], np.array([0, 0, 0, 1, 1, 1]), 3)
+
+
+def test_embedding_runs_under_autocast_on_cuda_only_and_probabilities_never() -> None:
+    """The CUDA branch cannot run here (no GPU in CI): this pins which passes get AMP, not its numbers."""
+    import contextlib
+    import warnings
+
+    from curate.models.base import embed_autocast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available ... Disabling autocast" on a CPU-only build
+        amp = embed_autocast("cuda", "embedding")
+    assert isinstance(amp, torch.autocast) and amp.fast_dtype in (torch.bfloat16, torch.float16)
+    for device, what in (("cuda", "probs"), ("cpu", "embedding"), ("mps", "embedding")):
+        assert isinstance(embed_autocast(device, what), contextlib.nullcontext), (device, what)

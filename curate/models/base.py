@@ -174,6 +174,23 @@ class Backend(abc.ABC):
         return self.preprocessing
 
 
+def embed_autocast(device: str, what: str) -> Any:
+    """Autocast for an embedding pass on CUDA (bf16 where the GPU computes it, else fp16); elsewhere a no-op context.
+
+    Probabilities stay float32 on every device, so a curate run scores exactly as ``curate predict`` does; the
+    embeddings feed linear heads and cosines, which a half-precision forward barely moves and which it speeds up.
+    """
+    import contextlib
+
+    if what != "embedding" or not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    import torch
+
+    from curate.learn.runtime import amp_dtype
+
+    return torch.autocast(device_type="cuda", dtype=amp_dtype(True, torch.device(device)))
+
+
 def to_array(img: ImageLike, pre: Preprocessing) -> np.ndarray:
     """One PIL image or encoded bytes -> uint8 ``(H, W, C)`` per ``pre`` (bytes: EXIF orientation applied)."""
     from PIL import Image

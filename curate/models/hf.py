@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError
-from curate.models.base import Backend, Preprocessing, check_preprocessing, first_line, require
+from curate.models.base import Backend, Preprocessing, check_preprocessing, embed_autocast, first_line, require
 
 _TRUE = ("1", "true", "yes", "on")
 HUB_FILES = ["*.json", "*.safetensors", "pytorch_model*.bin", "*.txt"]
@@ -121,7 +121,9 @@ class HFBackend(Backend):
             if what == "probs":
                 logits = self.model(pixel_values=pv).logits.float()
                 return {"probs": torch.softmax(logits, 1).cpu().numpy()}
-            return {"embedding": self._embed(pv).float().cpu().numpy()}
+            with embed_autocast(self.device, what):
+                emb = self._embed(pv)
+            return {"embedding": emb.float().cpu().numpy()}
 
     def _embed(self, pv: Any) -> Any:
         if self.pooling == "image_features":

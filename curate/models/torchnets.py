@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError
-from curate.models.base import Backend, Preprocessing, check_preprocessing, first_line
+from curate.models.base import Backend, Preprocessing, check_preprocessing, embed_autocast, first_line
 
 META_KEY = "curate.json"  # the TorchScript extra file / ONNX metadata key that holds curate's metadata
 OUTPUTS = ("probs", "logits", "embedding")
@@ -118,9 +118,9 @@ class CurateRunBackend(Backend):
     def _forward(self, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), embed_autocast(self.device, what):
             probs, emb = self.net(torch.from_numpy(x).to(self.device))
-        return {"probs": probs.cpu().numpy(), "embedding": emb.float().cpu().numpy()}
+        return {"probs": probs.float().cpu().numpy(), "embedding": emb.float().cpu().numpy()}
 
 
 def load_curate(name: str, workspace: Path | None, batch_size: int, device: str = "auto") -> CurateRunBackend:

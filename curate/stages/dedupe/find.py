@@ -14,7 +14,7 @@ Columns added (``ok`` rows that took part; other rows keep what they had):
 | is_duplicate | true for every member but the representative (never for ``--against`` reference rows) |
 | dup_of | the representative a duplicate was matched to |
 | dup_score | similarity to the representative: 1.0 same pixels, else the verification score (null for others) |
-| dup_kind | ``exact`` (same decoded pixels) or ``near`` |
+| dup_kind | ``exact`` (same decoded pixels), ``near`` (pixel signatures) or ``semantic`` (linked only by ``--model``'s embeddings) |
 | dup_label_conflict | the group's members carry more than one distinct label (a label-noise signal) |
 
 Threshold calibration of the aligned score alone (issue 3: 0.90, ``bench/bench_dedupe.py``): 10,000 Fashion-MNIST train images
@@ -134,6 +134,24 @@ def resolve_against(ws: Workspace, against: str) -> tuple[Workspace, str]:
     return ws, ws.resolve(against)
 
 
+def _with_reference(
+    ws: Workspace, parent_id: str | None, cfg: DedupeConfig, items: pa.Table, sigs: pa.Table, computed: pa.Table, workers: int,
+    progress: Progress,
+) -> tuple[Workspace, set[str], pa.Table, pa.Table, pa.Table]:  # fmt: skip
+    """``--against``: the reference's workspace, its ok sample_ids, and ``items``/``sigs``/``computed`` extended by
+    the reference rows outside this table (``order`` -1)."""
+    rws, rvid = resolve_against(ws, cfg.against or "")
+    rtab = rws.samples(rvid, columns=["sample_id", "status", "pack", "label"])
+    rtab = rtab.filter(pc.equal(rtab.column("status"), OK))
+    ref_ids = set(rtab.column("sample_id").to_pylist())
+    ext = rtab.filter(pc.invert(pc.is_in(rtab.column("sample_id"), items.column("sample_id"))))
+    ext_items = ext.select(["sample_id", "pack", "label"]).append_column("order", pa.array(np.full(ext.num_rows, -1), pa.int64()))
+    # reference rows outside this table: cached here (an earlier --against run) or there, else computed once
+    ext_sigs, ext_computed = _signatures(rws, [(ws, parent_id), (rws, rvid)], ext_items, cfg, workers, progress)
+    return (rws, ref_ids, pa.concat_tables([items, ext_items]), pa.concat_tables([sigs, ext_sigs]),
+            pa.concat_tables([computed, ext_computed]))  # fmt: skip
+
+
 def run_dedupe(
     ws: Workspace, parent: pa.Table | None, parent_id: str | None, cfg: DedupeConfig, *, workers: int = 1,
     progress: Progress = no_progress,
@@ -158,23 +176,20 @@ def run_dedupe(
     items = _items(table, ok.column("sample_id").to_pylist())
     sigs, computed = _signatures(ws, [(ws, parent_id)], items, cfg, workers, progress)
     ref_ids: set[str] = set()
+    rws = None
     if cfg.against:
-        rws, rvid = resolve_against(ws, cfg.against)
-        rtab = rws.samples(rvid, columns=["sample_id", "status", "pack", "label"])
-        rtab = rtab.filter(pc.equal(rtab.column("status"), OK))
-        ref_ids = set(rtab.column("sample_id").to_pylist())
-        ext = rtab.filter(pc.invert(pc.is_in(rtab.column("sample_id"), items.column("sample_id"))))
-        ext_items = ext.select(["sample_id", "pack", "label"]).append_column("order", pa.array(np.full(ext.num_rows, -1), pa.int64()))
-        # reference rows outside this table: cached here (an earlier --against run) or there, else computed once
-        ext_sigs, ext_computed = _signatures(rws, [(ws, parent_id), (rws, rvid)], ext_items, cfg, workers, progress)
-        items = pa.concat_tables([items, ext_items])
-        sigs = pa.concat_tables([sigs, ext_sigs])
-        computed = pa.concat_tables([computed, ext_computed])
+        rws, ref_ids, items, sigs, computed = _with_reference(ws, parent_id, cfg, items, sigs, computed, workers, progress)
     t_sig = time.perf_counter() - t0
     errors = sigs.filter(pc.is_valid(sigs.column("error")))
     good = sigs.filter(pc.is_null(sigs.column("error")))
     items = items.filter(pc.is_in(items.column("sample_id"), good.column("sample_id")))
     good = good.take(pc.index_in(items.column("sample_id"), good.column("sample_id")))  # align with items
+    semantic = None
+    if cfg.model:  # after the signature filter: the embedding pairs index the same items
+        from curate.stages.dedupe.semantic import semantic_edges
+
+        is_ref = np.array([s in ref_ids for s in items.column("sample_id").to_pylist()], bool)
+        semantic = semantic_edges(ws, items, is_ref, cfg, ref_ws=rws, threads=workers, progress=progress)
     result = group_items(
         items,
         good,
@@ -187,12 +202,16 @@ def run_dedupe(
         k=cfg.k,
         nprobe=cfg.nprobe,
         threads=workers,
+        semantic=semantic,
     )
     table, stats = annotate(table, items, result, exclude_duplicates=cfg.action == "exclude", stage=STAGE)
     stats["action"] = cfg.action
     buf = io.BytesIO()
     pq.write_table(result["edges"], buf, compression="zstd")
     state = {"dup_pairs.parquet": buf.getvalue()}
+    if semantic is not None:
+        state.update(semantic.state)
+        stats["semantic"] = semantic.info
     if computed.num_rows:  # only new ones: older ones stay in the ancestors' state and are found through the lineage
         state["signatures.parquet"] = cache_bytes(computed)
     stats.update(

@@ -38,6 +38,7 @@ def group_items(
     k: int = 4,
     nprobe: int = 4,
     threads: int = 1,
+    semantic: Any = None,
 ) -> dict[str, Any]:
     """Exact groups by pixel hash, near edges between their representatives, connected components, representatives.
 
@@ -46,6 +47,9 @@ def group_items(
         sigs: ``curate.stages.dedupe.signatures.SIGNATURE_SCHEMA`` rows aligned with ``items`` (no errors).
         ref_ids: ``--against`` reference sample_ids (always preferred as representative, never compared
             with each other).
+        semantic: a ``curate.stages.dedupe.semantic.Semantic`` (embedding pairs over item indices, unit vectors),
+            or None. Its pairs join the components; a member linked to its representative only through them is
+            kind ``semantic``, its score the cosine to the representative.
 
     Returns:
         dict with per-item arrays ``comp`` (component id), ``rep`` (item index of the representative), ``score``,
@@ -74,7 +78,12 @@ def group_items(
     if not exact_only and nu > 1:
         kw = {"robust_threshold": robust_threshold, "values": values, "has_value": has_value, "k": k, "nprobe": nprobe, "flip": flip}
         pairs, scores, timings = near_pairs(thumbs, shapes, sizes, threshold, query=query_u, threads=threads, **kw)
-    comp_u = _components(nu, pairs)
+    comp_pix = _components(nu, pairs)
+    sem_u = np.empty((0, 2), np.int64)
+    if semantic is not None and len(semantic.pairs):
+        sem_u = u_of[semantic.pairs]
+        sem_u = sem_u[sem_u[:, 0] != sem_u[:, 1]]  # both sides of one exact group: nothing to add
+    comp_u = _components(nu, np.concatenate([pairs, sem_u])) if len(sem_u) else comp_pix
     comp = comp_u[u_of]
     order = items.column("order").to_numpy()
     if keep == "largest":
@@ -89,21 +98,46 @@ def group_items(
     rep_of_comp = np.full(comp.max() + 1 if m else 0, -1)
     rep_of_comp[comp[rank][first_of_comp]] = rank[first_of_comp]
     rep = rep_of_comp[comp]
-    score = np.where(u_of == u_of[rep], 1.0, np.nan).astype(np.float32)
-    need = np.flatnonzero(np.isnan(score))
-    if need.size:  # near members: score against the representative itself (it may be linked through others)
-        pairs_rep = np.stack([u_of[need], u_of[rep[need]]], 1)
-        score[need] = _rep_scores(thumbs, shapes, sizes, pairs_rep, (values, has_value), (threshold, robust_threshold), flip)
-    kind = np.where(u_of == u_of[rep], "exact", "near")
-    edges = pa.table(
-        {
-            "a": pa.array([ids[first[i]] for i in pairs[:, 0]], pa.string()),
-            "b": pa.array([ids[first[j]] for j in pairs[:, 1]], pa.string()),
-            "score": pa.array(scores, pa.float32()),
-        }
-    )
+    views = (thumbs, shapes, sizes, (values, has_value))
+    score, kind = _members(u_of, rep, comp_pix, views, (threshold, robust_threshold), flip, semantic)
+    edges = _edges(ids, first, pairs, scores, semantic)
     timings["group_s"] = round(time.perf_counter() - t0 - sum(v for k, v in timings.items() if k.endswith("_s")), 3)
     return {"comp": comp, "rep": rep, "score": score, "kind": kind, "is_ref": is_ref, "edges": edges, "timings": timings}
+
+
+def _members(
+    u_of: np.ndarray, rep: np.ndarray, comp_pix: np.ndarray, views: tuple[Any, ...], t: tuple[float, float], flip: bool,
+    semantic: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``dup_score`` and ``dup_kind`` of every item against its representative: ``exact`` (same pixels, 1.0),
+    ``near`` (linked by pixel pairs: the pixel score), ``semantic`` (linked only through embedding pairs: the cosine)."""
+    same = u_of == u_of[rep]
+    sem = ~same & (comp_pix[u_of] != comp_pix[u_of[rep]])
+    score = np.where(same, 1.0, np.nan).astype(np.float32)
+    kind = np.where(same, "exact", np.where(sem, "semantic", "near")).astype(object)
+    need = np.flatnonzero(~same & ~sem)
+    if need.size:  # near members: score against the representative itself (it may be linked through others)
+        thumbs, shapes, sizes, values = views
+        score[need] = _rep_scores(thumbs, shapes, sizes, np.stack([u_of[need], u_of[rep[need]]], 1), values, t, flip)
+    if sem.any():
+        i = np.flatnonzero(sem)
+        score[i] = np.einsum("ij,ij->i", semantic.vectors[i], semantic.vectors[rep[i]])
+    return score, kind
+
+
+def _edges(ids: list[str], first: np.ndarray, pairs: np.ndarray, scores: np.ndarray, semantic: Any) -> pa.Table:
+    """The pairs found (``dup_pairs.parquet``): ``a``, ``b``, ``score``, ``signal`` (``pixel`` or ``semantic``)."""
+    a = [ids[first[i]] for i in pairs[:, 0]]
+    b = [ids[first[j]] for j in pairs[:, 1]]
+    sc, signal = [scores], ["pixel"] * len(pairs)
+    if semantic is not None and len(semantic.pairs):
+        a += [ids[i] for i in semantic.pairs[:, 0]]
+        b += [ids[j] for j in semantic.pairs[:, 1]]
+        sc.append(semantic.scores)
+        signal += ["semantic"] * len(semantic.pairs)
+    score = np.concatenate(sc).astype(np.float32)
+    return pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.string()), "score": pa.array(score, pa.float32()),
+                     "signal": pa.array(signal, pa.string())})  # fmt: skip
 
 
 def _rep_scores(
@@ -189,9 +223,11 @@ def annotate(
             table = table.set_column(table.schema.get_field_index(name), name, arr)
         else:
             table = table.append_column(name, arr)
-    if exclude_duplicates:
-        table = exclude(table, pa.array(dup_mask, pa.bool_()), stage=stage, reason="duplicate")
-    dups = np.array(dup_mask)
+    dups = np.array(dup_mask, bool)
+    semantic = dups & (np.array(cols["dup_kind"], object) == "semantic")
+    if exclude_duplicates:  # a pair only a model saw gets its own reason: the user may want those back
+        table = exclude(table, pa.array(dups & ~semantic), stage=stage, reason="duplicate")
+        table = exclude(table, pa.array(semantic), stage=stage, reason="semantic_duplicate")
     kinds = [str(k) for k, d in zip(kind, order, strict=True) if d >= 0 and dup_mask[int(d)]]
     stats = {
         "groups": int((size > 1).sum()),
@@ -199,6 +235,7 @@ def annotate(
         "duplicates": int(dups.sum()),
         "exact_duplicates": kinds.count("exact"),
         "near_duplicates": kinds.count("near"),
+        "semantic_duplicates": kinds.count("semantic"),
         "label_conflict_groups": len(conflict_comp),
         "label_conflict_rows": int(sum(1 for v in cols["dup_label_conflict"] if v)),
         "excluded": int(dups.sum()) if exclude_duplicates else 0,
