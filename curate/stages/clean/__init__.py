@@ -43,7 +43,7 @@ class CleanConfig:
         method: cleanlab filter_by: low_normalized_margin, low_self_confidence, prune_by_noise_rate, both, ...
         relabel_threshold: relabel only where the suggested class has at least this probability.
         outlier_threshold: Flag outliers whose ood_score (1 - max probability, scaled 0..1) exceeds this.
-        junk_threshold: Policy confident excludes (as junk) the rows whose ood_score exceeds this.
+        junk_threshold: Policies estimate and confident exclude (as junk) the rows whose ood_score exceeds this.
         pred_probs: Use your own probabilities (Parquet/CSV/JSONL: sample_id + one column per class, or a probs list).
         model: A model backend (curate:RUN, torchscript:FILE, onnx:FILE, hf:PATH, embeddings:FILE): label issues from
             a k-fold linear head on its frozen embeddings, outliers from kNN distance; no CNN is trained.
@@ -224,7 +224,7 @@ def details(res: dict[str, Any]) -> list[str]:
         if key in st:
             o = st[key]
             checks = f" ({', '.join(f'{k} {v}' for k, v in o['by_check'].items()) or 'none'})" if "by_check" in o else ""
-            # policy confident excludes junk (outliers) under relabel too
+            # policies estimate and confident exclude junk (outliers) under relabel too
             junk = action == "relabel" and key == "outliers" and st.get("policy", "all") in ("estimate", "confident")
             done = f"{o['acted_on']:,} excluded" if action == "exclude" or junk else "flagged only"
             out.append(f"{name}: {o['flagged']:,} of {o['rows_checked']:,}{checks}; {done}")

@@ -14,11 +14,9 @@ Every decision is a column; what the stage *does* with it is ``action``:
 
 Only ``ok`` rows are checked; label checks need a label. Rows of every split are checked (the cleanlab study
 found 15 errors in the MNIST test set), but by default only train rows (and rows not split yet) are acted on.
-Which found rows ``exclude`` / ``relabel`` act on is ``policy`` (``curate.stages.clean.policy``): ``confident`` (default)
-relabels (``exclude``: excludes) only label issues whose suggestion has probability >= ``relabel_threshold`` and
-excludes junk (outliers whose label is also an issue, reason ``outlier``), flagging the rest; ``all`` (before issue
-18): ``exclude`` excludes every flagged row (reason ``label_issue`` / ``outlier`` / ``low_quality``), ``relabel``
-relabels the confident label issues. ``max_fraction`` caps the rows acted on per issue kind (worst first) so a
+Which found rows ``exclude`` / ``relabel`` act on is ``policy`` (``curate.stages.clean.policy``, where each rule
+and its calibration are described): ``estimate`` (default), ``confident`` or ``all`` (the behaviour before issue 18).
+``max_fraction`` caps the rows acted on per issue kind (worst first) so a
 broken model cannot wipe out a dataset.
 
 Default method (``low_normalized_margin``: cleanlab's estimate of the number of issues, taken in order of the
