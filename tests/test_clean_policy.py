@@ -47,8 +47,6 @@ def make_dataset(root: Path, *, sure: bool = False) -> tuple[dict[str, dict[str,
     clean rows (0.85-0.95, no hard rows), and flips that keep some probability on their given label (0.08-0.1)."""
     if sure:
         return _make_sure(root)
-    from PIL import Image
-
     rng = np.random.default_rng(5)
     truth: dict[str, dict[str, str]] = {"flipped": {}, "junk": {}, "hard": {}, "clean": {}}
     probs: list[tuple[str, list[float]]] = []
@@ -66,17 +64,21 @@ def make_dataset(root: Path, *, sure: bool = False) -> tuple[dict[str, dict[str,
         else:
             p = (0.25 + rng.uniform(-0.03, 0.03, K)).tolist()
             p = (np.array(p) / sum(p)).tolist()
-        name = f"{kind}{i:04d}.png"
-        truth[kind][name] = f"q{true}" if kind != "junk" else ""
-        (root / "images" / f"q{label}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / "images" / f"q{label}" / name)
-        probs.append((name, p))
+        _add(root, rng, truth, probs, f"{kind}{i:04d}.png", kind, true, label, p)
     return truth, probs
 
 
-def _make_sure(root: Path) -> tuple[dict[str, dict[str, str]], list[tuple[str, list[float]]]]:
+def _add(root: Path, rng: np.random.Generator, truth: dict, probs: list, name: str, kind: str, true: int, label: int, p: list) -> None:
+    """One planted row: its image under its given label's folder, its truth and its probabilities."""
     from PIL import Image
 
+    truth[kind][name] = f"q{true}" if kind != "junk" else ""
+    (root / "images" / f"q{label}").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / "images" / f"q{label}" / name)
+    probs.append((name, p))
+
+
+def _make_sure(root: Path) -> tuple[dict[str, dict[str, str]], list[tuple[str, list[float]]]]:
     rng = np.random.default_rng(6)
     truth: dict[str, dict[str, str]] = {"flipped": {}, "junk": {}, "hard": {}, "clean": {}}
     probs: list[tuple[str, list[float]]] = []
@@ -85,16 +87,12 @@ def _make_sure(root: Path) -> tuple[dict[str, dict[str, str]], list[tuple[str, l
         label = (true + 1 + int(rng.integers(0, K - 1))) % K if kind != "clean" else true
         if kind == "clean":
             p = _probs(rng, true, rng.uniform(0.85, 0.95))
-        elif kind == "flipped":  # the true class as sure as a clean row, the given label kept at 0.08-0.12
+        elif kind == "flipped":  # the true class as sure as a clean row, the given label kept at 0.08-0.1
             p = _probs(rng, true, rng.uniform(0.82, 0.9), label, rng.uniform(0.08, 0.1))
         else:
-            p = (np.array(0.25 + rng.uniform(-0.03, 0.03, K)) / 1.0).tolist()
+            p = (0.25 + rng.uniform(-0.03, 0.03, K)).tolist()
             p = (np.array(p) / sum(p)).tolist()
-        name = f"{kind}{i:04d}.png"
-        truth[kind][name] = f"q{true}" if kind != "junk" else ""
-        (root / "images" / f"q{label}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / "images" / f"q{label}" / name)
-        probs.append((name, p))
+        _add(root, rng, truth, probs, f"{kind}{i:04d}.png", kind, true, label, p)
     return truth, probs
 
 
