@@ -3,8 +3,9 @@
 Tasks (``--task``, default all):
 
 - ``flips``: Fashion-MNIST train (60,000) with 10% of labels flipped, uniformly at random (``uniform``) and each
-  class to one fixed other class (``asym``). Precision / recall / F1 of ``is_label_issue`` against the flipped
-  set and the wall time of ``curate clean --find-mislabels`` (the CLI, k-fold models included), beside cleanlab
+  class to one fixed other class (``asym``), or to its look-alike (``confusable``: t-shirt -> shirt, pullover ->
+  coat, ..., ``value_data.CONFUSABLE``; issue 18's second kind). Precision / recall / F1 of ``is_label_issue``
+  against the flipped set and the wall time of ``curate clean --find-mislabels`` (the CLI, k-fold models included), beside cleanlab
   with 5-fold LogisticRegression probabilities on pixels (``--peer``, the usual recipe).
 - ``mnist-test``: MNIST test set (10,000): how many of the 15 human-verified label errors (cleanlab label-errors
   study) are among curate's 100 lowest ``label_quality`` rows, beside the same count from the study's own
@@ -30,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CURATE, FASHION, OUT, machine  # noqa: E402
+from value_data import CONFUSABLE  # noqa: E402
 
 MNIST = FASHION.parent / "mnist"
 ERRORS = FASHION.parent / "label-errors" / "verified_label_errors_mnist_cifar10.csv"
@@ -83,7 +85,13 @@ def _plant(ws: Path, kind: str, seed: int = 0) -> set[str]:
         ids = parent["sample_id"].to_pylist()
         for p in pick.tolist():
             k = int(labels[p])
-            labels[p] = str(ASYM[k] if kind == "asym" else (k + int(rng.integers(1, 10))) % 10)
+            labels[p] = str(
+                ASYM[k]
+                if kind == "asym"
+                else CONFUSABLE["fashion-mnist"][k]
+                if kind == "confusable"
+                else (k + int(rng.integers(1, 10))) % 10
+            )
             flipped.add(ids[p])
         t = parent.set_column(parent.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
         return StageResult(table=t, stats={"flipped": len(pick)})
@@ -122,7 +130,7 @@ def _peer_logreg(ws: Path, truth: set[str]) -> tuple[tuple[float, float, float],
 
 def flips(args: argparse.Namespace) -> list[list[str]]:
     rows = []
-    for kind in ("uniform", "asym"):
+    for kind in args.kinds.split(","):
         ws = _idx_ws(f"flips-{kind}", FASHION / "train-images-idx3-ubyte.gz")
         truth = _plant(ws, kind)
         res = _curate("clean", "--find-mislabels", "-w", str(ws), *args.extra)
@@ -211,6 +219,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=("flips", "mnist-test", "ood", "all"), default="all")
+    ap.add_argument("--kinds", default="uniform,confusable,asym", help="flip kinds for --task flips")
     ap.add_argument("--no-peer", dest="peer", action="store_false", help="skip the peer recipes")
     ap.add_argument("extra", nargs="*", help="extra `curate clean` flags (after --)")
     args = ap.parse_args()

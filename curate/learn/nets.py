@@ -6,6 +6,8 @@ Both nets take ``x`` of shape ``(B, C, H, W)`` (float, normalized) and return lo
 - ``small-cnn``: VGG-style stages of two 3x3 conv-BN-ReLU and a 2x2 max-pool, until the map is at most 8
   pixels on a side, then flatten -> 256 -> dropout -> classes. On 28x28 input: 32 -> 64 channels, 7x7 map,
   about 0.9M parameters and 15M multiply-adds per image.
+- ``tiny-cnn``: ``small-cnn`` with half the channels (16 -> 32): about a quarter of the multiply-adds and 3x the
+  training throughput on CPU; for many short fits (clean's k-fold models).
 - ``resnet-mini``: a CIFAR-style ResNet: a 3x3 stem and three stages of pre-activation-free BasicBlocks
   (widths 32/64/128, stride 2 between stages), global average pooling and a linear head (about 0.7M
   parameters). Inputs of 96 pixels or more get a strided stem and a max-pool first.
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-ARCHS = ("small-cnn", "resnet-mini", "resnet-mini-wide", "linear")
+ARCHS = ("small-cnn", "tiny-cnn", "resnet-mini", "resnet-mini-wide", "linear")
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -139,6 +141,8 @@ def build(arch: str, in_channels: int, num_classes: int, size: tuple[int, int], 
     """
     if arch == "small-cnn":
         return SmallCNN(in_channels, num_classes, size, **kwargs)
+    if arch == "tiny-cnn":  # half the channels: about 3x the training images/s of small-cnn on CPU (clean's fold models)
+        return SmallCNN(in_channels, num_classes, size, width=16, **kwargs)
     if arch == "resnet-mini":
         return ResNetMini(in_channels, num_classes, size, **kwargs)
     if arch == "resnet-mini-wide":

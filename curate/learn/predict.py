@@ -253,6 +253,7 @@ def oof_predict(
     ood: bool = False,
     on_fold: Any = None,
     min_steps: int = 300,
+    train_mask: np.ndarray | None = None,
 ) -> OOF:
     """k-fold out-of-sample probabilities (and optionally OOD z-scores) from curate's own networks.
 
@@ -265,6 +266,8 @@ def oof_predict(
         on_fold: optional ``on_fold(fold_index, folds)`` called after each fold (progress).
         min_steps: on small sets the batch shrinks (to 1/8 of a fold's training rows, at least 16) and the epochs
             grow until each fold model makes at least this many optimizer steps.
+        train_mask: bool ``(N,)``; rows where it is False are predicted out-of-sample like the others but never
+            trained on (a second pass that leaves out rows an earlier pass judged wrong). None: all rows train.
 
     Raises:
         CurateError: fewer rows of some class than ``folds`` (stratification impossible) or under 2 classes.
@@ -296,6 +299,8 @@ def oof_predict(
     ids = [str(i) for i in range(len(labels))]
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for f, (train_idx, hold_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        if train_mask is not None:
+            train_idx = train_idx[np.asarray(train_mask, bool)[train_idx]]
         part = DecodedSplit(images[train_idx], labels[train_idx], [ids[i] for i in train_idx])
         data = memory_data({"train": part}, classes, None, batch_size=cfg.batch_size, augment=cfg.augment, seed=seed + f)
         res = fit(replace(cfg, seed=seed + f), data)

@@ -48,7 +48,7 @@ class CleanConfig:
         model: A model backend (curate:RUN, torchscript:FILE, onnx:FILE, hf:PATH, embeddings:FILE): label issues from
             a k-fold linear head on its frozen embeddings, outliers from kNN distance; no CNN is trained.
         folds: k of the k-fold models.
-        arch: small-cnn | resnet-mini | resnet-mini-wide | linear.
+        arch: small-cnn | tiny-cnn | resnet-mini | resnet-mini-wide | linear.
         epochs: Epochs per fold model.
         batch_size: Batch size.
         lr: Learning rate of the fold models.

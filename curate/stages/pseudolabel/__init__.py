@@ -75,7 +75,7 @@ class PseudolabelConfig:
             bootstrap over the val rows; such a round is never committed).
         stable: Stop when less than this share of the accepted rows changed (newly accepted, revoked or
             relabeled) since the last round's selection.
-        arch: small-cnn | resnet-mini | resnet-mini-wide | linear.
+        arch: small-cnn | tiny-cnn | resnet-mini | resnet-mini-wide | linear.
         epochs: Epochs per round (one epoch = one pass over the labeled rows).
         min_steps: Optimizer steps per round at least; epochs grow to reach it.
         batch_size: Rows per batch.

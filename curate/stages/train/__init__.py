@@ -30,7 +30,7 @@ class TrainConfig:
 
     Attributes:
         version: the dataset version (default HEAD; the command's ``--version``).
-        arch: small-cnn | resnet-mini | resnet-mini-wide | linear.
+        arch: small-cnn | tiny-cnn | resnet-mini | resnet-mini-wide | linear.
         epochs: Epochs; the onecycle/cosine schedule spans all of them.
         batch_size: Samples per step.
         lr: Learning rate, the peak for onecycle.
