@@ -190,7 +190,7 @@ def table(rows: list[dict[str, Any]]) -> None:
             cur = _ms(rs)
             gap = (cur[0] - raw[0]) / (clean[0] - raw[0]) if clean[0] != raw[0] else float("nan")
             keys = ("flip_recall", "flip_fixed", "junk_excluded", "clean_lost", "dedupe_recall", "dedupe_precision")
-            m = {k: statistics.mean(r[k] for r in rs) for k in keys}
+            m = {k: statistics.mean(r.get(k, float("nan")) for r in rs) for k in keys}  # oracle arms: no truth scores
             print(
                 f"| {ds} | {kind} | {level:.0%} | {len(rs)} | {_fmt(raw)} | {_fmt(clean)} | {arm} | {_fmt(cur)} | {gap:.0%} "
                 f"| {m['flip_recall']:.1%} ({m['flip_fixed']:.1%} fixed) | {m['junk_excluded']:.1%} | {m['clean_lost']:.2%} "

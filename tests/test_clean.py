@@ -246,3 +246,35 @@ def test_cli_json_review_files_and_usage_errors(cleaned, tmp_path) -> None:  # n
     assert out.exit_code == 2 and "nothing to check" in assert_one_error_line(out.stderr)
     out = runner.invoke(app, [*args, "--action", "delete"])
     assert out.exit_code == 2 and "--action must be one of" in assert_one_error_line(out.stderr)
+
+
+def test_second_pass_retrains_without_the_first_pass_drops_and_caches(cleaned) -> None:  # noqa: ANN001
+    import pyarrow.parquet as pq
+
+    from curate.stages.clean.passes import first_pass_drops
+
+    ws, truth = cleaned
+    start = ws.head()
+    res = _clean(ws, find_mislabels=True, find_outliers=True, action="exclude", passes=2)
+    st = res["stats"]
+    assert st["oof"] == "cached"  # the first pass is the fixture's models
+    # the left-out rows are the ones the shipped policy acts on after the first pass
+    t = ws.samples(start)
+    oof = ws.state_path(ws.head(), "clean_oof_pass2.parquet")
+    assert oof.exists() and st["pass2"]["oof"] == "computed"
+    assert 0 < st["pass2"]["left_out"] <= len(_names(t, "is_label_issue")) + JUNK + 1
+    probs2 = np.asarray(pq.read_table(oof).column("probs").to_pylist())
+    assert np.isfinite(probs2).all() and np.allclose(probs2.sum(1), 1, atol=1e-4)  # left-out rows predicted too
+    # judged by the second pass, the planted flips are still found, and excluded rows keep their reason
+    out = ws.samples()
+    flipped = set(truth["flipped"])
+    assert len(_names(out, "is_label_issue") & flipped) >= 0.8 * len(flipped)
+    ex = out.filter(pc.equal(out["status"], "excluded"))
+    assert set(ex["reason"].to_pylist()) <= {"label_issue", "outlier"} and ex.num_rows > 0
+    # the same settings again: both passes come from the cache
+    _back(ws, start)
+    again = _clean(ws, find_mislabels=True, find_outliers=True, action="exclude", passes=2)
+    assert again["cached"] or again["stats"]["pass2"]["oof"] == "cached"
+    no_probs = np.array([[np.nan, np.nan], [0.1, 0.9]])  # a row without probabilities is never left out
+    assert not first_pass_drops(np.array([0, 1]), no_probs, CleanConfig(**FAST))[0]
+    _back(ws, start)

@@ -48,6 +48,8 @@ class CleanConfig:
         model: A model backend (curate:RUN, torchscript:FILE, onnx:FILE, hf:PATH, embeddings:FILE): label issues from
             a k-fold linear head on its frozen embeddings, outliers from kNN distance; no CNN is trained.
         folds: k of the k-fold models.
+        passes: 2: train the k models again without the rows the first pass acts on and judge by these (twice the
+            model time; curate.stages.clean.passes).
         arch: small-cnn | tiny-cnn | resnet-mini | resnet-mini-wide | linear.
         epochs: Epochs per fold model.
         batch_size: Batch size.
@@ -79,6 +81,7 @@ class CleanConfig:
     pred_probs: str | None = field(default=None, metadata=cli(metavar="PATH"))
     model: str | None = field(default=None, metadata=cli(panel=_MODEL))
     folds: int = field(default=5, metadata=cli(panel=_MODEL))
+    passes: int = field(default=1, metadata=cli(panel=_MODEL))
     arch: str = field(default="small-cnn", metadata=cli(panel=_MODEL))
     epochs: int = field(default=3, metadata=cli(panel=_MODEL))
     batch_size: int = field(default=128, metadata=cli(panel=_MODEL))
@@ -142,6 +145,8 @@ def check_config(cfg: CleanConfig) -> None:
         raise UsageError("--max-fraction and --relabel-threshold must be in (0, 1]")
     if cfg.folds < 2 or cfg.epochs < 1 or cfg.batch_size < 1:
         raise UsageError("--folds must be >= 2, --epochs and --batch-size >= 1")
+    if cfg.passes not in (1, 2):
+        raise UsageError(f"--passes must be 1 or 2, not {cfg.passes}")
     if cfg.pred_probs and not Path(cfg.pred_probs).is_file():
         raise UsageError(f"--pred-probs {cfg.pred_probs}: no such file")
     if cfg.model:
@@ -166,7 +171,7 @@ def run(ctx: Context, cfg: CleanConfig) -> StageResult:
     # what the command's lines say about the run (the version's config has it too, but the lines see the result)
     res.stats["action"], res.stats["policy"] = cfg.action, cfg.policy
     if res.stats.get("oof") == "computed":
-        res.stats["oof_models"] = {"folds": cfg.folds, "epochs": cfg.epochs, "arch": cfg.arch}
+        res.stats["oof_models"] = {"folds": cfg.folds, "epochs": cfg.epochs, "arch": cfg.arch, "passes": cfg.passes}
     return res
 
 

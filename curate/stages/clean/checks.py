@@ -95,7 +95,12 @@ def _capped(flags: np.ndarray, badness: np.ndarray, allowed: np.ndarray, fractio
 
 
 def run_clean(
-    ws: Workspace, parent: pa.Table | None, parent_id: str | None, cfg: CleanConfig, *, workers: int = 1,
+    ws: Workspace,
+    parent: pa.Table | None,
+    parent_id: str | None,
+    cfg: CleanConfig,
+    *,
+    workers: int = 1,
     progress: Progress = no_progress,
 ) -> CleanResult:
     """Check the ``ok`` rows of ``parent`` and annotate (and act on) what was found.
@@ -136,6 +141,11 @@ def run_clean(
             probs, opos, oscore, info = got["probs"], got["outlier_pos"], got["outlier_score"], {**got["info"], "state": got["state"]}
         elif cfg.find_outliers or not cfg.pred_probs:
             probs, _, info = cnn_oof(ws, rows, labels, classes, cfg, progress)
+            if cfg.passes > 1 and cfg.find_mislabels and not cfg.pred_probs:
+                from curate.stages.clean.passes import second_pass
+
+                probs, oscore, more = second_pass(ws, rows, labels, classes, cfg, probs, progress)
+                info = {**info, **more, "state": {**info.get("state", {}), **more["state"]}}
         else:
             probs, info = None, {"oof": "not needed"}
         state.update(info.pop("state", {}))

@@ -53,56 +53,75 @@ MODEL_SETTINGS = ("folds", "arch", "epochs", "batch_size", "lr", "augment", "ima
 
 
 def cnn_oof(
-    ws: Workspace, rows: pa.Table, labels: np.ndarray, classes: list[str], cfg: Any, progress: Progress
+    ws: Workspace,
+    rows: pa.Table,
+    labels: np.ndarray,
+    classes: list[str],
+    cfg: Any,
+    progress: Progress,
+    *,
+    train_mask: np.ndarray | None = None,
+    name: str = "clean_oof",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Out-of-sample ``(probs, ood_z, info)`` for ``rows`` (``sample_id``, ``pack``, ``mode``, ``width``, ``height``)
-    from k of curate's own networks (``cfg``: ``CleanConfig``): cached, or trained now."""
+    from k of curate's own networks (``cfg``: ``CleanConfig``): cached, or trained now.
+
+    ``train_mask`` (bool, one per row of ``rows``): rows where it is False are predicted but never trained on (the
+    second pass, ``curate.stages.clean.passes``); they are part of the cache key. ``name``: the state files'
+    stem, so each pass keeps its own cache.
+    """
     from curate.learn.predict import oof_predict
     from curate.learn.train import TrainConfig
 
     ids = rows.column("sample_id").to_pylist()
     channels, size = geometry(rows, cfg.image_size)
     settings = {k: getattr(cfg, k) for k in MODEL_SETTINGS} | {"channels": channels, "size": list(size)}
+    if train_mask is not None:
+        left_out = sorted(sid for sid, keep in zip(ids, train_mask, strict=True) if not keep)
+        settings["left_out_sha256"] = hashlib.sha256("\n".join(left_out).encode()).hexdigest()
     key = oof_key(ids, [classes[i] for i in labels], classes, settings)
-    cache = OOFCache(ws)
+    cache = OOFCache(ws, name)
     hit = cache.find(key, ids)
     if hit is not None:
         return hit[0], hit[1], {"oof": "cached", "oof_version": hit[2], "state": {}}
     # train in sample_id order: the folds then do not depend on the table's row order
     order = np.argsort(np.array(ids), kind="stable")
     rows, labels, ids = rows.take(pa.array(order)), labels[order], [ids[i] for i in order]
+    mask = None if train_mask is None else np.asarray(train_mask, bool)[order]
     back = np.argsort(order, kind="stable")
     images = load_images(ws, rows, channels, size, progress=progress)
     tcfg = TrainConfig(arch=cfg.arch, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment, device=cfg.device)
     t0 = time.perf_counter()
     with progress(f"{cfg.folds}-fold models", cfg.folds) as advance:
-        res = oof_predict(images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True, on_fold=lambda f, k: advance(1))
+        res = oof_predict(
+            images, labels, classes, tcfg, folds=cfg.folds, seed=cfg.seed, ood=True, on_fold=lambda f, k: advance(1), train_mask=mask
+        )
     info = {"oof": "computed", "oof_seconds": round(time.perf_counter() - t0, 1), "input": [channels, *size]}
-    state = OOFCache.state(key, ids, res.probs, res.ood_z, classes)
+    state = cache.state(key, ids, res.probs, res.ood_z, classes)
     return res.probs[back], res.ood_z[back], {**info, "state": state}
 
 
 class OOFCache:
     """Out-of-sample results stored in version state, found again by key."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, name: str = "clean_oof") -> None:
         self.ws = ws
+        self.files = (f"{name}.parquet", f"{name}.json")  # (OOF_STATE, OOF_KEY_STATE) for the first pass
 
     def find(self, key: str, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, str] | None:
         """``(probs (N, K) float32, ood_z (N,) float64, version)`` for ``ids`` (in that order) from the newest
         version whose stored key is ``key``."""
         for vid in reversed(self.ws.version_ids()):
-            meta = self.ws.state_path(vid, OOF_KEY_STATE)
+            meta = self.ws.state_path(vid, self.files[1])
             if meta.exists() and json.loads(meta.read_text()).get("key") == key:
-                t = pq.read_table(self.ws.state_path(vid, OOF_STATE))
+                t = pq.read_table(self.ws.state_path(vid, self.files[0]))
                 where = {sid: i for i, sid in enumerate(t.column("sample_id").to_pylist())}
                 order = np.array([where[sid] for sid in ids], np.int64)
                 probs = np.asarray(t.column("probs").to_pylist(), np.float32)[order]
                 return probs, t.column("ood_z").to_numpy(zero_copy_only=False).astype(np.float64)[order], vid
         return None
 
-    @staticmethod
-    def state(key: str, ids: Sequence[str], probs: np.ndarray, ood_z: np.ndarray, classes: Sequence[str]) -> dict[str, bytes]:
+    def state(self, key: str, ids: Sequence[str], probs: np.ndarray, ood_z: np.ndarray, classes: Sequence[str]) -> dict[str, bytes]:
         """State files to commit with the version: the probabilities/OOD scores and their key."""
         t = pa.table(
             {
@@ -114,7 +133,7 @@ class OOFCache:
         buf = io.BytesIO()
         pq.write_table(t, buf)
         key_doc = {"key": key, "classes": list(classes), "rows": len(ids)}
-        return {OOF_STATE: buf.getvalue(), OOF_KEY_STATE: json.dumps(key_doc, indent=2).encode()}
+        return {self.files[0]: buf.getvalue(), self.files[1]: json.dumps(key_doc, indent=2).encode()}
 
 
 def read_pred_probs(path: str | Path, ids: Sequence[str], classes: Sequence[str]) -> np.ndarray:
@@ -212,7 +231,13 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, method: str = "low_no
 
 
 def embedding_judgements(
-    ws: Workspace, table: pa.Table, lpos: np.ndarray, ok_pos: np.ndarray, labels: np.ndarray, n_classes: int, cfg: Any,
+    ws: Workspace,
+    table: pa.Table,
+    lpos: np.ndarray,
+    ok_pos: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    cfg: Any,
     progress: Progress,
 ) -> dict[str, Any]:
     """``clean --model``: the model's embeddings of the checked rows, a k-fold linear head and kNN outlier scores.
