@@ -152,23 +152,30 @@ def filter_fit_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         window matches anything and says nothing).
     """
     p, h, w = a.shape
-    bi = b[:, 1:-1, 1:-1].reshape(p, -1)
-    centre = a[:, 1:-1, 1:-1].reshape(p, -1)
-    feats = [a[:, dy : dy + h - 2, dx : dx + w - 2].reshape(p, -1) for dy in range(3) for dx in range(3)]
-    x = np.stack([*feats, centre * centre, np.ones_like(centre)], 2)  # (P, n, 11)
-    gram = np.matmul(x.transpose(0, 2, 1), x)
-    gram += np.float32(RIDGE * x.shape[1]) * np.eye(x.shape[2], dtype=np.float32)
-    theta = np.linalg.solve(gram, np.matmul(x.transpose(0, 2, 1), bi[..., None]))
-    res = bi - np.matmul(x, theta)[..., 0]
+    n = (h - 2) * (w - 2)
+    bi = b[:, 1:-1, 1:-1].reshape(p, n)
+    # features as rows (P, 11, n): the products below run along contiguous pixels
+    x = np.empty((p, 11, h - 2, w - 2), np.float32)
+    for dy in range(3):
+        for dx in range(3):
+            x[:, 3 * dy + dx] = a[:, dy : dy + h - 2, dx : dx + w - 2]
+    np.multiply(x[:, 4], x[:, 4], out=x[:, 9])  # the tone term: the centre pixel squared
+    x[:, 10] = 1.0
+    x = x.reshape(p, 11, n)
+    gram = np.matmul(x, x.transpose(0, 2, 1))
+    gram += np.float32(RIDGE * n) * np.eye(11, dtype=np.float32)
+    theta = np.linalg.solve(gram, np.matmul(x, bi[..., None]))
+    res = bi - np.matmul(theta.transpose(0, 2, 1), x)[:, 0]
     sst = ((bi - bi.mean(1, keepdims=True)) ** 2).sum(1)
-    r2 = 1 - (res * res).sum(1) / (sst + 1e-9)
-    e2 = (res * res).reshape(p, h - 2, w - 2)
+    e2 = res * res
+    r2 = 1 - e2.sum(1) / (sst + 1e-9)
+    e2 = e2.reshape(p, h - 2, w - 2)
     ry, rx = _block_edges(h - 2), _block_edges(w - 2)
     sums = np.add.reduceat(np.add.reduceat(e2, ry, axis=1), rx, axis=2)
     area = np.outer(np.diff(np.append(ry, h - 2)), np.diff(np.append(rx, w - 2)))
     block = np.sqrt((sums / area).reshape(p, -1).max(1))
     score = np.minimum(1 - block, 2 * np.sqrt(np.clip(r2, 0, 1)) - 1)
-    return np.where(sst < 1e-6 * bi.shape[1], -1.0, score).astype(np.float32)
+    return np.where(sst < 1e-6 * n, -1.0, score).astype(np.float32)
 
 
 def zoom_scores(a: np.ndarray, b: np.ndarray, a_ids: np.ndarray | None = None) -> np.ndarray:
