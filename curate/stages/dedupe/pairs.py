@@ -8,7 +8,7 @@ Used by ``curate.stages.dedupe.search.near_pairs``:
   moves every frequency); and a colour image's value-channel thumbnail, so a hue-rotated or re-saturated copy does.
 - *Decision* (``pair_scores``): cheapest first, each score only where the previous ones fell short: the aligned
   score on luma, then on the value channel (both colour), then the fitted-filter score on luma, then on value.
-  The fitted-filter score costs about 0.8 ms of CPU per pair, so it runs only on pairs whose descriptor
+  The fitted-filter score costs about 0.5 ms of CPU per pair, so it runs only on pairs whose descriptor
   closeness (the best whitened cosine of the pair's hits, ``index.candidate_pairs``) is at least
   ``ROBUST_GATE``: no planted copy that this score accepts lies below it (calibrated with families held out,
   ``bench/bench_dedupe_generalize.py``).

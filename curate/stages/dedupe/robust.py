@@ -19,6 +19,11 @@ another:
 The score of a placement is ``min(1 - max block RMS of the residual, 2 * sqrt(R^2) - 1)`` (the same block rule
 and low-contrast guard as ``verify``); the best hypothesis wins. Its threshold is separate from ``verify``'s
 (``DedupeConfig.robust_threshold``) and calibrated with families held out (``bench/bench_dedupe_generalize.py``).
+
+Cost: about 0.5 ms of CPU per pair. An image is in about ten candidate pairs at 70k Fashion-MNIST images, so
+``robust_scores`` orders a shape group's pairs by their likely original (the filter's input) and ``zoom_scores``
+computes what depends on the original alone (its six rotations, the integral images of it and of them, the
+templates shrunk from it) once per distinct original in a chunk: the same scores, 1.7x less CPU.
 """
 
 from __future__ import annotations
