@@ -23,7 +23,8 @@ and low-contrast guard as ``verify``); the best hypothesis wins. Its threshold i
 Cost: about 0.5 ms of CPU per pair. An image is in about ten candidate pairs at 70k Fashion-MNIST images, so
 ``robust_scores`` orders a shape group's pairs by their likely original (the filter's input) and ``zoom_scores``
 computes what depends on the original alone (its six rotations, the integral images of it and of them, the
-templates shrunk from it) once per distinct original in a chunk: the same scores, 1.7x less CPU.
+templates shrunk from it) once per distinct original in a chunk: the same scores (to float rounding), 1.7x
+less CPU.
 """
 
 from __future__ import annotations
