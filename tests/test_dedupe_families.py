@@ -125,6 +125,34 @@ def test_the_closeness_gate_keeps_every_familys_planted_decision() -> None:
     assert n_off == 0 and not off[planted].all()
 
 
+def test_pairs_that_share_their_original_score_as_they_would_alone() -> None:
+    """``robust_scores`` computes an original's rotations, integral images and shrunk templates once for all the
+    pairs of a chunk that share it: every pair scores as it does on its own, copies high and look-alikes low."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from curate.stages.dedupe import DEFAULT_ROBUST_THRESHOLD
+    from curate.stages.dedupe.robust import robust_scores
+    from curate.stages.dedupe.signatures import compute_signatures, thumbs_array
+    from curate.stages.dedupe.transforms import FAMILIES
+
+    rng = np.random.default_rng(3)
+    fams = ["blur", "crop", "rotate", "border", "gamma"]
+    sources = [Image.fromarray(scene(200 + s)) for s in range(2)]
+    images = sources + [FAMILIES[f](sources[k], rng) for k in range(2) for f in fams]
+    images += [Image.fromarray(scene(200 + k, variant=2)) for k in range(2)]
+    sigs = compute_signatures(pa.table({"sample_id": [str(i) for i in range(len(images))], "data": [png(im) for im in images]}))
+    thumbs, shapes = thumbs_array(sigs)
+    copies = [(k, 2 + k * len(fams) + j) for k in range(2) for j in range(len(fams))]
+    alikes = [(0, len(images) - 2), (1, len(images) - 1), (0, 1)]
+    pairs = np.array(copies + alikes)
+    together = robust_scores(thumbs, shapes, pairs)
+    alone = np.concatenate([robust_scores(thumbs, shapes, pairs[i : i + 1]) for i in range(len(pairs))])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert (together[: len(copies)] >= DEFAULT_ROBUST_THRESHOLD).sum() >= len(copies) - 1, together
+    assert (together[len(copies) :] < DEFAULT_ROBUST_THRESHOLD).all(), together
+
+
 @pytest.mark.xfail(strict=True, reason="signatures are luma and HSV value: an object recoloured at equal luma is invisible")
 def test_an_object_recoloured_at_equal_luma_is_not_a_duplicate() -> None:
     from PIL import Image
