@@ -223,6 +223,11 @@ def augment_array(compose: Any, seed: int, image: Any) -> Any:
     # ``default_rng(seed)`` is ``Generator(PCG64(seed))`` (numpy's definition); built directly it skips the
     # argument dispatch, ~15% of the cost of seeding a copy.
     compose.set_random_state(np.random.Generator(np.random.PCG64(seed)), random.Random(seed))
+    return apply_transform(compose, image)
+
+
+def apply_transform(compose: Any, image: Any) -> Any:
+    """``compose`` on a uint8 image with the generators it holds; a grayscale ``(H, W)`` image comes back ``(H, W)``."""
     out = compose(image=image)["image"]
     return out[:, :, 0] if out.ndim == 3 and image.ndim == 2 else out
 
