@@ -155,7 +155,7 @@ def train_all(base: str, epochs: int, only: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def throughput(base: str, repeats: int, before: str | None = None) -> dict[str, Any]:
+def throughput(base: str, repeats: int, before: str | None = None, variants: tuple[str, ...] = ("j1", "j2")) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
@@ -213,7 +213,7 @@ def throughput(base: str, repeats: int, before: str | None = None) -> dict[str, 
         st = res["stats"]
         return st["images_per_s"], st["images_made"] / res["wall"], st["images_made"] / res["cpu"]
 
-    order = ["bare", "j1", "j2", *(["j1b", "j2b"] if before else [])]  # j1b, j2b: the code in ``before``
+    order = ["bare", *variants, *([f"{v}b" for v in variants] if before else [])]  # j1b, j2b: the code in ``before``
     keys = ["bare_full", "bare_full_cpu", "bare_reseed", "bare_aug"]
     keys += [f"{j}_{kind}" for j in order[1:] for kind in ("stage", "wall", "cpu")]
     got: dict[str, list[float]] = {k: [] for k in keys}
@@ -250,13 +250,15 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--before", type=Path, help="throughput: also run curate from this copy of the code (holding curate/)")
+    ap.add_argument("--workers", default="1,2", help="throughput: the -j values of curate augment to run (comma-separated)")
     args = ap.parse_args()
     print(f"# {machine()}; load average {load()} at start", flush=True)
     t0 = time.perf_counter()
     base = prepare()
     result: dict[str, Any] = {"base": base}
     if not args.skip_throughput:
-        result["throughput"] = tp = throughput(base, args.repeats, str(args.before.resolve()) if args.before else None)
+        variants = tuple(f"j{j}" for j in args.workers.split(","))
+        result["throughput"] = tp = throughput(base, args.repeats, str(args.before.resolve()) if args.before else None, variants)
         m = tp["median"]
         print(f"\nAugmentation throughput, {tp['images']:,} Fashion-MNIST train images, policy medium (images/s, medians):")
         rows = [

@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 
 from curate.augmentation import AugmentConfig, check_augment, parse_target
 from curate.augmentation.counts import class_counts, order_key, resolve_target
-from curate.augmentation.policies import apply_transform, copy_seed, decode, encode_array, encoding_for
+from curate.augmentation.png import Encoder
+from curate.augmentation.policies import apply_transform, copy_seed, decode, encoding_for
 from curate.augmentation.rng import CopyRng, pcg64_states
 from curate.errors import CurateError
 from curate.schema import OK, conform
@@ -78,7 +79,8 @@ def augment_batch(batch: pa.Table, job: Job) -> pa.Table:
     Returns:
         ``OUT_SCHEMA`` rows, one per requested copy, in input order.
     """
-    rows: list[tuple[Any, ...]] = []  # one tuple per copy, in OUT_SCHEMA order
+    made: list[tuple[Any, ...]] = []  # per copy: (parent, copy, width, height, mode, format, recipe)
+    blobs = Encoder()
     pids, datas, plans = (batch.column(c).to_pylist() for c in ("sample_id", "data", "copies"))
     # Every planned copy's seed, and the PCG64 state each leads to in one vector pass (``curate.augmentation.rng``);
     # a copy redrawn because it came out unchanged (a few percent) is seeded on its own.
@@ -102,10 +104,14 @@ def augment_batch(batch: pa.Table, job: Job) -> pa.Table:
                 k = planned + m * UNCHANGED_STRIDE
                 seed = copy_seed(job.seed, pid, k)
                 rng.seed(seed)
-            out, (h, w) = encode_array(pixels, encode), pixels.shape[:2]
-            rows.append((pid, k, hashlib.sha256(out).hexdigest(), out, w, h, mode, encode["format"], len(out), recipe % (k, seed)))
-    if not rows:
+            blobs.add(pixels, encode)
+            made.append((pid, k, pixels.shape[1], pixels.shape[0], mode, encode["format"], recipe % (k, seed)))
+    if not made:
         return OUT_SCHEMA.empty_table()
+    rows = [
+        (pid, k, hashlib.sha256(out).hexdigest(), out, w, h, mode, fmt, len(out), recipe)
+        for (pid, k, w, h, mode, fmt, recipe), out in zip(made, blobs.done(), strict=True)
+    ]
     columns = zip(*rows, strict=True)
     return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, OUT_SCHEMA, strict=True)], schema=OUT_SCHEMA)
 
