@@ -21,6 +21,8 @@
 Run (from the repository root)::
 
     nice -n 15 .venv/bin/python bench/bench_balance.py --epochs 3 --repeats 3
+    # throughput only, on the first 5,000 train images, -j 1, beside the code in DIR (a shorter run for a busy machine)
+    nice -n 15 .venv/bin/python bench/bench_balance.py --skip-train --workers 1 --limit 5000 --before DIR
 
 Workspaces live in ``bench/.out/balance/``.
 """
@@ -101,6 +103,34 @@ def prepare() -> str:
     return base
 
 
+def subset(base: str, n: int) -> str:
+    """A version of BASE whose only train parents are the first ``n`` (in table order); the other train rows are
+    excluded with reason ``bench_subset``. Built once per ``n``; returns its version id."""
+    done = ROOT / f"BASE-{n}"
+    if done.exists():
+        return done.read_text().strip()
+    import pyarrow as pa
+
+    from curate.augmentation.copies import parents_of
+    from curate.pipeline import run_stage
+    from curate.schema import exclude
+    from curate.stages import StageResult
+    from curate.workspace import Workspace
+
+    ws = Workspace(WS)
+    sh([CURATE, "checkout", base, "-w", str(WS)])
+    keep = set(parents_of(ws.samples(base)).column("sample_id").to_pylist()[:n])
+
+    def cut(parent: pa.Table, _pid: str | None) -> StageResult:
+        train = [s == "train" for s in parent.column("split").to_pylist()]
+        mask = [t and sid not in keep for t, sid in zip(train, parent.column("sample_id").to_pylist(), strict=True)]
+        return StageResult(table=exclude(parent, mask, stage="subset", reason="bench_subset"), stats={"kept": len(keep)})
+
+    vid = run_stage(ws, "subset", {"n": n}, cut)["version"]
+    done.write_text(vid + "\n")
+    return vid
+
+
 def train_all(base: str, epochs: int, only: list[str]) -> list[dict[str, Any]]:
     w = ["-w", str(WS)]
     rows = []
@@ -155,7 +185,7 @@ def train_all(base: str, epochs: int, only: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def throughput(base: str, repeats: int, before: str | None = None) -> dict[str, Any]:
+def throughput(base: str, repeats: int, before: str | None = None, variants: tuple[str, ...] = ("j1", "j2")) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
@@ -213,7 +243,7 @@ def throughput(base: str, repeats: int, before: str | None = None) -> dict[str, 
         st = res["stats"]
         return st["images_per_s"], st["images_made"] / res["wall"], st["images_made"] / res["cpu"]
 
-    order = ["bare", "j1", "j2", *(["j1b", "j2b"] if before else [])]  # j1b, j2b: the code in ``before``
+    order = ["bare", *variants, *([f"{v}b" for v in variants] if before else [])]  # j1b, j2b: the code in ``before``
     keys = ["bare_full", "bare_full_cpu", "bare_reseed", "bare_aug"]
     keys += [f"{j}_{kind}" for j in order[1:] for kind in ("stage", "wall", "cpu")]
     got: dict[str, list[float]] = {k: [] for k in keys}
@@ -250,13 +280,17 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--before", type=Path, help="throughput: also run curate from this copy of the code (holding curate/)")
+    ap.add_argument("--limit", type=int, help="throughput: only the first N train images of BASE (a bench-only version)")
+    ap.add_argument("--workers", default="1,2", help="throughput: the -j values of curate augment to run (comma-separated)")
     args = ap.parse_args()
     print(f"# {machine()}; load average {load()} at start", flush=True)
     t0 = time.perf_counter()
     base = prepare()
     result: dict[str, Any] = {"base": base}
     if not args.skip_throughput:
-        result["throughput"] = tp = throughput(base, args.repeats, str(args.before.resolve()) if args.before else None)
+        variants = tuple(f"j{j}" for j in args.workers.split(","))
+        tbase = subset(base, args.limit) if args.limit else base
+        result["throughput"] = tp = throughput(tbase, args.repeats, str(args.before.resolve()) if args.before else None, variants)
         m = tp["median"]
         print(f"\nAugmentation throughput, {tp['images']:,} Fashion-MNIST train images, policy medium (images/s, medians):")
         rows = [

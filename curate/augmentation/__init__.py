@@ -4,6 +4,8 @@
   online augmentation, ``curate.learn.data``).
 - ``counts``: effective samples per class of the train split and the seeded hash order every random choice follows.
 - ``copies``: the offline copies machinery: new train samples, each with its parent and exact recipe.
+- ``rng``: the per-copy generator pair, re-seeded in place (the streams of a fresh pair, for less CPU).
+- ``png``: Pillow's PNG bytes for many small copies at once (checked against Pillow once per process).
 
 This module stays light (no pyarrow, numpy or albumentations): stage contract modules import it for their Config.
 """

@@ -29,7 +29,9 @@ import pyarrow.compute as pc
 
 from curate.augmentation import AugmentConfig, check_augment, parse_target
 from curate.augmentation.counts import class_counts, order_key, resolve_target
-from curate.augmentation.policies import augment_array, copy_seed, decode, encode_array, encoding_for
+from curate.augmentation.png import Encoder
+from curate.augmentation.policies import apply_transform, copy_seed, decode, encoding_for
+from curate.augmentation.rng import CopyRng, pcg64_states
 from curate.errors import CurateError
 from curate.schema import OK, conform
 from curate.stage import StageResult, no_progress
@@ -61,14 +63,14 @@ _CACHE: dict[tuple[str, tuple[int, int] | None], tuple[Any, str]] = {}
 
 def _transform(job: Job, size: tuple[int, int]) -> tuple[Any, str]:
     """(Compose, its serialised JSON) for a parent of ``size`` (H, W): built once per worker, policy and size."""
-    from curate.augmentation.policies import build_policy, from_json, to_json
+    key = (job.policy_json or job.policy, size if job.policy in ("shift", "flip-shift") else None)
+    hit = _CACHE.get(key)
+    if hit is None:
+        from curate.augmentation.policies import build_policy, from_json, to_json
 
-    sized = job.policy in ("shift", "flip-shift")
-    key = (job.policy_json or job.policy, size if sized else None)
-    if key not in _CACHE:
         compose = from_json(job.policy_json) if job.policy_json else build_policy(job.policy, size)
-        _CACHE[key] = (compose, to_json(compose))
-    return _CACHE[key]
+        hit = _CACHE[key] = (compose, to_json(compose))
+    return hit
 
 
 def augment_batch(batch: pa.Table, job: Job) -> pa.Table:
@@ -77,37 +79,74 @@ def augment_batch(batch: pa.Table, job: Job) -> pa.Table:
     Returns:
         ``OUT_SCHEMA`` rows, one per requested copy, in input order.
     """
-    rows: list[tuple[Any, ...]] = []  # one tuple per copy, in OUT_SCHEMA order
-    cols = (batch.column(c).to_pylist() for c in ("sample_id", "data", "copies"))
-    for pid, data, copies in zip(*cols, strict=True):
+    made: list[tuple[Any, ...]] = []  # per copy: (parent, copy, width, height, mode, format, recipe)
+    blobs = Encoder()
+    pids, datas, plans = (batch.column(c).to_pylist() for c in ("sample_id", "data", "copies"))
+    # Every planned copy's seed, and the PCG64 state each leads to in one vector pass (``curate.augmentation.rng``);
+    # a copy redrawn because it came out unchanged (a few percent) is seeded on its own.
+    seeds = [copy_seed(job.seed, pid, k) for pid, ks in zip(pids, plans, strict=True) for k in ks]
+    first = iter(zip(seeds, pcg64_states(seeds), strict=True))
+    rng = _rng()
+    for pid, data, copies in zip(pids, datas, plans, strict=True):
         image, mode, fmt = decode(data)
         compose, tjson = _transform(job, image.shape[:2])
+        rng.attach(compose)
         encode = encoding_for(fmt)
         recipe = _recipe_template(pid, encode, mode, job.policy, tjson)
         for planned in copies:
-            for m in range(UNCHANGED_TRIES):
+            seed, state = next(first)
+            k = planned
+            rng.seed(seed, state)
+            for m in range(1, UNCHANGED_TRIES + 1):
+                pixels = apply_transform(compose, image)
+                if m == UNCHANGED_TRIES or not _same_pixels(pixels, image):
+                    break
                 k = planned + m * UNCHANGED_STRIDE
                 seed = copy_seed(job.seed, pid, k)
-                pixels = augment_array(compose, seed, image)
-                if not _same_pixels(pixels, image):
-                    break
-            out, (h, w) = encode_array(pixels, encode), pixels.shape[:2]
-            rows.append((pid, k, hashlib.sha256(out).hexdigest(), out, w, h, mode, encode["format"], len(out), recipe % (k, seed)))
-    if not rows:
+                rng.seed(seed)
+            blobs.add(pixels, encode)
+            made.append((pid, k, pixels.shape[1], pixels.shape[0], mode, encode["format"], recipe % (k, seed)))
+    if not made:
         return OUT_SCHEMA.empty_table()
+    rows = [
+        (pid, k, hashlib.sha256(out).hexdigest(), out, w, h, mode, fmt, len(out), recipe)
+        for (pid, k, w, h, mode, fmt, recipe), out in zip(made, blobs.done(), strict=True)
+    ]
     columns = zip(*rows, strict=True)
     return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, OUT_SCHEMA, strict=True)], schema=OUT_SCHEMA)
+
+
+_RNG: list[CopyRng] = []  # this process's generator pair, made on first use
+
+
+def _rng() -> CopyRng:
+    if not _RNG:
+        _RNG.append(CopyRng())
+    return _RNG[0]
+
+
+_RECIPE_PARTS: dict[tuple[Any, ...], tuple[str, str]] = {}
 
 
 def _recipe_template(pid: str, encode: dict[str, Any], mode: str, policy: str, tjson: str) -> str:
     """The recipe JSON of ``pid``'s copies, with ``%d`` for the copy index and for the seed (in that order).
 
-    The text ``json.dumps`` gives the head (sorted keys, compact: ``copy`` first, ``seed`` last) with ``"transform"``
-    spliced in verbatim (serialised once per worker); written once per parent instead of once per copy.
+    The text ``json.dumps`` gives (sorted keys, compact: ``copy`` first, ``seed`` last) with ``"transform"``
+    spliced in verbatim. Everything but the parent id is the same for every parent of one encoding, mode and
+    policy: it is written once (per worker) and the id, JSON-quoted, goes between.
     """
-    head = {"copy": 0, "encode": encode, "mode": mode, "parent_id": pid, "policy": policy, "rng": "shared", "seed": 0}
-    mid = json.dumps(head, sort_keys=True, separators=(",", ":"))[len('{"copy":0,') : -len("0}")]  # "encode":...,"seed":
-    return '{"copy":%d,' + mid.replace("%", "%%") + '%d,"transform":' + tjson.replace("%", "%%") + "}"
+    key = (encode.get("format"), encode.get("quality"), mode, policy, tjson)
+    parts = _RECIPE_PARTS.get(key)
+    if parts is None:
+        head = {"copy": 0, "encode": encode, "mode": mode, "parent_id": "", "policy": policy, "rng": "shared", "seed": 0}
+        text = json.dumps(head, sort_keys=True, separators=(",", ":"))[len('{"copy":0,') : -len("0}")]
+        # only "encode" and "mode" precede "parent_id": neither can hold the marker, so the first one is the key's
+        before, after = text.split('"parent_id":""', 1)
+        parts = _RECIPE_PARTS[key] = (
+            '{"copy":%d,' + before.replace("%", "%%") + '"parent_id":',
+            after.replace("%", "%%") + '%d,"transform":' + tjson.replace("%", "%%") + "}",
+        )
+    return parts[0] + json.dumps(pid).replace("%", "%%") + parts[1]
 
 
 def _same_pixels(a: Any, b: Any) -> bool:

@@ -56,9 +56,38 @@ POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 JPEG_QUALITY = 95
 
 
+def albumentations() -> Any:
+    """The ``albumentations`` module, imported without torch and huggingface_hub unless they are loaded already.
+
+    ``import albumentations`` also imports its PyTorch integration (``ToTensorV2``, which imports torch) and its
+    Hugging Face hub mixin (huggingface_hub and its HTTP stack) when those packages are installed, each inside a
+    ``try``/``suppress(ImportError)``. curate uses neither, and they cost ~3 CPU-s per process on the 2-core
+    machine: as much as augmenting 5,000 small images. While albumentations imports, each of the two that is not
+    loaded yet is marked absent (a ``None`` entry in ``sys.modules`` makes its import raise ImportError, which
+    albumentations skips); the marks are removed afterwards, so a later ``import torch`` or ``huggingface_hub``
+    works as usual. What this process lacks is ``A.ToTensorV2`` (import it from ``albumentations.pytorch``) and
+    albumentations' hub methods.
+    """
+    import sys
+
+    if "albumentations" in sys.modules:
+        return sys.modules["albumentations"]
+    optional = (("albumentations.pytorch", "torch"), ("huggingface_hub", "huggingface_hub"))  # (module, what it loads)
+    skip = [name for name, loads in optional if loads not in sys.modules]
+    try:
+        for name in skip:
+            sys.modules[name] = None  # type: ignore[assignment]
+        import albumentations as A
+    finally:
+        for name in skip:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return A
+
+
 def _named_ops(name: str, size: tuple[int, int] | None) -> list[Any]:
     """The transforms of a named policy (``size`` = (H, W) is needed by ``shift``/``flip-shift`` only)."""
-    import albumentations as A
+    A = albumentations()
     import cv2
 
     const = cv2.BORDER_CONSTANT  # zero padding: reflected borders invent structure that is not in the image
@@ -111,7 +140,7 @@ def build_policy(name: str, size: tuple[int, int] | None = None) -> Any:
         raise UsageError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)} or give a policy file (.yaml/.json)")
     if name == "none":
         return None
-    import albumentations as A
+    A = albumentations()
 
     return A.Compose(_named_ops(name, size), seed=0)
 
@@ -126,7 +155,7 @@ def load_policy_file(path: str | Path) -> Any:
     Raises:
         UsageError: missing file, unparsable file or unknown transform (one line, exit code 2).
     """
-    import albumentations as A
+    A = albumentations()
 
     path = Path(path)
     if not path.is_file():
@@ -146,7 +175,7 @@ def load_policy_file(path: str | Path) -> Any:
 
 def save_policy(compose: Any, path: str | Path) -> Path:
     """Write ``compose`` as a policy file (YAML unless the name ends in ``.json``) that ``load_policy_file`` reads back."""
-    import albumentations as A
+    A = albumentations()
 
     path = Path(path)
     A.save(compose, str(path), data_format="json" if path.suffix.lower() == ".json" else "yaml")
@@ -160,14 +189,14 @@ def resolve_policy(spec: str, size: tuple[int, int] | None = None) -> Any:
 
 def to_json(compose: Any) -> str:
     """The exact serialised transform (``A.to_dict``) as canonical JSON (sorted keys, no spaces)."""
-    import albumentations as A
+    A = albumentations()
 
     return json.dumps(A.to_dict(compose), sort_keys=True, separators=(",", ":"))
 
 
 def from_json(text: str | dict[str, Any]) -> Any:
     """Inverse of ``to_json``: an ``A.Compose`` equal to the one serialised."""
-    import albumentations as A
+    A = albumentations()
 
     return A.from_dict(json.loads(text) if isinstance(text, str) else text)
 
@@ -198,15 +227,16 @@ def decode(data: bytes, mode: str | None = None) -> tuple[Any, str, str]:
     import numpy as np
     from PIL import Image
 
-    from curate.images import decode_rgb_or_l
-
     im = Image.open(io.BytesIO(data))
     # A PNG without EXIF has no orientation to apply: skip exif_transpose, a fifth of the decode time of a small PNG.
     if not (data[:4] == b"\x89PNG" and b"eXIf" not in data and b"exif" not in data and im.mode in ("L", "RGB")):
+        from curate.images import decode_rgb_or_l
+
         im = decode_rgb_or_l(data)
     fmt = "JPEG" if data[:3] == b"\xff\xd8\xff" else "other"  # by magic bytes: EXIF transposing drops ``im.format``
     mode = mode or ("L" if im.mode == "L" else "RGB")
-    return np.asarray(im.convert(mode), dtype=np.uint8), mode, fmt
+    # convert() to the mode it already has is a copy: a third of the decode time of a 28x28 PNG
+    return np.asarray(im if im.mode == mode else im.convert(mode), dtype=np.uint8), mode, fmt
 
 
 def encoding_for(source_format: str) -> dict[str, Any]:
@@ -223,6 +253,11 @@ def augment_array(compose: Any, seed: int, image: Any) -> Any:
     # ``default_rng(seed)`` is ``Generator(PCG64(seed))`` (numpy's definition); built directly it skips the
     # argument dispatch, ~15% of the cost of seeding a copy.
     compose.set_random_state(np.random.Generator(np.random.PCG64(seed)), random.Random(seed))
+    return apply_transform(compose, image)
+
+
+def apply_transform(compose: Any, image: Any) -> Any:
+    """``compose`` on a uint8 image with the generators it holds; a grayscale ``(H, W)`` image comes back ``(H, W)``."""
     out = compose(image=image)["image"]
     return out[:, :, 0] if out.ndim == 3 and image.ndim == 2 else out
 
