@@ -139,15 +139,8 @@ def run_clean(
 
             got = embedding_judgements(ws, table, lpos, ok_pos, labels, len(classes), cfg, progress)
             probs, opos, oscore, info = got["probs"], got["outlier_pos"], got["outlier_score"], {**got["info"], "state": got["state"]}
-        elif cfg.find_outliers or not cfg.pred_probs:
-            probs, _, info = cnn_oof(ws, rows, labels, classes, cfg, progress)
-            if cfg.passes > 1 and cfg.find_mislabels and not cfg.pred_probs:
-                from curate.stages.clean.passes import second_pass
-
-                probs, oscore, more = second_pass(ws, rows, labels, classes, cfg, probs, progress)
-                info = {**info, **more, "state": {**info.get("state", {}), **more["state"]}}
         else:
-            probs, info = None, {"oof": "not needed"}
+            probs, oscore, info = _fold_models(ws, rows, labels, classes, cfg, progress)
         state.update(info.pop("state", {}))
         stats.update(info)
         li = out = None
@@ -180,6 +173,23 @@ def run_clean(
             table = exclude(table, pa.array(mask), stage=STAGE, reason=reason)
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     return CleanResult(table=table, stats=stats, state=state, review=review)
+
+
+def _fold_models(
+    ws: Workspace, rows: pa.Table, labels: np.ndarray, classes: list[str], cfg: CleanConfig, progress: Progress
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """``(probs, outlier_score or None, info)`` from curate's own k-fold models: one pass, or two with ``--passes 2``
+    (``curate.stages.clean.passes``; its outlier score then covers both passes); none where ``--pred-probs`` gives
+    the probabilities and no outliers are asked for."""
+    if cfg.pred_probs and not cfg.find_outliers:
+        return None, None, {"oof": "not needed"}
+    probs, _, info = cnn_oof(ws, rows, labels, classes, cfg, progress)
+    if cfg.passes < 2 or not cfg.find_mislabels or cfg.pred_probs:
+        return probs, None, info
+    from curate.stages.clean.passes import second_pass
+
+    probs, oscore, more = second_pass(ws, rows, labels, classes, cfg, probs, progress)
+    return probs, oscore, {**info, **more, "state": {**info.get("state", {}), **more["state"]}}
 
 
 def _mislabels(
