@@ -49,7 +49,7 @@ from curate.errors import CurateError
 from curate.schema import OK, conform, exclude
 from curate.stage import StageResult, no_progress
 from curate.stages.clean import CleanConfig, check_config, thresholds
-from curate.stages.clean.labelissues import cnn_oof, label_issues, read_pred_probs
+from curate.stages.clean.labelissues import cnn_oof, label_issues, msp_score, read_pred_probs
 from curate.stages.clean.policy import decide
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def run_clean(
             # 0..1 for any K. The Mahalanobis z of the features (``ood_z``, kept in the state) ranked 500 MNIST
             # digits among Fashion-MNIST at ROC AUC 0.57; this score at 0.996 (BENCHMARKS.md "Clean").
             # With a model: kNN distance in embedding space, as a 0..1 score (curate.models.heads.knn_outliers).
-            score = oscore if oscore is not None else (1.0 - probs.max(1)) / max(1.0 - 1.0 / probs.shape[1], 1e-9)
+            score = oscore if oscore is not None else msp_score(probs)
             table, out = _outliers(table, cfg, opos, score)
             stats["outliers"] = {**out["stats"], "unlabeled_not_checked": len(ok_pos) - len(opos)}
             review += out["review"]

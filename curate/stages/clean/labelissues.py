@@ -49,6 +49,12 @@ def oof_key(ids: Sequence[str], labels: Sequence[str], classes: Sequence[str], s
     return h.hexdigest()
 
 
+def msp_score(probs: np.ndarray) -> np.ndarray:
+    """0..1 outlier score ``(N,)`` from probabilities ``(N, K)``: ``1 - max probability`` scaled by its largest value
+    ``1 - 1/K`` (max-softmax probability, Hendrycks & Gimpel 2017), so the scale does not depend on K."""
+    return (1.0 - probs.max(1)) / max(1.0 - 1.0 / probs.shape[1], 1e-9)
+
+
 MODEL_SETTINGS = ("folds", "arch", "epochs", "batch_size", "lr", "augment", "image_size", "seed")
 
 

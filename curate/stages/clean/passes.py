@@ -35,15 +35,13 @@ def first_pass_drops(labels: np.ndarray, probs: np.ndarray, cfg: Any) -> np.ndar
             no prediction, never dropped).
         cfg: the ``CleanConfig`` (policy, method and thresholds; the action is taken as ``exclude``).
     """
-    from curate.stages.clean.labelissues import label_issues
+    from curate.stages.clean.labelissues import label_issues, msp_score
     from curate.stages.clean.policy import decide
 
     have = ~np.isnan(probs).any(1)
     found = label_issues(labels[have], probs[have], method=cfg.method)
-    p = probs[have]
-    ood = (1.0 - p.max(1)) / max(1.0 - 1.0 / p.shape[1], 1e-9)
     dec = decide(
-        found, ood, action="exclude", policy=cfg.policy, relabel_threshold=cfg.relabel_threshold,
+        found, msp_score(probs[have]), action="exclude", policy=cfg.policy, relabel_threshold=cfg.relabel_threshold,
         outlier_threshold=cfg.outlier_threshold, junk_threshold=cfg.junk_threshold,
     )  # fmt: skip
     drops = np.zeros(len(labels), bool)
@@ -64,11 +62,10 @@ def second_pass(
         (the larger of the two passes' scaled ``1 - max probability``) and info for the stats (``left_out``: rows
         not trained on; ``state``: the pass's cache files).
     """
-    from curate.stages.clean.labelissues import cnn_oof
+    from curate.stages.clean.labelissues import cnn_oof, msp_score
 
     drops = first_pass_drops(labels, probs, cfg)
     probs2, _, info = cnn_oof(ws, rows, labels, classes, cfg, progress, train_mask=~drops, name="clean_oof_pass2")
-    scale = max(1.0 - 1.0 / probs.shape[1], 1e-9)
-    score = np.maximum(1.0 - probs.max(1), 1.0 - probs2.max(1)) / scale
+    score = np.maximum(msp_score(probs), msp_score(probs2))
     stats = {"left_out": int(drops.sum()), "oof": info.get("oof"), "oof_seconds": info.get("oof_seconds")}
     return probs2, score, {"pass2": stats, "state": info.get("state", {})}
