@@ -6,6 +6,14 @@ copy of the workspace gets the planted truth as review decisions on the dedupe v
 - ``oracle-exclude``: every planted flip and junk row excluded (what a perfect ``--action exclude`` would do);
 - ``oracle-relabel``: every flip relabeled to its true label, junk excluded (a perfect relabel).
 
+Two more arms split the shipped default's shortfall into its two causes, using the rows the set's newest ``clean``
+version excluded (``excluded_by`` clean):
+
+- ``found-only``: only the flips and junk the default excluded (its recall, perfect precision): against the curated
+  arm, what the clean rows it lost cost;
+- ``oracle-plus-lost``: every flip and junk row plus the clean rows the default lost (perfect recall, its false
+  positives): against ``oracle-exclude``, the same cost measured at full recall.
+
 Each arm is trained with the same ``curate train`` flags and scored on the official test set like the others, so the
 table says how much of the raw -> clean gap any clean policy could close with each action: if ``oracle-exclude`` is
 far from the clean arm, no detector that only excludes meets issue 18's goal. Rows append to ``results.jsonl``.
@@ -24,7 +32,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_value import RESULTS, VALUE, _slug, curate, train_and_score  # noqa: E402
 
-ARMS = ("oracle-exclude", "oracle-relabel")
+ARMS = ("oracle-exclude", "oracle-relabel", "found-only", "oracle-plus-lost")
+
+
+def clean_excluded(ws: Path) -> set[str]:
+    """sample_ids the newest ``clean`` version of ``ws`` excluded."""
+    from curate.workspace import Workspace
+
+    w = Workspace(ws)
+    vid = next(v for v in reversed(w.version_ids()) if v.endswith("clean"))
+    return {r["sample_id"] for r in w.samples(vid).to_pylist() if r["excluded_by"] == "clean"}
 
 
 def oracle_decisions(ws: Path, version: str, truth_path: Path, arm: str) -> int:
@@ -38,12 +55,22 @@ def oracle_decisions(ws: Path, version: str, truth_path: Path, arm: str) -> int:
     truth = {r["file"]: r for r in pq.read_table(truth_path).to_pylist()}
     path = w.review_journal(version)
     path.unlink(missing_ok=True)
+    found = clean_excluded(ws) if arm in ("found-only", "oracle-plus-lost") else set()
     n = 0
     for r in w.samples(version).to_pylist():
         t = truth.get(Path(r["source"]).name)
         if t is None or r["status"] != "ok":
             continue
-        if t["kind"] == "junk" or (t["kind"] == "flip" and arm == "oracle-exclude"):
+        if arm == "found-only":
+            if t["kind"] in ("junk", "flip") and r["sample_id"] in found:
+                journal.append(path, {"sample_id": r["sample_id"], "decision": "exclude", "tags": [t["kind"]]})
+                n += 1
+            continue
+        if arm == "oracle-plus-lost" and t["kind"] not in ("junk", "flip") and r["sample_id"] in found:
+            journal.append(path, {"sample_id": r["sample_id"], "decision": "exclude", "tags": ["lost"]})
+            n += 1
+            continue
+        if t["kind"] == "junk" or (t["kind"] == "flip" and arm != "oracle-relabel"):
             journal.append(path, {"sample_id": r["sample_id"], "decision": "exclude", "tags": [t["kind"]]})
         elif t["kind"] == "flip":
             journal.append(path, {"sample_id": r["sample_id"], "decision": "label", "label": str(t["true_label"])})
