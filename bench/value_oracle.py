@@ -14,6 +14,10 @@ version excluded (``excluded_by`` clean):
 - ``oracle-plus-lost``: every flip and junk row plus the clean rows the default lost (perfect recall, its false
   positives): against ``oracle-exclude``, the same cost measured at full recall.
 
+``policy-<variant>`` replays the shipped policy (estimate, exclude) on the probabilities ``bench/fold_variants.py``
+cached as ``<variant>`` (or any ``(N, K)`` ``probs`` saved there in the order of the clean version's
+``clean_oof.parquet``): the accuracy a detector with that ranking would buy, without running ``curate clean`` again.
+
 Each arm is trained with the same ``curate train`` flags and scored on the official test set like the others, so the
 table says how much of the raw -> clean gap any clean policy could close with each action: if ``oracle-exclude`` is
 far from the clean arm, no detector that only excludes meets issue 18's goal. Rows append to ``results.jsonl``.
@@ -44,6 +48,25 @@ def clean_excluded(ws: Path) -> set[str]:
     return {r["sample_id"] for r in w.samples(vid).to_pylist() if r["excluded_by"] == "clean"}
 
 
+def replayed(ws: Path, variant: str) -> list[str]:
+    """sample_ids the shipped policy excludes given ``variant``'s cached probabilities (module doc)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from fold_variants import shipped_exclusions
+    from value_policies import load
+
+    from curate.workspace import Workspace
+
+    name = ws.name.split("-policy-")[0]
+    src = VALUE / "ws" / name
+    w = Workspace(src)
+    vid = next(v for v in reversed(w.version_ids()) if w.state_path(v, "clean_oof.parquet").exists())
+    ids = pq.read_table(w.state_path(vid, "clean_oof.parquet")).column("sample_id").to_pylist()
+    probs = np.load(VALUE / "folds" / name / f"{variant}.npz")["probs"].astype(np.float64)
+    excl = shipped_exclusions(load(src), probs)
+    return [s for s, e in zip(ids, excl, strict=True) if e]
+
+
 def oracle_decisions(ws: Path, version: str, truth_path: Path, arm: str) -> int:
     """Write the planted truth as review decisions on ``version`` of ``ws``; the number of decisions."""
     import pyarrow.parquet as pq
@@ -56,6 +79,10 @@ def oracle_decisions(ws: Path, version: str, truth_path: Path, arm: str) -> int:
     path = w.review_journal(version)
     path.unlink(missing_ok=True)
     found = clean_excluded(ws) if arm in ("found-only", "oracle-plus-lost") else set()
+    if arm.startswith("policy-"):
+        for sid in replayed(ws, arm.removeprefix("policy-")):
+            journal.append(path, {"sample_id": sid, "decision": "exclude", "tags": ["replay"]})
+        return len(replayed(ws, arm.removeprefix("policy-")))
     n = 0
     for r in w.samples(version).to_pylist():
         t = truth.get(Path(r["source"]).name)
