@@ -12,6 +12,7 @@ a wrong class (known), 6 stripe junk images and one black image. Two models look
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -25,6 +26,7 @@ from helpers import assert_one_error_line
 from typer.testing import CliRunner
 
 from curate.cli import app
+from curate.errors import CurateError
 from curate.pipeline import run_stage
 from curate.stages.clean import CleanConfig, config_dict
 from curate.stages.clean.checks import run_clean
@@ -202,3 +204,107 @@ def test_model_from_curate_toml(data: dict, tmp_path: Path) -> None:
     cfg.write_text("[clean]\nfind_outliers = true\nmodel = [1]\n")
     r = _cli(ws, env={"CURATE_CONFIG": str(cfg)})
     assert r.exit_code == 2 and "model = [1] must be" in assert_one_error_line(r.stderr)
+
+
+def _classifier(path: Path, classes: list[str], scale: float = 40.0) -> Path:
+    """A TorchScript *classifier* for the quadrant blobs: logits = ``scale`` x the four 8x8 quadrant means, in the
+    order q0 q1 q2 q3 (what a model trained on other, correctly labeled blob images would have learnt)."""
+    import warnings
+
+    import torch
+
+    class Quadrants(torch.nn.Module):
+        def __init__(self, scale: float, k: int) -> None:
+            super().__init__()
+            self.scale, self.k = scale, k
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (torch.nn.functional.avg_pool2d(x, 8).flatten(1) * self.scale)[:, : self.k]
+
+    meta = {"channels": 1, "size": [16, 16], "normalization": {"mean": [0.0], "std": [1.0]}, "classes": classes,
+            "outputs": ["logits"]}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Quadrants(scale, len(classes))), str(path), _extra_files={"curate.json": json.dumps(meta)})
+    return path
+
+
+def test_model_head_judges_with_the_models_own_classifier(data: dict, tmp_path: Path) -> None:
+    """``--head model``: the classifier's own probabilities go to cleanlab (no head fitted, nothing embedded): at
+    least 11 of the 12 flips found with no false alarm among the normal images, suggested back to their true class,
+    and the summary names the head."""
+    ws, truth = data["ws"], data["truth"]
+    with ws.writer():
+        ws.set_head(data["base"])
+    model = _classifier(tmp_path / "quadrants.pt", ["q0", "q1", "q2", "q3"])
+    r = _cli(ws, "--find-mislabels", "--model", f"torchscript:{model}", "--head", "model", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    t = ws.samples(res["version"])
+    flipped, odd = set(truth["flipped"]), set(truth["junk"]) | set(truth["dark"])
+    found = _names(t, "is_label_issue")
+    assert len(found & flipped) >= 11 and not found - flipped - odd, sorted(found ^ flipped)
+    sug = dict(zip([Path(s).name for s in t["source"].to_pylist()], t["suggested_label"].to_pylist(), strict=True))
+    assert all(sug[n] == truth["flipped"][n] for n in found & flipped)
+    st = res["stats"]
+    assert st["head"] == "model" and st["in_sample"] == 0 and "embeddings" not in st and st["oof"] == "computed"
+    assert json.loads(ws.state_path(res["version"], "clean_model.json").read_text())["head"] == "model"
+    plain = _cli(ws, "--find-mislabels", "--model", f"torchscript:{model}", "--head", "model", "--seed", 1)  # not cached
+    assert plain.exit_code == 0 and "its own head" in plain.stdout, plain.output
+
+
+def test_model_head_refuses_models_it_cannot_trust(data: dict, tmp_path: Path) -> None:
+    """No head, a head without one of the version's classes, ``--head model`` without ``--model``: exit 2, one
+    line each, no version written."""
+    ws = data["ws"]
+    with ws.writer():
+        ws.set_head(data["base"])
+    before = ws.version_ids()
+    r = _cli(ws, "--find-mislabels", "--model", f"embeddings:{data['emb']}", "--head", "model")
+    assert r.exit_code == 2 and "has no classifier head" in assert_one_error_line(r.stderr)
+    three = _classifier(tmp_path / "three.pt", ["q0", "q1", "q2"])
+    r = _cli(ws, "--find-mislabels", "--model", f"torchscript:{three}", "--head", "model")
+    assert r.exit_code == 2 and "its head has no class 'q3'" in assert_one_error_line(r.stderr)
+    r = _cli(ws, "--find-mislabels", "--head", "model")
+    assert r.exit_code == 2 and "give it with --model" in assert_one_error_line(r.stderr)
+    assert ws.version_ids() == before and ws.head() == data["base"]
+
+
+def test_a_curate_run_does_not_judge_the_rows_it_trained_on(tmp_path: Path) -> None:
+    """A ``curate:`` run trained on this workspace's train split judges only the other rows (the train rows get
+    no verdict and are counted ``in_sample``); asked to judge only rows it trained on, it is refused (exit 1)."""
+    from curate.learn.train import TrainConfig, train
+    from curate.pipeline import run_stage
+    from curate.stages.clean.modelhead import head_probs
+    from curate.stages.normalize import NormalizeConfig
+    from curate.stages.normalize.pixels import run_normalize
+    from curate.stages.split import SplitConfig
+    from curate.stages.split.assign import run_split
+
+    make_dataset(tmp_path / "images")
+    ws = Workspace(tmp_path / "ws")
+    ingest(ws, tmp_path / "images")
+    base = ws.head()
+    run_stage(ws, "split", {"seed": 0}, lambda parent, _pid: run_split(parent, SplitConfig()))
+    norm = run_stage(ws, "normalize", {}, lambda parent, _pid: run_normalize(ws, parent, NormalizeConfig()))["version"]
+    run = tmp_path / "own"
+    train(ws, TrainConfig(arch="linear", epochs=1, batch_size=32, patience=0, out=str(run)))
+    t = ws.samples(norm)
+    trained = {s for s, sp, st in zip(t["sample_id"].to_pylist(), t["split"].to_pylist(), t["status"].to_pylist(), strict=True)
+               if sp == "train" and st == "ok"}  # fmt: skip
+    with ws.writer():
+        ws.set_head(base)
+    r = _cli(ws, "--find-mislabels", "--model", f"curate:{run}", "--head", "model", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    out = ws.samples(res["version"])
+    judged = {s for s, q in zip(out["sample_id"].to_pylist(), out["label_quality"].to_pylist(), strict=True) if q is not None}
+    assert res["stats"]["in_sample"] == len(trained) > 0 and not judged & trained
+    assert judged == set(out["sample_id"].to_pylist()) - trained
+    from curate.models import load_backend
+
+    rows = t.filter(pc.is_in(t["sample_id"], pa.array(sorted(trained)))).select(["sample_id", "pack"])
+    with pytest.raises(CurateError) as err:
+        head_probs(ws, rows, ["q0", "q1", "q2", "q3"], load_backend(f"curate:{run}"), batch_size=32,
+                   progress=lambda *a: contextlib.nullcontext(lambda n=1: None))  # fmt: skip
+    assert err.value.exit_code == 1 and "was trained on all" in str(err.value)

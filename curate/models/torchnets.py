@@ -111,9 +111,10 @@ def preprocessing_from(meta: dict[str, Any], label: str, source: str) -> Preproc
 
 @dataclass
 class CurateRunBackend(Backend):
-    """``curate:RUN``: a checkpoint written by ``curate train``."""
+    """``curate:RUN``: a checkpoint written by ``curate train``; ``dataset_version`` is the version it trained on."""
 
     net: Any = None
+    dataset_version: str | None = None
 
     def _forward(self, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
         import torch
@@ -129,7 +130,8 @@ def load_curate(name: str, workspace: Path | None, batch_size: int, device: str 
     run = load_run(resolve_run(name, workspace), device=device)
     pre = preprocessing_from(run.meta, f"curate:{name}", "checkpoint")
     return CurateRunBackend(
-        f"curate:{name}", "curate", run.path, pre, run.classes, str(run.device), batch_size, net=split_net(run.model)
+        f"curate:{name}", "curate", run.path, pre, run.classes, str(run.device), batch_size, net=split_net(run.model),
+        dataset_version=run.meta.get("dataset_version"),
     )
 
 

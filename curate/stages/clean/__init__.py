@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ACTIONS = ("flag", "exclude", "relabel")
 ACT_ON = ("train", "all")
+HEADS = ("linear", "model")
 _LQ = "Low-quality thresholds"
 _MODEL = "Out-of-sample models"
 
@@ -47,6 +48,9 @@ class CleanConfig:
         pred_probs: Use your own probabilities (Parquet/CSV/JSONL: sample_id + one column per class, or a probs list).
         model: A model backend (curate:RUN, torchscript:FILE, onnx:FILE, hf:PATH, embeddings:FILE): label issues from
             a k-fold linear head on its frozen embeddings, outliers from kNN distance; no CNN is trained.
+        head: With --model: linear (a k-fold logistic regression on its embeddings, fitted to the version's labels)
+            or model (the model's own classifier head, for a model trained on other images with these classes:
+            rows a curate:RUN trained on are left unjudged; curate.stages.clean.modelhead).
         folds: k of the k-fold models.
         passes: 2: train the k models again without the rows the first pass acts on and judge by these (twice the
             model time; curate.stages.clean.passes).
@@ -80,6 +84,7 @@ class CleanConfig:
     junk_threshold: float = 0.85
     pred_probs: str | None = field(default=None, metadata=cli(metavar="PATH"))
     model: str | None = field(default=None, metadata=cli(panel=_MODEL))
+    head: str = field(default="linear", metadata=cli(panel=_MODEL))
     folds: int = field(default=5, metadata=cli(panel=_MODEL))
     passes: int = field(default=1, metadata=cli(panel=_MODEL))
     arch: str = field(default="small-cnn", metadata=cli(panel=_MODEL))
@@ -155,6 +160,10 @@ def check_config(cfg: CleanConfig) -> None:
         parse_spec(cfg.model)
         if cfg.pred_probs and not cfg.find_outliers:
             raise UsageError("--model and --pred-probs both give the label probabilities: pass one (or add --find-outliers)")
+    if cfg.head not in HEADS:
+        raise UsageError(f"--head must be one of {', '.join(HEADS)}, not {cfg.head!r}")
+    if cfg.head == "model" and not cfg.model:
+        raise UsageError("--head model judges with a model's own classifier: give it with --model")
     if not 0 < cfg.junk_threshold <= 1:
         raise UsageError("--junk-threshold must be in (0, 1]")
     if not 0 < cfg.outlier_threshold <= 1:
@@ -195,11 +204,14 @@ def _model_line(st: dict[str, Any]) -> str:
     model = f"out-of-sample probabilities {st.get('oof', 'n/a')}"
     runs = st.get("oof_models") or {}
     if "model" in st:
-        emb = st["embeddings"]
-        got = f"{emb['computed']:,} embedded, {emb['cached']:,} cached"
-        got = f"{emb['from_file']:,} vectors read" if emb["from_file"] else got
+        emb = st.get("embeddings")
+        got = f"{emb['computed']:,} embedded, {emb['cached']:,} cached" if emb else "no embeddings needed"
+        got = f"{emb['from_file']:,} vectors read" if emb and emb["from_file"] else got
         model = f"model {st['model']['spec']}: {got}"
-        if st.get("oof") == "computed":
+        if st.get("oof") == "computed" and st.get("head") == "model":
+            skipped = f", {st['in_sample']:,} rows it trained on not judged" if st.get("in_sample") else ""
+            model += f"; its own head {st['oof_seconds']:.1f}s{skipped}"
+        elif st.get("oof") == "computed":
             model += f"; {runs.get('folds', '?')}-fold linear head {st['oof_seconds']:.1f}s"
     elif st.get("oof") == "computed":
         fit = f"{runs.get('folds', '?')} folds x {runs.get('epochs', '?')} epochs {runs.get('arch', '?')}"

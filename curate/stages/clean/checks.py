@@ -137,7 +137,7 @@ def run_clean(
         if cfg.model:
             from curate.stages.clean.labelissues import embedding_judgements
 
-            got = embedding_judgements(ws, table, lpos, ok_pos, labels, len(classes), cfg, progress)
+            got = embedding_judgements(ws, table, lpos, ok_pos, labels, classes, cfg, progress)
             probs, opos, oscore, info = got["probs"], got["outlier_pos"], got["outlier_score"], {**got["info"], "state": got["state"]}
         else:
             probs, oscore, info = _fold_models(ws, rows, labels, classes, cfg, progress)

@@ -242,16 +242,18 @@ def embedding_judgements(
     lpos: np.ndarray,
     ok_pos: np.ndarray,
     labels: np.ndarray,
-    n_classes: int,
+    classes: list[str],
     cfg: Any,
     progress: Progress,
 ) -> dict[str, Any]:
-    """``clean --model``: the model's embeddings of the checked rows, a k-fold linear head and kNN outlier scores.
+    """``clean --model``: the model's embeddings of the checked rows, a k-fold linear head (or, with ``--head
+    model``, the model's own head: ``curate.stages.clean.modelhead``) and kNN outlier scores.
 
     Args:
         table: the version's sample table; lpos: positions of the labeled ok rows (``labels`` int ``(L,)`` are
-            theirs); ok_pos: positions of every ok row (ascending, like ``lpos``).
-        cfg: ``CleanConfig`` (``model``, ``device``, ``batch_size``, ``folds``, ``seed``, ``find_*``, ``pred_probs``).
+            theirs, indices into ``classes``); ok_pos: positions of every ok row (ascending, like ``lpos``).
+        cfg: ``CleanConfig`` (``model``, ``head``, ``device``, ``batch_size``, ``folds``, ``seed``, ``find_*``,
+            ``pred_probs``).
         progress: the progress factory (``curate.stage.Progress``).
 
     Returns:
@@ -266,24 +268,33 @@ def embedding_judgements(
     # A picklable loader: on Ray each embedding actor loads the model itself (curate.models.actors).
     load = partial(load_backend, cfg.model, workspace=ws.root, device=cfg.device, batch_size=cfg.batch_size)
     backend = load()
+    out: dict[str, Any] = {"probs": None, "outlier_pos": None, "outlier_score": None,
+                           "info": {"oof": "not needed", "model": backend.describe()}, "state": {}}  # fmt: skip
+    if cfg.find_mislabels and not cfg.pred_probs and cfg.head == "model":
+        from curate.stages.clean.modelhead import head_probs
+
+        t1 = time.perf_counter()
+        rows = table.take(pa.array(lpos)).select(["sample_id", "pack"])
+        out["probs"], head = head_probs(ws, rows, classes, backend, batch_size=cfg.batch_size, progress=progress)
+        out["info"].update(oof="computed", **head, oof_seconds=round(time.perf_counter() - t1, 2))
+    linear = cfg.find_mislabels and not cfg.pred_probs and cfg.head == "linear"
+    if not (linear or cfg.find_outliers):
+        out["state"] = {"clean_model.json": json.dumps({**backend.describe(), "head": cfg.head}, indent=2).encode()}
+        return out
     pos = ok_pos if cfg.find_outliers else lpos
     ids = table.column("sample_id").take(pa.array(pos)).to_pylist()
     t0 = time.perf_counter()
     emb = embed_samples(ws, table.take(pa.array(pos)).select(["sample_id", "pack"]), backend, load=load, progress=progress)
     counts = {"computed": emb.computed, "cached": emb.cached, "from_file": emb.from_file, "dim": int(emb.vectors.shape[1])}
-    info: dict[str, Any] = {
-        "oof": "not needed",
-        "model": backend.describe(),
-        "embeddings": {**counts, "seconds": round(time.perf_counter() - t0, 2)},
-    }
-    out: dict[str, Any] = {"probs": None, "outlier_pos": None, "outlier_score": None, "info": info}
-    if cfg.find_mislabels and not cfg.pred_probs:
+    info = out["info"]
+    info["embeddings"] = {**counts, "seconds": round(time.perf_counter() - t0, 2)}
+    if linear:
         x = emb.vectors[np.searchsorted(pos, lpos)]
         # fit in sample_id order: the folds then do not depend on the table's row order (as the CNN path does)
         lids = np.array(ids)[np.searchsorted(pos, lpos)]
         order = np.argsort(lids, kind="stable")
         t1 = time.perf_counter()
-        res = oof_linear(x[order], labels[order], n_classes, folds=cfg.folds, seed=cfg.seed)
+        res = oof_linear(x[order], labels[order], len(classes), folds=cfg.folds, seed=cfg.seed)
         out["probs"] = res.probs[np.argsort(order, kind="stable")]
         info.update(oof="computed", head="linear", oof_seconds=round(time.perf_counter() - t1, 2))
     if cfg.find_outliers:
@@ -292,6 +303,6 @@ def embedding_judgements(
         out["outlier_pos"] = pos
         out["outlier_score"] = knn_outliers(emb.vectors, ref, k=KNN_K)[1]
         info["outlier_score"] = f"knn cosine, k={KNN_K}, reference: {int(ref.sum())} included train rows"
-    model_doc = {**backend.describe(), "embeddings": info["embeddings"], "rows": len(ids)}
+    model_doc = {**backend.describe(), "head": cfg.head, "embeddings": info["embeddings"], "rows": len(ids)}
     out["state"] = {**emb.state, "clean_model.json": json.dumps(model_doc, indent=2).encode()}
     return out

@@ -109,53 +109,13 @@ def score_rows(
         decodable), sample_id -> decode error, state files (new cached embeddings), stats for the version.
     """
     if judge.head == HEAD_MODEL:
-        probs, errors = _score_with_head(ws, table.take(pa.array(sel_idx, pa.int64())), judge.backend, cfg, progress)
+        from curate.models.proba import predict_samples
+
+        rows = table.take(pa.array(sel_idx, pa.int64()))
+        probs, errors = predict_samples(ws, rows, judge.backend, batch_size=cfg.batch_size, progress=progress,
+                                        label=f"filter ({judge.backend.spec})")  # fmt: skip
         return probs, errors, {}, {}
     return _score_with_linear(ws, table, sel_idx, judge, cfg, progress)
-
-
-def _decode(blobs: list[bytes]) -> tuple[list[Any], dict[int, str]]:
-    """Encoded images -> PIL images, and ``{position: error}`` for those that do not decode (one bad image must
-    not sink its batch, nor be mistaken for a model that rejects its input)."""
-    from curate.images import decode_rgb_or_l
-    from curate.models.base import first_line
-
-    images, errors = [], {}
-    for i, data in enumerate(blobs):
-        try:
-            im = decode_rgb_or_l(data)
-            im.load()
-            images.append(im)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the image's, recorded per row
-            errors[i] = f"cannot decode: {first_line(exc)}"
-    return images, errors
-
-
-def _score_with_head(
-    ws: Workspace, rows: pa.Table, backend: Backend, cfg: FilterConfig, progress: Progress
-) -> tuple[np.ndarray, dict[str, str]]:
-    """``predict_proba`` of the backend, pack by pack, ``cfg.batch_size`` images at a time."""
-    from curate.stages.filter.scoring import rebatch
-
-    ids = rows.column("sample_id").to_pylist()
-    position = {sid: i for i, sid in enumerate(ids)}
-    probs = np.full((len(ids), len(backend.classes or [])), np.nan, np.float32)
-    errors: dict[str, str] = {}
-    seen = np.zeros(len(ids), bool)
-    with progress(f"filter ({backend.spec})", len(ids)) as advance:
-        for batch in rebatch(ws.blobs.iter_packs(rows.select(["sample_id", "pack"]), batch_rows=cfg.batch_size), cfg.batch_size):
-            bids = batch.column("sample_id").to_pylist()
-            images, bad = _decode(batch.column("data").to_pylist())
-            good = [position[s] for i, s in enumerate(bids) if i not in bad]
-            if images:
-                probs[good] = backend.predict_proba(images)
-            errors.update({bids[i]: msg for i, msg in bad.items()})
-            seen[[position[s] for s in bids]] = True
-            advance(len(bids))
-    if not seen.all():
-        missing = [s for s, ok in zip(ids, seen, strict=True) if not ok]
-        raise CurateError(f"{len(missing)} samples have no bytes in the blob packs (e.g. {missing[0]})", hint="was `curate gc` run?")
-    return probs, errors
 
 
 def _score_with_linear(

@@ -8,7 +8,6 @@ the score itself (``score_probs``). See ``curate.stages.filter`` for the score's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ import pyarrow.compute as pc
 
 from curate.errors import CurateError, UsageError
 from curate.models.actors import ModelHandle
+from curate.models.proba import rebatch  # noqa: F401 - re-exported: the filter's batching of blob packs
 from curate.schema import OK
 
 if TYPE_CHECKING:
@@ -184,17 +184,3 @@ class HandleScorer(Scorer):
 
     def __init__(self, job: ScoreJob) -> None:
         super().__init__(job.model.get(), job.batch_size)
-
-
-def rebatch(batches: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
-    """Join the small filtered pieces ``iter_packs`` yields into batches of about ``rows`` (full GPU batches)."""
-    buf: list[pa.Table] = []
-    n = 0
-    for t in batches:
-        buf.append(t)
-        n += t.num_rows
-        if n >= rows:
-            yield pa.concat_tables(buf)
-            buf, n = [], 0
-    if buf:
-        yield pa.concat_tables(buf)
