@@ -72,7 +72,12 @@ def head_probs(
 
 def trained_on(ws: Workspace, backend: Backend, ids: list[str]) -> np.ndarray:
     """bool ``(len(ids),)``: the rows a ``curate:`` run's training version (when it is in ``ws``) had in its train
-    split; all False for other backends and for runs trained elsewhere."""
+    split; all False for other backends and for runs trained elsewhere.
+
+    A checkpoint names its version by id only, so a run from another workspace whose version id also exists here
+    is checked against this workspace's version of that id; sample_ids are content hashes, so only rows with the
+    very same bytes can be withheld by mistake.
+    """
     version = getattr(backend, "dataset_version", None)
     if backend.kind != "curate" or not version or version not in ws.version_ids():
         return np.zeros(len(ids), bool)
