@@ -4,7 +4,7 @@ A linear head on frozen embeddings is fitted to the version's labels, so it lear
 Fashion-MNIST set with 10% look-alike flips, a linear head on a model's embeddings ranked the flips no better than
 curate's own k-fold CNNs (AUROC 0.966 against 0.958), while the same model's own head, trained on 20,000 other,
 correctly labeled images, ranked them at 0.992, and excluding what it found closed 77% of the raw -> clean
-accuracy gap (BENCHMARKS.md "What the shipped default's shortfall costs"). A classifier that never saw the rows
+accuracy gap (61% on a held-out set; BENCHMARKS.md "What the shipped default's shortfall costs"). A classifier that never saw the rows
 is out-of-sample by construction, so its probabilities go to cleanlab as they are; no fold models are trained.
 
 Out-of-sample is the user's promise for a foreign model. For ``curate:RUN`` it is checked: when the run's training
