@@ -308,3 +308,14 @@ def test_a_curate_run_does_not_judge_the_rows_it_trained_on(tmp_path: Path) -> N
         head_probs(ws, rows, ["q0", "q1", "q2", "q3"], load_backend(f"curate:{run}"), batch_size=32,
                    progress=lambda *a: contextlib.nullcontext(lambda n=1: None))  # fmt: skip
     assert err.value.exit_code == 1 and "was trained on all" in str(err.value)
+
+
+def test_second_pass_of_the_linear_head(data: dict) -> None:
+    """``--model ... --passes 2``: the head is fitted again without the rows the first one acts on (counted in
+    ``pass2.left_out``, at least the flips it found), every labeled row is still judged, and the flips are found."""
+    ws, truth = data["ws"], data["truth"]
+    res = _clean(ws, data["base"], find_mislabels=True, model=f"embeddings:{data['emb']}", passes=2, action="exclude")
+    t = ws.samples(res["version"])
+    flipped = set(truth["flipped"])
+    assert res["stats"]["pass2"]["left_out"] >= 11 and t["label_quality"].null_count == 0
+    assert len(_names(t, "is_label_issue") & flipped) >= 11

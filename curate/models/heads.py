@@ -12,6 +12,13 @@ import numpy as np
 
 from curate.errors import CurateError
 
+#: Inverse L2 strength of ``clean --model``'s k-fold head on noisy labels (sklearn's ``C``; 1.0 elsewhere). A head
+#: fitted to the labels it judges learns their errors too; a stronger penalty learns less of them. Chosen among
+#: 1, 0.1 and 0.01 on issue 18's calibration set (Fashion-MNIST, 10% look-alike flips: rows wrongly kept plus
+#: clean rows lost under the shipped policy 629 / 603 / 580) and confirmed on a held-out set (mix 10% s3: 485 ->
+#: 454); BENCHMARKS.md "A linear head on noisy labels".
+NOISY_LABEL_C = 0.01
+
 
 def oof_linear(
     embeddings: np.ndarray,
@@ -22,6 +29,7 @@ def oof_linear(
     seed: int = 0,
     ood: bool = False,
     c: float = 1.0,
+    train_mask: np.ndarray | None = None,
 ):  # noqa: ANN201 - curate.learn.predict.OOF (imported lazily: it brings torch)
     """k-fold out-of-sample probabilities of a multinomial logistic regression on standardized embeddings.
 
@@ -33,6 +41,8 @@ def oof_linear(
         ood: also score each held-out row by the robust z of its log Mahalanobis distance to the class Gaussians of
             its fold's training rows (``curate.learn.ood``), as ``oof_predict`` does with CNN features.
         c: inverse L2 strength of the regression (sklearn's ``C``).
+        train_mask: bool ``(N,)``; rows where it is False are predicted out-of-sample like the others but never
+            fitted on (``clean --passes 2``: a second head without the rows the first one judged wrong).
 
     Returns:
         ``OOF``: ``probs`` float32 ``(N, K)`` (each row from a model that never saw it), ``ood_z`` or None, ``fold``.
@@ -62,6 +72,8 @@ def oof_linear(
     fold_of = np.zeros(len(y), np.int64)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for f, (tr, ho) in enumerate(splitter.split(x, y)):
+        if train_mask is not None:
+            tr = tr[np.asarray(train_mask, bool)[tr]]
         xt, xh, probs[ho] = fit_predict(x[tr], y[tr], x[ho], n_classes, c)
         fold_of[ho] = f
         if ood_z is not None:

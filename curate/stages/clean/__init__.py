@@ -53,7 +53,7 @@ class CleanConfig:
             rows a curate:RUN trained on are left unjudged; curate.stages.clean.modelhead).
         folds: k of the k-fold models.
         passes: 2: train the k models again without the rows the first pass acts on and judge by these (twice the
-            model time; curate.stages.clean.passes).
+            model time; curate.stages.clean.passes); with --model, the linear head is fitted again (seconds).
         arch: small-cnn | tiny-cnn | resnet-mini | resnet-mini-wide | linear.
         epochs: Epochs per fold model.
         batch_size: Batch size.

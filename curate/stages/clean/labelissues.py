@@ -263,7 +263,7 @@ def embedding_judgements(
     """
     from curate.models import load_backend
     from curate.models.cache import embed_samples
-    from curate.models.heads import KNN_K, knn_outliers, oof_linear
+    from curate.models.heads import KNN_K, knn_outliers
 
     # A picklable loader: on Ray each embedding actor loads the model itself (curate.models.actors).
     load = partial(load_backend, cfg.model, workspace=ws.root, device=cfg.device, batch_size=cfg.batch_size)
@@ -289,14 +289,10 @@ def embedding_judgements(
     info = out["info"]
     info["embeddings"] = {**counts, "seconds": round(time.perf_counter() - t0, 2)}
     if linear:
-        x = emb.vectors[np.searchsorted(pos, lpos)]
-        # fit in sample_id order: the folds then do not depend on the table's row order (as the CNN path does)
-        lids = np.array(ids)[np.searchsorted(pos, lpos)]
-        order = np.argsort(lids, kind="stable")
+        at = np.searchsorted(pos, lpos)
         t1 = time.perf_counter()
-        res = oof_linear(x[order], labels[order], len(classes), folds=cfg.folds, seed=cfg.seed)
-        out["probs"] = res.probs[np.argsort(order, kind="stable")]
-        info.update(oof="computed", head="linear", oof_seconds=round(time.perf_counter() - t1, 2))
+        out["probs"], passes = linear_head(emb.vectors[at], labels, np.array(ids)[at], len(classes), cfg)
+        info.update(oof="computed", head="linear", oof_seconds=round(time.perf_counter() - t1, 2), **passes)
     if cfg.find_outliers:
         split = table.column("split").to_pylist()
         ref = np.array([split[p] in (None, "train") for p in pos.tolist()], bool)
@@ -306,3 +302,26 @@ def embedding_judgements(
     model_doc = {**backend.describe(), "head": cfg.head, "embeddings": info["embeddings"], "rows": len(ids)}
     out["state"] = {**emb.state, "clean_model.json": json.dumps(model_doc, indent=2).encode()}
     return out
+
+
+def linear_head(x: np.ndarray, labels: np.ndarray, ids: np.ndarray, n_classes: int, cfg: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """k-fold out-of-sample probabilities float32 ``(N, K)`` of a logistic regression on embeddings ``x`` ``(N, D)``
+    (``NOISY_LABEL_C``), and with ``cfg.passes == 2`` of a second head fitted without the rows the first one's
+    verdicts act on (``curate.stages.clean.passes``; the outlier score stays the kNN one); plus stats.
+
+    The rows are fitted in sample_id (``ids``) order, so the folds do not depend on the table's row order (as the
+    CNN path does).
+    """
+    from curate.models.heads import NOISY_LABEL_C, oof_linear
+
+    order = np.argsort(ids, kind="stable")
+    back = np.argsort(order, kind="stable")
+    probs = oof_linear(x[order], labels[order], n_classes, folds=cfg.folds, seed=cfg.seed, c=NOISY_LABEL_C).probs[back]
+    if cfg.passes < 2:
+        return probs, {}
+    from curate.stages.clean.passes import first_pass_drops
+
+    drops = first_pass_drops(labels, probs.astype(np.float64), cfg)
+    again = oof_linear(x[order], labels[order], n_classes, folds=cfg.folds, seed=cfg.seed, c=NOISY_LABEL_C,
+                       train_mask=~drops[order])  # fmt: skip
+    return again.probs[back], {"pass2": {"left_out": int(drops.sum())}}
