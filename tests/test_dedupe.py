@@ -328,3 +328,38 @@ def test_flat_images_of_different_levels_are_not_alike() -> None:
     assert score[0] < 0.5
     score, _ = placement_scores(a, a + 0.01)
     assert score[0] > 0.95
+
+
+def test_tight_thumbnail_arrays_give_the_padded_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search holds thumbnails padded only to the largest one (issue 19: 64 MB instead of 1 GB for a million
+    8x8 images); small images (20 px, some 28 px copies, colour ones) must get the groups, scores and pairs that
+    the 32x32 padding gives, and the value channel must be read for the colour rows."""
+    import pyarrow as pa
+    from PIL import Image
+
+    import curate.stages.dedupe.signatures as sg
+    from curate.stages.dedupe.groups import group_items
+
+    small = [scene(s)[:20, :20] for s in range(12)]
+    blobs = [encode(a) for a in small]
+    blobs += [encode(np.asarray(Image.fromarray(small[s]).resize((28, 28), Image.BICUBIC))) for s in range(4)]
+    blobs += [encode(shift(small[s], 1, 1)) for s in range(4, 8)]
+    blobs += [encode(np.stack([small[s], small[s] // 2, 255 - small[s]], -1)) for s in range(8, 12)]
+    blobs += [encode(np.stack([small[s], small[s] // 2, 255 - small[s]], -1), compress_level=1) for s in range(8, 10)]
+    ids = [f"{i:02d}" for i in range(len(blobs))]
+    sigs = sg.compute_signatures(pa.table({"sample_id": ids, "data": pa.array(blobs, pa.binary())}))
+    items = pa.table({"sample_id": ids, "label": [None] * len(ids), "order": list(range(len(ids)))},
+                     pa.schema([("sample_id", pa.string()), ("label", pa.string()), ("order", pa.int64())]))  # fmt: skip
+    kw = {"threshold": 0.92, "robust_threshold": 0.94}
+    tight = sg.UniqueSignatures.of(sigs)
+    assert tight.thumbs.shape[1:] == (28, 28) and tight.values is not None and tight.has_value.sum() == 4
+    res = group_items(items, tight, set(), **kw)
+    padded = sg.thumbs_array
+    monkeypatch.setattr(sg, "thumbs_array", lambda t, rows=None, tight=False: padded(t, rows))
+    ref = group_items(items, sigs, set(), **kw)
+    assert sg.UniqueSignatures.of(sigs).thumbs.shape[1:] == (32, 32)
+    for key in ("comp", "rep", "kind"):
+        assert (res[key] == ref[key]).all(), key
+    assert np.array_equal(res["score"], ref["score"], equal_nan=True)
+    assert res["edges"].table().equals(ref["edges"].table()) and res["edges"].num_rows >= 8
+    assert len(set(res["comp"].tolist())) < len(ids)  # the copies were grouped: the check could fail

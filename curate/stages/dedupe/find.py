@@ -44,21 +44,19 @@ recall at precision >= 0.97: ``DEFAULT_THRESHOLD`` 0.92, ``DEFAULT_ROBUST_THRESH
 
 from __future__ import annotations
 
-import io
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.schema import OK, conform
 from curate.stage import StageResult, no_progress
 from curate.stages.dedupe import DedupeConfig, check_config
 from curate.stages.dedupe.groups import annotate, group_items
-from curate.stages.dedupe.signatures import SIGNATURE_SCHEMA, cache_bytes, compute_signatures, read_cached
+from curate.stages.dedupe.signatures import SIGNATURE_SCHEMA, UniqueSignatures, cache_bytes, compute_signatures, read_cached
 
 if TYPE_CHECKING:
     from curate.stage import Progress
@@ -72,9 +70,9 @@ def compute_batch(batch: pa.Table, cfg: DedupeConfig) -> pa.Table:
     return compute_signatures(batch)
 
 
-def _items(table: pa.Table, ids: list[str]) -> pa.Table:
+def _items(table: pa.Table, ids: pa.ChunkedArray) -> pa.Table:
     """``sample_id``/``pack``/``label``/``order`` of ``ids`` in ``table`` (order = row index)."""
-    idx = pc.index_in(pa.array(ids, pa.string()), table.column("sample_id"))
+    idx = pc.index_in(ids, table.column("sample_id"))
     t = table.select(["sample_id", "pack", "label"]).take(idx)
     return t.append_column("order", idx.cast(pa.int64()))
 
@@ -91,13 +89,13 @@ def _signatures(
     """
     from curate.executors import map_batches
 
-    want = rows.column("sample_id").to_pylist()
+    want = rows.column("sample_id")  # Arrow, not a Python string per row (a million rows: ~120 MB of str)
     found: list[pa.Table] = []
     for lws, vid in lineages:
-        if vid is not None and want:
+        if vid is not None and len(want):
             got = read_cached(lws, vid, want)
             found.append(got)
-            want = sorted(set(want) - set(got.column("sample_id").to_pylist()))
+            want = want.filter(pc.invert(pc.is_in(want, got.column("sample_id"))))
     cached = pa.concat_tables(found) if found else SIGNATURE_SCHEMA.empty_table()
     missing = rows.filter(pc.invert(pc.is_in(rows.column("sample_id"), cached.column("sample_id"))))
     if not missing.num_rows:
@@ -172,18 +170,26 @@ def run_dedupe(
         raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
     t0 = time.perf_counter()
     table = conform(parent)
-    ok = table.filter(pc.equal(table.column("status"), OK))
-    items = _items(table, ok.column("sample_id").to_pylist())
+    ok_ids = table.column("sample_id").filter(pc.equal(table.column("status"), OK))  # not a copy of every column
+    items = _items(table, ok_ids)
     sigs, computed = _signatures(ws, [(ws, parent_id)], items, cfg, workers, progress)
     ref_ids: set[str] = set()
     rws = None
     if cfg.against:
         rws, ref_ids, items, sigs, computed = _with_reference(ws, parent_id, cfg, items, sigs, computed, workers, progress)
     t_sig = time.perf_counter() - t0
-    errors = sigs.filter(pc.is_valid(sigs.column("error")))
-    good = sigs.filter(pc.is_null(sigs.column("error")))
-    items = items.filter(pc.is_in(items.column("sample_id"), good.column("sample_id")))
-    good = good.take(pc.index_in(items.column("sample_id"), good.column("sample_id")))  # align with items
+    # The cache is written now and every Arrow copy of the signatures dropped before the search: at a million
+    # images they were ~1 GB beside the search's arrays (BENCHMARKS.md, "1M chain ... in 3 GB").
+    n_computed, cache = computed.num_rows, cache_bytes(computed) if computed.num_rows else None
+    n_errors = sigs.num_rows - sigs.column("error").null_count
+    del computed
+    items = items.filter(pc.is_in(items.column("sample_id"), sigs.column("sample_id").filter(pc.is_null(sigs.column("error")))))
+    cols = ["pixel_hash", "thumb", "thumb_h", "thumb_w", "thumb_v", "width", "height", "sharpness"]
+    good = sigs.select(cols).take(pc.index_in(items.column("sample_id"), sigs.column("sample_id")))  # align with items
+    del sigs
+    sig = UniqueSignatures.of(good)
+    n_good = good.num_rows
+    del good
     semantic = None
     if cfg.model:  # after the signature filter: the embedding pairs index the same items
         from curate.stages.dedupe.semantic import semantic_edges
@@ -192,7 +198,7 @@ def run_dedupe(
         semantic = semantic_edges(ws, items, is_ref, cfg, ref_ws=rws, threads=workers, progress=progress)
     result = group_items(
         items,
-        good,
+        sig,
         ref_ids,
         threshold=cfg.threshold,
         robust_threshold=cfg.robust_threshold,
@@ -206,22 +212,20 @@ def run_dedupe(
     )
     table, stats = annotate(table, items, result, exclude_duplicates=cfg.action == "exclude", stage=STAGE)
     stats["action"] = cfg.action
-    buf = io.BytesIO()
-    pq.write_table(result["edges"], buf, compression="zstd")
-    state = {"dup_pairs.parquet": buf.getvalue()}
+    state = {"dup_pairs.parquet": result["edges"].parquet()}
     if semantic is not None:
         state.update(semantic.state)
         stats["semantic"] = semantic.info
-    if computed.num_rows:  # only new ones: older ones stay in the ancestors' state and are found through the lineage
-        state["signatures.parquet"] = cache_bytes(computed)
+    if cache is not None:  # only new ones: older ones stay in the ancestors' state and are found through the lineage
+        state["signatures.parquet"] = cache
     stats.update(
         {
-            "participants": ok.num_rows,
+            "participants": len(ok_ids),
             "reference": cfg.against,
             "reference_rows": len(ref_ids),
-            "signatures_computed": computed.num_rows,
-            "signatures_cached": good.num_rows + errors.num_rows - computed.num_rows,
-            "signature_errors": errors.num_rows,
+            "signatures_computed": n_computed,
+            "signatures_cached": n_good + n_errors - n_computed,
+            "signature_errors": n_errors,
             "seconds_signatures": round(t_sig, 3),
             "search": result["timings"],
             "seconds": round(time.perf_counter() - t0, 3),

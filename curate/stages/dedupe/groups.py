@@ -7,13 +7,15 @@ parts are in ``curate.stages.dedupe.search`` / ``curate.stages.dedupe.verify``.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.schema import exclude
-from curate.stages.dedupe.signatures import thumbs_array, value_thumbs
+from curate.stages.dedupe.signatures import UniqueSignatures
 
 DUP_COLUMNS: dict[str, pa.DataType] = {
     "dup_group": pa.string(),
@@ -44,7 +46,8 @@ def group_items(
 
     Args:
         items: ``sample_id``, ``label``, ``order`` (row in the sample table; -1 for reference rows outside it).
-        sigs: ``curate.stages.dedupe.signatures.SIGNATURE_SCHEMA`` rows aligned with ``items`` (no errors).
+        sigs: ``curate.stages.dedupe.signatures.SIGNATURE_SCHEMA`` rows aligned with ``items`` (no errors), or
+            their ``UniqueSignatures`` (what the stage passes, so that the Arrow table is gone during the search).
         ref_ids: ``--against`` reference sample_ids (always preferred as representative, never compared
             with each other).
         semantic: a ``curate.stages.dedupe.semantic.Semantic`` (embedding pairs over item indices, unit vectors),
@@ -53,24 +56,18 @@ def group_items(
 
     Returns:
         dict with per-item arrays ``comp`` (component id), ``rep`` (item index of the representative), ``score``,
-        ``kind``, plus ``edges`` (a pa.Table of near pairs) and ``timings``.
+        ``kind``, plus ``edges`` (the pairs found, ``Edges``) and ``timings``.
     """
     from curate.stages.dedupe.search import near_pairs
 
     t0 = time.perf_counter()
     m = items.num_rows
-    ids = items.column("sample_id").to_pylist()
-    is_ref = np.array([i in ref_ids for i in ids], bool)
-    hashes = sigs.column("pixel_hash").to_pylist()
-    _, first, u_of = np.unique(np.array(hashes, dtype=object).astype("S16"), return_index=True, return_inverse=True)
+    ids = items.column("sample_id").combine_chunks()
+    is_ref = pc.is_in(ids, pa.array(sorted(ref_ids), pa.string())).to_numpy(zero_copy_only=False) if ref_ids else np.zeros(m, bool)
+    sig = sigs if isinstance(sigs, UniqueSignatures) else UniqueSignatures.of(sigs)
+    first, u_of, thumbs, shapes, sizes = sig.first, sig.u_of, sig.thumbs, sig.shapes, sig.sizes
+    values, has_value = sig.values, sig.has_value
     nu = len(first)
-    firsts = sigs.take(pa.array(first))
-    thumbs, shapes = thumbs_array(firsts)
-    if firsts.column("thumb_v").null_count < nu:
-        values, has_value = value_thumbs(firsts, thumbs)
-    else:  # all gray: no second (N, 32, 32) array (1 GB at a million images)
-        values, has_value = None, np.zeros(nu, bool)
-    sizes = np.stack([sigs.column("height").to_numpy(), sigs.column("width").to_numpy()], 1)[first].astype(np.int64)
     query_u = np.zeros(nu, bool)
     np.logical_or.at(query_u, u_of, ~is_ref)
     timings: dict[str, Any] = {}
@@ -89,7 +86,7 @@ def group_items(
     if keep == "largest":
         metric = -(sizes[:, 0] * sizes[:, 1])[u_of].astype(np.float64)
     elif keep == "sharpest":
-        metric = -sigs.column("sharpness").to_numpy(zero_copy_only=False).astype(np.float64)
+        metric = -sig.sharpness.astype(np.float64)
     else:
         metric = np.zeros(m)
     rank = np.lexsort((np.where(order < 0, np.iinfo(np.int64).max, order), metric, ~is_ref, comp))
@@ -100,7 +97,7 @@ def group_items(
     rep = rep_of_comp[comp]
     views = (thumbs, shapes, sizes, (values, has_value))
     score, kind = _members(u_of, rep, comp_pix, views, (threshold, robust_threshold), flip, semantic)
-    edges = _edges(ids, first, pairs, scores, semantic)
+    edges = Edges(ids, first, pairs, scores, semantic)
     timings["group_s"] = round(time.perf_counter() - t0 - sum(v for k, v in timings.items() if k.endswith("_s")), 3)
     return {"comp": comp, "rep": rep, "score": score, "kind": kind, "is_ref": is_ref, "edges": edges, "timings": timings}
 
@@ -125,19 +122,62 @@ def _members(
     return score, kind
 
 
-def _edges(ids: list[str], first: np.ndarray, pairs: np.ndarray, scores: np.ndarray, semantic: Any) -> pa.Table:
-    """The pairs found (``dup_pairs.parquet``): ``a``, ``b``, ``score``, ``signal`` (``pixel`` or ``semantic``)."""
-    a = [ids[first[i]] for i in pairs[:, 0]]
-    b = [ids[first[j]] for j in pairs[:, 1]]
-    sc, signal = [scores], ["pixel"] * len(pairs)
-    if semantic is not None and len(semantic.pairs):
-        a += [ids[i] for i in semantic.pairs[:, 0]]
-        b += [ids[j] for j in semantic.pairs[:, 1]]
-        sc.append(semantic.scores)
-        signal += ["semantic"] * len(semantic.pairs)
-    score = np.concatenate(sc).astype(np.float32)
-    return pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.string()), "score": pa.array(score, pa.float32()),
-                     "signal": pa.array(signal, pa.string())})  # fmt: skip
+#: pairs per piece of ``Edges.parquet``: Parquet's default row group, so the file is the one a single write gives
+EDGE_ROWS = 1 << 20
+
+
+@dataclass
+class Edges:
+    """The pairs found (``dup_pairs.parquet``: ``a``, ``b``, ``score``, ``signal`` (``pixel`` or ``semantic``)).
+
+    Kept as index arrays; the sample ids are looked up a piece at a time when written, so a million images with
+    millions of pairs never hold two string columns of them (~70 bytes per pair and side).
+    """
+
+    ids: pa.Array
+    first: np.ndarray
+    pairs: np.ndarray
+    scores: np.ndarray
+    semantic: Any
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.pairs) + (len(self.semantic.pairs) if self._has_semantic else 0)
+
+    @property
+    def _has_semantic(self) -> bool:
+        return self.semantic is not None and len(self.semantic.pairs) > 0
+
+    def _piece(self, lo: int, hi: int) -> pa.Table:
+        """Rows ``lo:hi`` of the table (pixel pairs first, then the semantic ones)."""
+        n_pix = len(self.pairs)
+        a, b = self.first[self.pairs[lo:hi, 0]], self.first[self.pairs[lo:hi, 1]]
+        sc, sig = [self.scores[lo:hi]], ["pixel"] * len(a)
+        if self._has_semantic and hi > n_pix:
+            sp = self.semantic.pairs[max(lo - n_pix, 0) : hi - n_pix]
+            a, b = np.concatenate([a, sp[:, 0]]), np.concatenate([b, sp[:, 1]])
+            sc.append(self.semantic.scores[max(lo - n_pix, 0) : hi - n_pix])
+            sig += ["semantic"] * len(sp)
+        return pa.table({"a": self.ids.take(pa.array(a, pa.int64())).cast(pa.string()),
+                         "b": self.ids.take(pa.array(b, pa.int64())).cast(pa.string()),
+                         "score": pa.array(np.concatenate(sc).astype(np.float32), pa.float32()),
+                         "signal": pa.array(sig, pa.string())})  # fmt: skip
+
+    def table(self) -> pa.Table:
+        """The whole table."""
+        return self._piece(0, self.num_rows)
+
+    def parquet(self) -> bytes:
+        """zstd Parquet of ``table()``, written ``EDGE_ROWS`` rows at a time."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        with pq.ParquetWriter(buf, self._piece(0, 0).schema, compression="zstd") as w:
+            for lo in range(0, max(self.num_rows, 1), EDGE_ROWS):
+                w.write_table(self._piece(lo, min(lo + EDGE_ROWS, self.num_rows)))
+        return buf.getvalue()
 
 
 def _rep_scores(
@@ -189,55 +229,54 @@ def _components(n: int, pairs: np.ndarray) -> np.ndarray:
 def annotate(
     table: pa.Table, items: pa.Table, res: dict[str, Any], *, exclude_duplicates: bool, stage: str
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Write the ``dup_*`` columns for the rows that took part, exclude or flag duplicates; returns (table, stats)."""
+    """Write the ``dup_*`` columns for the rows that took part, exclude or flag duplicates; returns (table, stats).
+
+    Column at a time (Arrow ``take`` over the old column followed by the new values), no Python object per row.
+    """
     n = table.num_rows
-    ids = items.column("sample_id").to_pylist()
-    labels = items.column("label").to_pylist()
+    ids = items.column("sample_id").combine_chunks()
     order = items.column("order").to_numpy()
     comp, rep, score, kind, is_ref = res["comp"], res["rep"], res["score"], res["kind"], res["is_ref"]
     size = np.bincount(comp) if len(comp) else np.zeros(0, int)
     grouped = size[comp] > 1
-    conflict_comp: set[int] = set()
-    seen: dict[int, str] = {}
-    for c, lab in zip(comp[grouped].tolist(), [lab for lab, g in zip(labels, grouped, strict=True) if g], strict=True):
-        if lab is not None and seen.setdefault(c, lab) != lab:
-            conflict_comp.add(c)
-    cols: dict[str, list[Any]] = {}
+    conflict = _conflicts(comp, grouped, items.column("label"))
+    dup = grouped & (rep != np.arange(len(rep))) & ~is_ref
+    inside = np.flatnonzero(order >= 0)
+    src = np.arange(n)  # row -> its old value (< n) or the new value of the item (n + position in ``inside``)
+    src[order[inside]] = n + np.arange(len(inside))
+    rep_ids = ids.take(pa.array(rep[inside]))
+    new = {
+        "dup_group": pc.if_else(pa.array(grouped[inside]), rep_ids, pa.scalar(None, pa.string())),
+        "is_duplicate": pa.array(dup[inside]),
+        "dup_of": pc.if_else(pa.array(dup[inside]), rep_ids, pa.scalar(None, pa.string())),
+        "dup_score": pa.array(score[inside].astype(np.float32), mask=~dup[inside]),
+        "dup_kind": pa.array(kind[inside].astype(str), pa.string(), mask=~dup[inside]),
+        "dup_label_conflict": pa.array(grouped[inside] & conflict[comp[inside]]),
+    }
+    take = pa.array(src)
     for name, typ in DUP_COLUMNS.items():
-        cols[name] = table.column(name).cast(typ).to_pylist() if name in table.column_names else [None] * n
-    dup_mask = [False] * n
-    for i in np.flatnonzero(order >= 0).tolist():
-        row = int(order[i])
-        g = bool(grouped[i])
-        dup = g and int(rep[i]) != i and not is_ref[i]
-        dup_mask[row] = dup
-        cols["dup_group"][row] = ids[rep[i]] if g else None
-        cols["is_duplicate"][row] = dup
-        cols["dup_of"][row] = ids[rep[i]] if dup else None
-        cols["dup_score"][row] = float(score[i]) if dup else None
-        cols["dup_kind"][row] = str(kind[i]) if dup else None
-        cols["dup_label_conflict"][row] = g and int(comp[i]) in conflict_comp
-    for name, typ in DUP_COLUMNS.items():
-        arr = pa.array(cols[name], typ)
+        old = table.column(name).cast(typ).combine_chunks() if name in table.column_names else pa.nulls(n, typ)
+        arr = pa.concat_arrays([old, new[name].cast(typ)]).take(take)
         if name in table.column_names:
             table = table.set_column(table.schema.get_field_index(name), name, arr)
         else:
             table = table.append_column(name, arr)
-    dups = np.array(dup_mask, bool)
-    semantic = dups & (np.array(cols["dup_kind"], object) == "semantic")
+    dups = np.zeros(n, bool)
+    dups[order[inside]] = dup[inside]
+    semantic = _row_kind_is(order, inside, kind, n, dups)
     if exclude_duplicates:  # a pair only a model saw gets its own reason: the user may want those back
         table = exclude(table, pa.array(dups & ~semantic), stage=stage, reason="duplicate")
         table = exclude(table, pa.array(semantic), stage=stage, reason="semantic_duplicate")
-    kinds = [str(k) for k, d in zip(kind, order, strict=True) if d >= 0 and dup_mask[int(d)]]
+    kinds = kind[inside][dup[inside]].astype(str)
     stats = {
         "groups": int((size > 1).sum()),
         "largest_group": int(size.max()) if len(size) else 0,
         "duplicates": int(dups.sum()),
-        "exact_duplicates": kinds.count("exact"),
-        "near_duplicates": kinds.count("near"),
-        "semantic_duplicates": kinds.count("semantic"),
-        "label_conflict_groups": len(conflict_comp),
-        "label_conflict_rows": int(sum(1 for v in cols["dup_label_conflict"] if v)),
+        "exact_duplicates": int((kinds == "exact").sum()),
+        "near_duplicates": int((kinds == "near").sum()),
+        "semantic_duplicates": int((kinds == "semantic").sum()),
+        "label_conflict_groups": int(conflict.sum()),
+        "label_conflict_rows": int(pc.sum(table.column("dup_label_conflict").cast(pa.int64())).as_py() or 0),
         "excluded": int(dups.sum()) if exclude_duplicates else 0,
         "near_pairs": res["edges"].num_rows,
         "cross_split": _cross_split(table, items, comp, grouped),
@@ -245,18 +284,41 @@ def annotate(
     return table, stats
 
 
+def _row_kind_is(order: np.ndarray, inside: np.ndarray, kind: np.ndarray, n: int, dups: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: the row is a duplicate of kind ``semantic``."""
+    out = np.zeros(n, bool)
+    out[order[inside]] = kind[inside].astype(str) == "semantic"
+    return out & dups
+
+
+def _conflicts(comp: np.ndarray, grouped: np.ndarray, labels: pa.ChunkedArray) -> np.ndarray:
+    """``(C,)`` bool: the component's grouped members carry more than one distinct non-null label."""
+    n_comp = int(comp.max()) + 1 if len(comp) else 0
+    codes = pc.dictionary_encode(labels.combine_chunks())
+    idx = codes.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    valid = grouped & ~codes.is_null().to_numpy(zero_copy_only=False)
+    pairs = np.unique(comp[valid].astype(np.int64) * (len(codes.dictionary) + 1) + idx[valid])
+    per_comp = np.bincount(pairs // (len(codes.dictionary) + 1), minlength=n_comp)
+    return per_comp > 1
+
+
 def _cross_split(table: pa.Table, items: pa.Table, comp: np.ndarray, grouped: np.ndarray) -> dict[str, Any]:
     """Rows whose duplicate group also holds a row of another split (``split``, else ``origin_split``): leakage."""
     col = "split" if table.column("split").null_count < table.num_rows else "origin_split"
     order = items.column("order").to_numpy()
-    values = table.column(col).to_pylist()
-    split_of = [values[o] if o >= 0 else None for o in order.tolist()]
-    splits_in: dict[int, set[str]] = {}
-    for c, s, g in zip(comp.tolist(), split_of, grouped.tolist(), strict=True):
-        if g and s is not None:
-            splits_in.setdefault(c, set()).add(s)
+    split_of = table.column(col).take(pa.array(np.maximum(order, 0)))
+    split_of = pc.if_else(pa.array(order >= 0), split_of, pa.scalar(None, pa.string()))
+    codes = pc.dictionary_encode(split_of.combine_chunks() if isinstance(split_of, pa.ChunkedArray) else split_of)
+    idx = codes.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    valid = np.flatnonzero(grouped & ~codes.is_null().to_numpy(zero_copy_only=False))
+    k = len(codes.dictionary) + 1
+    pairs = np.unique(comp[valid].astype(np.int64) * k + idx[valid])
+    n_splits = np.bincount(pairs // k, minlength=int(comp.max()) + 1 if len(comp) else 0)
+    spans = valid[n_splits[comp[valid]] > 1]
+    names = codes.dictionary.to_pylist()
     out: dict[str, int] = {}
-    for c, s, g in zip(comp.tolist(), split_of, grouped.tolist(), strict=True):
-        if g and s is not None and len(splits_in[c]) > 1:
-            out[s] = out.get(s, 0) + 1
-    return {"column": col, "groups_spanning": sum(1 for v in splits_in.values() if len(v) > 1), "rows_with_dup_in_other_split": out}
+    if spans.size:  # keyed in the order the rows come (as the stats always were)
+        u, first, counts = np.unique(idx[spans], return_index=True, return_counts=True)
+        for j in np.argsort(first, kind="stable"):
+            out[names[int(u[j])]] = int(counts[j])
+    return {"column": col, "groups_spanning": int((n_splits > 1).sum()), "rows_with_dup_in_other_split": out}

@@ -57,8 +57,9 @@ class ViewSet:
     """The searched views of N images: rows of luma, zoom and value thumbnails, each a canonical and maybe a native view.
 
     Attributes:
-        thumbs, shapes: ``(N, 32, 32)`` uint8 zero-padded luma thumbnails and their ``(N, 2)`` (h, w).
-        values: ``(N, 32, 32)`` value-channel thumbnails or None; value_rows: the images that have one.
+        thumbs, shapes: ``(N, H, W)`` uint8 zero-padded luma thumbnails (H, W <= 32: padded to 32 or only to the
+            largest, ``signatures.thumbs_array``) and their ``(N, 2)`` (h, w).
+        values: ``(N, H, W)`` value-channel thumbnails or None; value_rows: the images that have one.
         rows: ``R`` rows = N luma + N zoom + ``len(value_rows)`` value; row_image ``(R,)``, row_kind ``(R,)``
             (0 luma, 1 zoom, 2 value). Views: ``0..R-1`` canonical of each row, then ``R + i`` the native
             view of row ``native_rows[i]`` (rows whose thumbnail is not 32x32); ``owner`` ``(V,)`` the image of each.
@@ -89,13 +90,15 @@ class ViewSet:
         from curate.stages.dedupe.pairs import zoom_views
 
         img, kind = self.row_image[rows], self.row_kind[rows]
-        out = self.thumbs[img]
+        h, w = self.thumbs.shape[1:]  # the arrays may be padded only to their largest thumbnail
+        out = np.zeros((len(rows), THUMB, THUMB), np.uint8)
+        out[:, :h, :w] = self.thumbs[img]
         z = np.flatnonzero(kind == 1)
         if z.size:
             out[z] = zoom_views(self.thumbs[img[z]], self.shapes[img[z]])
         v = np.flatnonzero(kind == 2)
         if v.size and self.values is not None:
-            out[v] = self.values[img[v]]
+            out[v, :h, :w] = self.values[img[v]]
         return out
 
     def descriptors(self, views: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.stages.dedupe.signatures import THUMB
 from curate.stages.dedupe.verify import _block_edges, _float, parallel, resize_batch, resize_matrix
 
 #: zoom hypotheses, about 3.8 % apart: crops resized back (>1) and borders or paddings resized back (<1), +-30 %
@@ -236,8 +237,11 @@ def _likely_original(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     ``robust_scores`` takes as the filter's input (only the order of the work depends on it, not a score)."""
     used, inv = np.unique(pairs, return_inverse=True)
     det = np.empty(len(used), np.float32)
+    h, w = thumbs.shape[1:]
     for s in range(0, len(used), 8192):
-        det[s : s + 8192] = _detail(_float(thumbs[used[s : s + 8192]]))
+        padded = np.zeros((len(used[s : s + 8192]), THUMB, THUMB), np.float32)  # as if padded to 32 (the same order)
+        padded[:, :h, :w] = _float(thumbs[used[s : s + 8192]])
+        det[s : s + 8192] = _detail(padded)
     d = det[inv.reshape(pairs.shape)]
     return np.where(d[:, 1] > d[:, 0], pairs[:, 1], pairs[:, 0])
 
@@ -246,7 +250,7 @@ def robust_scores(thumbs: np.ndarray, shapes: np.ndarray, pairs: np.ndarray, *, 
     """``zoom_scores`` of image pairs on their common grid.
 
     Args:
-        thumbs: ``(N, 32, 32)`` uint8 zero-padded thumbnails; shapes: ``(N, 2)`` their (h, w).
+        thumbs: ``(N, H, W)`` uint8 zero-padded thumbnails (H, W <= 32); shapes: ``(N, 2)`` their (h, w).
         pairs: ``(P, 2)`` indices; both members are resampled to the smaller height and the smaller width.
 
     Returns:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -196,28 +197,105 @@ def compute_signatures(batch: pa.Table) -> pa.Table:
     return per_row(batch, signature_of, SIGNATURE_SCHEMA)
 
 
-def thumbs_array(sigs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Thumbnails as a zero-padded ``(N, THUMB, THUMB)`` uint8 array plus their ``(N, 2)`` shapes (h, w)."""
-    n = sigs.num_rows
-    out = np.zeros((n, THUMB, THUMB), np.uint8)
-    hs = sigs.column("thumb_h").to_numpy(zero_copy_only=False).astype(np.int64)
-    ws = sigs.column("thumb_w").to_numpy(zero_copy_only=False).astype(np.int64)
-    for i, (raw, h, w) in enumerate(zip(sigs.column("thumb").to_pylist(), hs, ws, strict=True)):
-        out[i, :h, :w] = np.frombuffer(raw, np.uint8).reshape(h, w)
+def thumbs_array(sigs: pa.Table, rows: np.ndarray | None = None, *, tight: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Thumbnails as a zero-padded ``(N, THUMB, THUMB)`` uint8 array plus their ``(N, 2)`` shapes (h, w).
+
+    Args:
+        rows: the rows of ``sigs`` wanted, in this order (default all).
+        tight: pad only to the largest thumbnail's height and width instead of ``THUMB`` (what the search code
+            reads: a thumbnail is always sliced to its own shape; at a million 8x8 images 64 MB instead of 1 GB).
+    """
+    rows = np.arange(sigs.num_rows) if rows is None else np.asarray(rows, np.int64)
+    hs = sigs.column("thumb_h").to_numpy(zero_copy_only=False).astype(np.int64)[rows]
+    ws = sigs.column("thumb_w").to_numpy(zero_copy_only=False).astype(np.int64)[rows]
+    side_h, side_w = (int(hs.max(initial=1)), int(ws.max(initial=1))) if tight else (THUMB, THUMB)
+    out = np.zeros((len(rows), side_h, side_w), np.uint8)
+    _fill(out, sigs.column("thumb"), rows, hs, ws)
     return out, np.stack([hs, ws], 1)
 
 
-def value_thumbs(sigs: pa.Table, thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(N, THUMB, THUMB)`` value-channel thumbnails (the luma ``thumbs`` where there is none) and ``(N,)`` has-value."""
+def value_thumbs(sigs: pa.Table, thumbs: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, THUMB, THUMB)`` value-channel thumbnails (the luma ``thumbs`` where there is none) and ``(N,)`` has-value.
+
+    ``rows``: the rows of ``sigs`` that ``thumbs`` holds (default all); the output has the shape of ``thumbs``.
+    """
+    rows = np.arange(sigs.num_rows) if rows is None else np.asarray(rows, np.int64)
     out = thumbs.copy()
-    has = np.zeros(sigs.num_rows, bool)
-    hs = sigs.column("thumb_h").to_numpy(zero_copy_only=False)
-    ws = sigs.column("thumb_w").to_numpy(zero_copy_only=False)
-    for i, (raw, h, w) in enumerate(zip(sigs.column("thumb_v").to_pylist(), hs, ws, strict=True)):
-        if raw is not None:
-            out[i, :h, :w] = np.frombuffer(raw, np.uint8).reshape(h, w)
-            has[i] = True
+    hs = sigs.column("thumb_h").to_numpy(zero_copy_only=False).astype(np.int64)[rows]
+    ws = sigs.column("thumb_w").to_numpy(zero_copy_only=False).astype(np.int64)[rows]
+    has = _fill(out, sigs.column("thumb_v"), rows, hs, ws)
     return out, has
+
+
+def _fill(out: np.ndarray, col: pa.ChunkedArray, rows: np.ndarray, hs: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """``out[i, :h, :w]`` = the bytes of row ``rows[i]`` of the binary column ``col`` read as an (h, w) image, for
+    every non-null row, without a Python object per row; returns ``(len(rows),)`` bool: the row was not null."""
+    has = np.zeros(len(rows), bool)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    lo = 0
+    for chunk in col.chunks:
+        hi = lo + len(chunk)
+        pos = order[np.searchsorted(sorted_rows, lo) : np.searchsorted(sorted_rows, hi)]
+        if pos.size:
+            local = rows[pos] - lo
+            ok = ~chunk.is_null().to_numpy(zero_copy_only=False)[local]
+            pos, local = pos[ok], local[ok]
+            has[pos] = True
+            offsets = np.frombuffer(chunk.buffers()[1], np.int32, len(chunk) + 1, chunk.offset * 4)
+            data = np.frombuffer(chunk.buffers()[2], np.uint8) if chunk.buffers()[2] is not None else np.zeros(0, np.uint8)
+            keys = hs[pos] * 64 + ws[pos]
+            for key in np.unique(keys).tolist():
+                h, w = key // 64, key % 64
+                sel = np.flatnonzero(keys == key)
+                for s in range(0, len(sel), 65536):  # bounded gather index (8 bytes per pixel)
+                    part = sel[s : s + 65536]
+                    idx = offsets[local[part]].astype(np.int64)[:, None] + np.arange(h * w)
+                    out[pos[part], :h, :w] = data[idx].reshape(-1, h, w)
+        lo = hi
+    return has
+
+
+@dataclass
+class UniqueSignatures:
+    """What the search needs of N signatures, as arrays: one thumbnail per distinct decoded image.
+
+    Built once from the Arrow signatures (``of``), so the table (sample ids, encoded thumbnails) can be dropped
+    before the search and only one copy of the thumbnails is held.
+
+    Attributes:
+        first: ``(U,)`` the first row of each distinct ``pixel_hash`` (in hash order); u_of: ``(N,)`` each row's
+            distinct image.
+        thumbs, shapes: ``thumbs_array`` of the ``first`` rows (tight padding); values, has_value:
+            ``value_thumbs`` of them (values None when every image is gray).
+        sizes: ``(U, 2)`` decoded (height, width); sharpness: ``(N,)`` float32 per row.
+    """
+
+    first: np.ndarray
+    u_of: np.ndarray
+    thumbs: np.ndarray
+    shapes: np.ndarray
+    values: np.ndarray | None
+    has_value: np.ndarray
+    sizes: np.ndarray
+    sharpness: np.ndarray
+
+    @classmethod
+    def of(cls, sigs: pa.Table) -> UniqueSignatures:
+        """From ``SIGNATURE_SCHEMA`` rows without errors."""
+        hashes = sigs.column("pixel_hash").combine_chunks()
+        raw = np.frombuffer(hashes.buffers()[1], "S16", len(hashes), hashes.offset * 16)
+        _, first, u_of = np.unique(raw, return_index=True, return_inverse=True)
+        thumbs, shapes = thumbs_array(sigs, first, tight=True)
+        if sigs.column("thumb_v").null_count < sigs.num_rows:
+            values, has_value = value_thumbs(sigs, thumbs, first)
+            if not has_value.any():  # colour rows only among exact duplicates' later copies
+                values = None
+        else:  # all gray: no second thumbnail array
+            values, has_value = None, np.zeros(len(first), bool)
+        hw = np.stack([sigs.column("height").to_numpy(), sigs.column("width").to_numpy()], 1)
+        sharp = sigs.column("sharpness").to_numpy(zero_copy_only=False)
+        return cls(first, u_of.reshape(-1), thumbs, shapes, values, has_value, hw[first].astype(np.int64), sharp)
 
 
 def cache_bytes(sigs: pa.Table) -> bytes:
@@ -228,15 +306,16 @@ def cache_bytes(sigs: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def read_cached(ws: Workspace, vid: str, ids: Iterable[str]) -> pa.Table:
+def read_cached(ws: Workspace, vid: str, ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> pa.Table:
     """Cached signatures for ``ids`` found in the ``state/`` of ``vid`` or its ancestors (newest first).
 
     Caches written by another signature version are ignored, so changing the algorithm never mixes signatures.
+    ``ids`` may be an Arrow string array: no Python object per id is made.
     """
-    want = set(ids)
+    want = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(sorted(set(ids)), pa.string())
     parts: list[pa.Table] = []
     for v in reversed(ws.lineage(vid)):
-        if not want:
+        if not len(want):
             break
         path = ws.state_path(v, CACHE_NAME)
         if not path.exists():
@@ -245,8 +324,8 @@ def read_cached(ws: Workspace, vid: str, ids: Iterable[str]) -> pa.Table:
         if meta.get(b"sig_version") != SIG_VERSION.encode():
             continue
         t = pq.read_table(path)
-        t = t.filter(pc.is_in(t.column("sample_id"), pa.array(sorted(want), pa.string())))
+        t = t.filter(pc.is_in(t.column("sample_id"), want))
         if t.num_rows:
             parts.append(t.cast(SIGNATURE_SCHEMA))
-            want -= set(t.column("sample_id").to_pylist())
+            want = want.filter(pc.invert(pc.is_in(want, t.column("sample_id"))))
     return pa.concat_tables(parts) if parts else SIGNATURE_SCHEMA.empty_table()

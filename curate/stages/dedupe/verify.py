@@ -190,7 +190,7 @@ def verify_pairs(
     """Score candidate pairs of images.
 
     Args:
-        thumbs: ``(N, 32, 32)`` uint8 zero-padded thumbnails (``curate.stages.dedupe.signatures.thumbs_array``).
+        thumbs: ``(N, H, W)`` uint8 zero-padded thumbnails, H, W <= 32 (``curate.stages.dedupe.signatures.thumbs_array``).
         shapes: ``(N, 2)`` thumbnail (h, w).
         sizes: ``(N, 2)`` decoded image (height, width).
         pairs: ``(P, 2)`` int indices into the above.
