@@ -197,19 +197,9 @@ def run_dedupe(
         is_ref = np.array([s in ref_ids for s in items.column("sample_id").to_pylist()], bool)
         semantic = semantic_edges(ws, items, is_ref, cfg, ref_ws=rws, threads=workers, progress=progress)
     result = group_items(
-        items,
-        sig,
-        ref_ids,
-        threshold=cfg.threshold,
-        robust_threshold=cfg.robust_threshold,
-        flip=cfg.flip_is_duplicate,
-        keep=cfg.keep,
-        exact_only=cfg.exact_only,
-        k=cfg.k,
-        nprobe=cfg.nprobe,
-        threads=workers,
-        semantic=semantic,
-    )
+        items, sig, ref_ids, threshold=cfg.threshold, robust_threshold=cfg.robust_threshold, flip=cfg.flip_is_duplicate,
+        keep=cfg.keep, exact_only=cfg.exact_only, k=cfg.k, nprobe=cfg.nprobe, threads=workers, semantic=semantic,
+    )  # fmt: skip
     table, stats = annotate(table, items, result, exclude_duplicates=cfg.action == "exclude", stage=STAGE)
     stats["action"] = cfg.action
     state = {"dup_pairs.parquet": result["edges"].parquet()}
