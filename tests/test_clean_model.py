@@ -101,6 +101,24 @@ def _cli(ws: Workspace, *args: object, env: dict[str, str] | None = None):  # no
     return CliRunner().invoke(app, ["clean", *map(str, args), "--workspace", str(ws.root)], env=env)
 
 
+def _flags_flips(ws: Workspace, truth: dict, *args: object) -> tuple[dict, pa.Table, set[str]]:
+    """``clean ARGS --json`` from the fixture's base; asserts at least 11 of the 12 flips found and no false alarm
+    among the normal images (junk may be flagged too). Returns the JSON result, its table and the flips found."""
+    r = _cli(ws, *args, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    t = ws.samples(res["version"])
+    flipped, odd = set(truth["flipped"]), set(truth["junk"]) | set(truth["dark"])
+    found = _names(t, "is_label_issue")
+    assert len(found & flipped) >= 11 and not found - flipped - odd, sorted(found ^ flipped)
+    return res, t, found & flipped
+
+
+def _suggestions(t: pa.Table) -> dict[str, str]:
+    """file name -> suggested label."""
+    return dict(zip([Path(s).name for s in t["source"].to_pylist()], t["suggested_label"].to_pylist(), strict=True))
+
+
 def test_linear_head_finds_planted_flips_and_knn_ranks_junk_first(data: dict) -> None:
     """Through the CLI with an ``embeddings:`` file: at least 11 of the 12 flips found and no false alarm among the
     normal images (junk, filed under arbitrary classes, may be flagged too), suggested back to their true class;
@@ -108,14 +126,9 @@ def test_linear_head_finds_planted_flips_and_knn_ranks_junk_first(data: dict) ->
     ws, truth = data["ws"], data["truth"]
     with ws.writer():
         ws.set_head(data["base"])
-    r = _cli(ws, "--find-mislabels", "--find-outliers", "--model", f"embeddings:{data['emb']}", "--folds", 4, "--json")
-    assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout)
-    t = ws.samples(res["version"])
+    res, t, _ = _flags_flips(ws, truth, "--find-mislabels", "--find-outliers", "--model", f"embeddings:{data['emb']}", "--folds", 4)
     flipped, odd = set(truth["flipped"]), set(truth["junk"]) | set(truth["dark"])
-    found = _names(t, "is_label_issue")
-    assert len(found & flipped) >= 11 and not found - flipped - odd, sorted(found ^ flipped)
-    sug = dict(zip([Path(s).name for s in t["source"].to_pylist()], t["suggested_label"].to_pylist(), strict=True))
+    sug = _suggestions(t)
     assert all(sug[n] == truth["flipped"][n] for n in flipped)
     names = [Path(s).name for s in t["source"].to_pylist()]
     score = np.array(t["ood_score"].to_pylist(), float)
@@ -237,15 +250,9 @@ def test_model_head_judges_with_the_models_own_classifier(data: dict, tmp_path: 
     with ws.writer():
         ws.set_head(data["base"])
     model = _classifier(tmp_path / "quadrants.pt", ["q0", "q1", "q2", "q3"])
-    r = _cli(ws, "--find-mislabels", "--model", f"torchscript:{model}", "--head", "model", "--json")
-    assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout)
-    t = ws.samples(res["version"])
-    flipped, odd = set(truth["flipped"]), set(truth["junk"]) | set(truth["dark"])
-    found = _names(t, "is_label_issue")
-    assert len(found & flipped) >= 11 and not found - flipped - odd, sorted(found ^ flipped)
-    sug = dict(zip([Path(s).name for s in t["source"].to_pylist()], t["suggested_label"].to_pylist(), strict=True))
-    assert all(sug[n] == truth["flipped"][n] for n in found & flipped)
+    res, t, hits = _flags_flips(ws, truth, "--find-mislabels", "--model", f"torchscript:{model}", "--head", "model")
+    sug = _suggestions(t)
+    assert all(sug[n] == truth["flipped"][n] for n in hits)
     st = res["stats"]
     assert st["head"] == "model" and st["in_sample"] == 0 and "embeddings" not in st and st["oof"] == "computed"
     assert json.loads(ws.state_path(res["version"], "clean_model.json").read_text())["head"] == "model"
