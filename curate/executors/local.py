@@ -157,7 +157,8 @@ def _pool(workers: int, fn: Callable[..., Any]) -> ProcessPoolExecutor:
     ctx = mp.get_context(method)
     if method == "forkserver":
         # Only the first call's list counts: the server starts once per process and serves every later pool.
-        ctx.set_forkserver_preload(["__main__", *PRELOAD, fn.__module__])
+        own = getattr(fn, "__module__", None)  # None for a functools.partial
+        ctx.set_forkserver_preload(["__main__", *PRELOAD, *([own] if isinstance(own, str) else [])])
     env = None if method == "fork" else dict(os.environ)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(), env))
     if method == "fork":
