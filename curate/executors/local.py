@@ -3,14 +3,16 @@
 Measured on this 2-core machine (ARCHITECTURE.md section 9): a process pool beats Dask and Ray for local work
 and starts in milliseconds, so it is the default; Ray is the extra for clusters.
 
-On Linux the pool's workers come from a ``forkserver``: a small process started once per driver, with the
-worker's modules imported, that forks each worker. Forking the driver itself copied (copy-on-write) whatever it
-held by then: dedupe's driver holds ~0.9 GB of ingest metadata and parent table when its pool starts, and every
-worker's RSS counted those pages again (the 1M chain peaked at 3.2 GB of tree RSS against 2.5 GB for the driver;
-BENCHMARKS.md, issue 19). Workers of a forkserver get their inputs by pickling only, as under spawn: ``fn`` and
-``cfg`` must be picklable (they always were: a process pool pickles both), the environment is passed on at pool
-start, and the running script is imported again in each worker, so it is used only when that import is safe
-(``_reimport_safe``); elsewhere the pool forks as before. macOS uses spawn (fork is unsafe with threads there).
+On Linux a large driver's workers come from a ``forkserver``: a small process started once per driver, with the
+workers' modules imported, that forks each worker. Forking the driver itself copied (copy-on-write) whatever it
+held by then: dedupe's driver holds ~0.9 GB of ingest metadata and parent table when its pool starts at 1M images,
+and every worker's RSS counted those pages again (the 1M chain peaked at 3.2 GB of tree RSS against 2.5 GB for the
+driver; BENCHMARKS.md, issue 19). A small driver still forks (``FORK_MAX_RSS``): the server costs 0.5-0.9 s to start
+per process, which the CLI's short commands and the tests would pay for nothing. Workers of a forkserver get their
+inputs by pickling only, as under spawn: ``fn`` and ``cfg`` must be picklable (they always were: a process pool
+pickles both), the environment is passed on at pool start, and the running script is imported again in each
+worker, so it is used only when that import is safe (``_reimport_safe``); elsewhere the pool forks as before.
+macOS uses spawn (fork is unsafe with threads there).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: A driver with less resident memory than this forks its workers: what they share with it costs less than the fork
+#: server's start (0.5-0.9 s once per process on the 2-core VM, and its ~140 MB of modules then counted in every
+#: worker). Driver RSS at its first pool, measured: a small ingest or dedupe 165-190 MiB, dedupe of 100k images
+#: 291 MiB, of 1M ~0.9 GB.
+FORK_MAX_RSS = 256 << 20
 #: Imported once in the fork server, besides the running script and ``fn``'s own module, so that each worker forked
 #: from it starts with them (a module that fails to import is skipped there, as multiprocessing does). pandas because
 #: pyarrow imports it on the first ``pa.table(dict)``: 0.4-0.9 s in every worker of every pool otherwise.
@@ -142,11 +149,21 @@ def _reimport_safe(fn: Callable[..., Any]) -> bool:
     )
 
 
+def _rss() -> int:
+    """This process's resident memory in bytes (Linux ``/proc``; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _start_method(fn: Callable[..., Any]) -> str:
-    """``forkserver`` on Linux where the script allows it (module docstring), else ``fork``; ``spawn`` elsewhere."""
+    """``spawn`` off Linux; on Linux ``forkserver`` for a driver over ``FORK_MAX_RSS`` whose script allows it
+    (module docstring), else ``fork``."""
     if not sys.platform.startswith("linux"):
         return "spawn"  # macOS: fork is unsafe with threads there
-    return "forkserver" if _reimport_safe(fn) else "fork"
+    return "forkserver" if _rss() >= FORK_MAX_RSS and _reimport_safe(fn) else "fork"
 
 
 def _pool(workers: int, fn: Callable[..., Any]) -> ProcessPoolExecutor:
