@@ -6,13 +6,13 @@ and starts in milliseconds, so it is the default; Ray is the extra for clusters.
 On Linux a large driver's workers come from a ``forkserver``: a small process started once per driver, with the
 workers' modules imported, that forks each worker. Forking the driver itself copied (copy-on-write) whatever it
 held by then: dedupe's driver holds ~0.9 GB of ingest metadata and parent table when its pool starts at 1M images,
-and every worker's RSS counted those pages again (the 1M chain peaked at 3.2 GB of tree RSS against 2.5 GB for the
-driver; BENCHMARKS.md, issue 19). A small driver still forks (``FORK_MAX_RSS``): the server costs 0.5-0.9 s to start
-per process, which the CLI's short commands and the tests would pay for nothing. Workers of a forkserver get their
-inputs by pickling only, as under spawn: ``fn`` and ``cfg`` must be picklable (they always were: a process pool
-pickles both), the environment is passed on at pool start, and the running script is imported again in each
-worker, so it is used only when that import is safe (``_reimport_safe``); elsewhere the pool forks as before.
-macOS uses spawn (fork is unsafe with threads there).
+and every worker's RSS counted those pages again (the 1M chain peaked at 3,254 MiB of tree RSS with forked
+workers, 2,843 MiB with the server; BENCHMARKS.md, issue 19). A small driver still forks (``FORK_MAX_RSS``): the
+server costs 0.4-0.9 s to start per process, which the CLI's short commands and the tests would pay for nothing.
+Workers of a forkserver get their inputs by pickling only, as under spawn: ``fn`` and ``cfg`` must be picklable
+(they always were: a process pool pickles both), the environment is passed on at pool start, and the running
+script is imported again in each worker, so it is used only when that import is safe (``_reimport_safe``);
+elsewhere the pool forks as before. macOS uses spawn (fork is unsafe with threads there).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def default_workers() -> int:
 
 
 #: A driver with less resident memory than this forks its workers: what they share with it costs less than the fork
-#: server's start (0.5-0.9 s once per process on the 2-core VM, and its ~140 MB of modules then counted in every
+#: server's start (0.4-0.9 s once per process on the 2-core VM, and its ~140 MB of modules then counted in every
 #: worker). Driver RSS at its first pool, measured: a small ingest or dedupe 165-190 MiB, dedupe of 100k images
 #: 291 MiB, of 1M ~0.9 GB.
 FORK_MAX_RSS = 256 << 20
