@@ -341,8 +341,7 @@ def test_bad_models_are_one_line_errors_naming_the_file_and_the_cause(tmp_path: 
 
     pq.write_table(pq.read_table(tmp_path / "noid.parquet").rename_columns(["id", "embedding"]), tmp_path / "noid.parquet")
     assert "no sample_id column" in _error(f"embeddings:{tmp_path / 'noid.parquet'}")
-    # a Hub name while offline (and nothing cached): one line, no network attempt
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # a Hub name while offline (conftest's guard; nothing cached): one line, no network attempt
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     pytest.importorskip("huggingface_hub")
     assert "offline" in _error("hf:some-org/some-model")
