@@ -164,13 +164,14 @@ class HFBackend(Backend):
 
 
 def pooling_of(model: Any, config: Any) -> str:
-    """Which output is the embedding of ``model`` (module doc): ``vision_pooler`` for a model with a vision tower
-    (``vision_model``: a dual encoder, or a classifier built on one), ``pooler`` for a CLIP-like vision model
-    (its ``model_type`` ends in ``_vision_model``), ``cls`` for the rest."""
-    if getattr(model, "vision_model", None) is not None:
-        return "vision_pooler"
+    """Which output is the embedding of ``model`` (module doc): ``pooler`` for a CLIP-like vision model (its
+    ``model_type`` ends in ``_vision_model``; checked first: transformers 4 wraps these in a ``vision_model`` too),
+    ``vision_pooler`` for a model with a vision tower (``vision_model``: a dual encoder, or a classifier built on
+    one), ``cls`` for the rest."""
     if str(getattr(config, "model_type", "")).endswith("_vision_model"):
         return "pooler"
+    if getattr(model, "vision_model", None) is not None:
+        return "vision_pooler"
     return "cls"
 
 
