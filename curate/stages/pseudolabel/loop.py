@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.learn.consistency import ConsistencySettings
 from curate.learn.data import DecodedSplit
 from curate.stages.pseudolabel.rank import Comparison, brier, strictest
 from curate.stages.pseudolabel.select import DISAGREE, Selection, select_pseudo, selection_change
@@ -60,6 +61,7 @@ class LoopSettings:
     patience: int = 1
     min_steps: int = 500
     stable: float = 0.005
+    consistency: ConsistencySettings | None = None  # FixMatch term over the in-distribution pool in rounds 1+
 
 
 @dataclass
@@ -190,6 +192,7 @@ def _row(r: int, sel: Selection, cur: _Scored, cmp: Comparison | None, classes: 
         "thresholds": {classes[c]: round(float(t), 6) for c, t in enumerate(sel.thresholds)},
         **_val_fields(cur, cmp),
         "steps": res["steps"],
+        "consistency_mask_rate": res.get("consistency_mask_rate"),
         "pseudo_per_batch": res["pseudo_per_batch"],
         "labeled_per_batch": res["lab_per_batch"],
     }
@@ -257,8 +260,9 @@ def run_loop(
 
     device, n, s = pick_device(train_cfg.device), len(pool), settings
 
-    def train(pseudo: DecodedSplit | None) -> _Scored:
-        kw = {"ratio": s.ratio, "normalization": normalization, "min_steps": s.min_steps, "progress": progress}
+    def train(pseudo: DecodedSplit | None, unlabeled: np.ndarray | None = None) -> _Scored:
+        kw = {"ratio": s.ratio, "normalization": normalization, "min_steps": s.min_steps, "progress": progress,
+              "unlabeled": unlabeled, "consistency": s.consistency}  # fmt: skip
         return _score(train_round(labeled, pseudo, val, classes, train_cfg, **kw), val, normalization, device)
 
     t0 = time.perf_counter()
@@ -283,7 +287,8 @@ def run_loop(
             break
         n_revoked = track.update(sel, r)
         acc_idx = np.flatnonzero(sel.accepted)
-        latest = train(DecodedSplit(pool[acc_idx], sel.predicted[acc_idx], [f"pool:{i}" for i in acc_idx]))
+        unlabeled = (pool[~ood] if ood is not None else pool) if s.consistency is not None else None  # OOD rows teach nothing
+        latest = train(DecodedSplit(pool[acc_idx], sel.predicted[acc_idx], [f"pool:{i}" for i in acc_idx]), unlabeled)
         models[f"round{r}"] = latest.res
         cmp = strictest(latest.correct, kept, seed=train_cfg.seed) if len(latest.correct) else None
         row = _row(r, sel, latest, cmp, classes, truth, revoked=n_revoked, ood=int(ood.sum()) if ood is not None else 0,
