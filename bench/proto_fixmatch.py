@@ -58,6 +58,23 @@ def test_error(res: dict, xt: np.ndarray, yt: np.ndarray, normalization: dict) -
     return 1.0 - ev["acc"]
 
 
+def _twin_rounds() -> list[dict]:
+    """Wrap ``train_round`` so that a round with the consistency term also trains its twin without it (same rows,
+    seed and steps); returns the list the twins' fit results are appended to."""
+    import curate.learn.selftrain as st
+
+    twins: list[dict] = []
+    inner = st.train_round
+
+    def both(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        if kw.get("consistency") is not None and kw.get("unlabeled") is not None:
+            twins.append(inner(*args, **{**kw, "consistency": None, "unlabeled": None}))
+        return inner(*args, **kw)
+
+    st.train_round = both
+    return twins
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"))
@@ -75,6 +92,12 @@ def main() -> None:
     ap.add_argument("--tau", type=float, default=0.95)
     ap.add_argument("--mu", type=int, default=2)
     ap.add_argument("--strength", type=float, default=1.0)
+    ap.add_argument(
+        "--also-without",
+        action="store_true",
+        help="each consistency round also trains its twin without the term on the same selection (one process)",
+    )
+    ap.add_argument("--pool-size", type=int, default=None)
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default="/work/wt-fixmatch18/bench/proto_fixmatch.jsonl")
     a = ap.parse_args()
@@ -94,11 +117,15 @@ def main() -> None:
     lab = DecodedSplit(*parts["train"], [f"t{i}" for i in range(len(parts["train"][1]))])
     val = DecodedSplit(*parts["val"], [f"v{i}" for i in range(len(parts["val"][1]))])
     pool, truth = parts["pool"]
+    if a.pool_size:  # smoke runs: a seeded subset
+        keep = np.sort(np.random.default_rng([a.draw, 1]).choice(len(pool), a.pool_size, replace=False))
+        pool, truth = pool[keep], truth[keep]
     norm = fit_normalization(lab.images)
     cons = ConsistencySettings(a.weight, a.tau, a.mu, a.strength) if a.consistency == "fixmatch" else None
     settings = LoopSettings(ratio=parse_ratio(a.ratio), rounds=a.rounds, threshold=a.threshold, min_steps=a.min_steps,
                             patience=a.rounds + 1, stable=0.0, consistency=cons)  # fmt: skip
     cfg = TrainConfig(arch="small-cnn", batch_size=a.batch_size, augment=aug, device="cpu", seed=a.seed, patience=0)
+    twins = _twin_rounds() if a.also_without and cons is not None else []
     res = run_loop(lab, val, pool, [str(c) for c in range(10)], cfg, settings, normalization=norm, truth=truth, log=print)
     xt, yt = parts["test"]
     rows = []
@@ -108,6 +135,10 @@ def main() -> None:
         keep = ("round", "accepted_total", "pseudo_accuracy", "val_accuracy", "kept", "steps", "consistency_mask_rate", "seconds")
         rows.append({**{k: r.get(k) for k in keep}, "test_error": round(err, 5)})
         print(f"round {r['round']}: test error {err:.4%}  {rows[-1]}")
+    for k, twin in enumerate(twins, 1):
+        err = test_error(twin, xt, yt, norm)
+        rows.append({"round": f"{k} without consistency", "val_accuracy": twin["best"].get("val_acc"), "test_error": round(err, 5)})
+        print(f"round {k} without consistency (same selection): test error {err:.4%}")
     rec = {"args": vars(a), "augment": aug, "labeled": len(lab), "val": len(val), "pool": len(pool), "chosen": res.chosen_round,
            "rounds": rows, "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
     with open(a.out, "a") as fh:

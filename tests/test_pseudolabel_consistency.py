@@ -94,3 +94,18 @@ def test_stage_checks_the_consistency_options_and_keeps_old_cache_keys() -> None
     assert key(None, PseudolabelConfig(consistency="fixmatch"))["unlabeled_ratio"] == 2
     assert consistency_settings(PseudolabelConfig()) is None
     assert consistency_settings(PseudolabelConfig(consistency="fixmatch", unlabeled_ratio=3)).ratio == 3
+
+
+def test_the_loop_runs_the_term_in_rounds_after_the_supervised_one(task: dict) -> None:
+    from curate.stages.pseudolabel.loop import LoopSettings, run_loop
+
+    rng = np.random.default_rng(5)
+    val = DecodedSplit(*halves(rng, 40), [f"v{i}" for i in range(40)])
+    cfg = TrainConfig(arch="tiny-cnn", batch_size=16, augment="none", device="cpu", seed=0, patience=0, epochs=1)
+    settings = LoopSettings(rounds=1, threshold=0.9, min_steps=40, consistency=ConsistencySettings(ratio=1))
+    res = run_loop(task["lab"], val, task["pool"], ["left", "right"], cfg, settings, normalization=task["norm"])
+    r0, r1 = res.rounds
+    assert "consistency_mask_rate" not in r0 and 0 < r1["consistency_mask_rate"] <= 1
+    assert res.models["round0"]["meta"]["consistency"] is None
+    meta = res.models["round1"]["meta"]["consistency"]
+    assert meta["ratio"] == 1 and meta["pool_rows"] == len(task["pool"]) - r1["ood"]  # the OOD rows are left out
