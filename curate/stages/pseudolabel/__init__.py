@@ -243,6 +243,8 @@ def _round_line(r: dict[str, Any], knn: bool) -> str:
     pacc = f", pseudo-label accuracy {r['pseudo_accuracy']:.4f}" if r.get("pseudo_accuracy") is not None else ""
     conf = f", mean confidence {r['mean_confidence']:.3f}" if r.get("mean_confidence") is not None else ""
     kn = f", knn disagree {r['knn_disagree']:,}" if knn else ""
+    if r.get("consistency_mask_rate") is not None:  # share of the pool rows drawn whose weak view gave a target
+        conf += f", consistency targets {r['consistency_mask_rate']:.0%}"
     took = f"accepted {r['accepted_total']:,} (revoked {r['revoked']:,}, ood {r['ood']:,}{kn}; {r['selection_change']:.1%} changed)"
     verdict = "" if r.get("kept", True) else "; significantly worse: not kept"
     return f"  round {r['round']}: {took}{conf}; {val}{pacc}{verdict}"
