@@ -287,7 +287,9 @@ STAGE = Stage(
     changing (--stable), or after --patience rejected rounds. The version commits the pseudo-labels of the
     chosen (last kept) round (label_source=pseudo:ROUND, split=train) and every pool row's verdict
     (pseudo_status); val and test rows are never pseudo-labeled. Models: OUT/model_best.pt (the chosen round)
-    and model_round0.pt (supervised only).
+    and model_round0.pt (supervised only). With --consistency fixmatch, rounds 1+ also learn from the whole
+    in-distribution pool: a strong augmentation of each row is trained towards its weak view's class when that is
+    confident (FixMatch; about 5x the CPU per step at --unlabeled-ratio 2).
 
     Examples:
 
