@@ -81,7 +81,7 @@ class PseudolabelConfig:
             strong view of a row learns the weak view's class where that is at least --consistency-threshold); none.
         consistency_weight: lambda_u, the consistency loss's weight against the labeled cross-entropy.
         consistency_threshold: tau, the weak view's confidence a pool row needs to give its strong view a target.
-        unlabeled_ratio: mu, pool rows per batch row in the consistency term (each step costs about 1 + 1.3 mu batches).
+        unlabeled_ratio: mu, pool rows per batch row in the consistency term (a step costs about 1 + 2 mu supervised steps of CPU).
         consistency_strength: Scales the strong augmentation's magnitudes (affine, brightness/contrast/sharpness, cutout).
         arch: small-cnn | tiny-cnn | resnet-mini | resnet-mini-wide | linear.
         epochs: Epochs per round (one epoch = one pass over the labeled rows).
