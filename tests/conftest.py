@@ -23,6 +23,19 @@ import pytest
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+#: Set for every test (``hub_offline``): no test may reach the Hugging Face Hub; a model is built from a config.
+HUB_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@pytest.fixture(autouse=True)
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with the Hub switched off (``HUB_OFFLINE`` = 1), in this process and the CLI subprocesses it
+    starts: a Hub name must then fail as "offline", never download. huggingface_hub reads these once, when it is
+    first imported: no test module imports it (or transformers) at collection, so that is inside a test, guarded."""
+    for var in HUB_OFFLINE:
+        monkeypatch.setenv(var, "1")
+
+
 # --------------------------------------------------------------------------------------------- images
 
 

@@ -178,8 +178,22 @@ def test_pixel_model_embeds_once_and_the_cache_serves_reruns(data: dict, pooled:
     assert {names[i] for i in np.argsort(-score)[: JUNK + 1]} == set(truth["junk"]) | set(truth["dark"])
 
 
+def _fixed_batch_onnx(path: Path) -> Path:
+    """An ONNX graph whose input is ``[1, 1, 16, 16]``: its batch axis fixed, as a careless export leaves it."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Flatten", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def test_bad_models_fail_in_one_line_and_commit_nothing(data: dict, tmp_path: Path) -> None:
-    """A model whose channels do not fit, an embeddings file missing rows, a bad spec: exit 1/1/2, one line naming
+    """A model whose channels do not fit, an embeddings file missing rows, an ONNX file without a batch axis, a Hub
+    name while offline (conftest's guard sets HF_HUB_OFFLINE), a bad spec: exit 1 (2 for the spec), one line naming
     the model or file, no version written and HEAD unchanged."""
     import torch
 
@@ -197,6 +211,15 @@ def test_bad_models_fail_in_one_line_and_commit_nothing(data: dict, tmp_path: Pa
     r = _cli(ws, "--find-outliers", "--model", f"embeddings:{short}")
     msg = assert_one_error_line(r.stderr)
     assert r.exit_code == 1 and f"embeddings:{short}: 5 of {len(data['ids'])} sample_ids have no embedding" in msg, msg
+    fixed = _fixed_batch_onnx(tmp_path / "fixed.onnx")
+    r = _cli(ws, "--find-mislabels", "--model", f"onnx:{fixed}")
+    msg = assert_one_error_line(r.stderr)
+    assert r.exit_code == 1 and msg.startswith(f"error: onnx:{fixed}: input 'x' has shape [1, 1, 16, 16]: no batch axis"), msg
+    pytest.importorskip("huggingface_hub")
+    r = _cli(ws, "--find-outliers", "--model", "hf:some-org/some-model", env={"HF_HOME": str(tmp_path / "hf-home")})
+    msg = assert_one_error_line(r.stderr)
+    assert r.exit_code == 1 and msg.startswith("error: hf:some-org/some-model: not a local folder"), msg
+    assert "the Hugging Face Hub is offline (HF_HUB_OFFLINE) with no cached copy" in msg, msg
     r = _cli(ws, "--find-mislabels", "--model", "dinov2")
     assert r.exit_code == 2 and "expected KIND:WHAT" in assert_one_error_line(r.stderr)
     r = _cli(ws, "--find-mislabels", "--model", f"embeddings:{data['emb']}", "--pred-probs", data["emb"])

@@ -363,3 +363,42 @@ def test_tight_thumbnail_arrays_give_the_padded_decisions(monkeypatch: pytest.Mo
     assert np.array_equal(res["score"], ref["score"], equal_nan=True)
     assert res["edges"].table().equals(ref["edges"].table()) and res["edges"].num_rows >= 8
     assert len(set(res["comp"].tolist())) < len(ids)  # the copies were grouped: the check could fail
+
+
+def test_tiny_random_images_are_not_grouped(workspace: Any, ingest: Any, tmp_path: Path) -> None:
+    """At 8-12 px the fitted-filter score had more unknowns than a window has pixels to spare: 199,999 of 200,000
+    random 8x8 images became one group. Distinct tiny images stay apart; an exact re-encode and a 2x upscale of
+    one of them are still found by the aligned score."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "tiny" / "c"
+    root.mkdir(parents=True)
+    imgs = [rng.integers(0, 256, (s, s), dtype=np.uint8) for s in (8, 10, 12) for _ in range(40)]
+    for i, a in enumerate(imgs):
+        (root / f"t{i:03d}.png").write_bytes(encode(a))
+    (root / "copy_bmp.bmp").write_bytes(encode(imgs[0], "BMP"))
+    (root / "copy_up.png").write_bytes(encode(np.asarray(Image.fromarray(imgs[50]).resize((20, 20), Image.NEAREST))))
+    ingest(workspace, root.parent)
+    st = run(workspace)["stats"]
+    r = rows(workspace)
+    assert r["copy_bmp.bmp"]["dup_group"] == r["t000.png"]["dup_group"] is not None
+    assert r["copy_up.png"]["dup_group"] == r["t050.png"]["dup_group"] is not None
+    assert st["groups"] == 2 and st["duplicates"] == 2, st
+
+
+def test_fitted_filter_needs_enough_pixels() -> None:
+    """The fitted-filter score abstains (-1) on windows too small to fit, and still scores a blurred copy at 28 px."""
+    from PIL import Image, ImageFilter
+
+    from curate.stages.dedupe.robust import robust_scores
+
+    rng = np.random.default_rng(0)
+    th = np.zeros((4, 32, 32), np.uint8)
+    th[0, :8, :8], th[1, :8, :8] = rng.integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    a = scene(1, 28)
+    th[2, :28, :28] = a
+    th[3, :28, :28] = np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(0.7)))
+    shapes = np.array([[8, 8], [8, 8], [28, 28], [28, 28]])
+    s = robust_scores(th, shapes, np.array([[0, 1], [2, 3]]))
+    assert s[0] == -1.0 and s[1] >= 0.94, s

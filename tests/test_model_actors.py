@@ -1,16 +1,18 @@
-"""Model inference as executor actors (``curate.models.actors``): ``clean --model``'s embedding and ``filter``'s
-scoring go through ``curate.executors.map_batches_actor`` and give what the model gave when the driver ran it.
+"""Model inference as executor actors (``curate.models.actors``): ``clean --model``'s embedding, ``filter``'s
+scoring and a backend's own head (``clean --head model``, ``filter --model KIND:FILE`` with classes: ``Prober``) go
+through ``curate.executors.map_batches_actor`` and give what the model gave when the driver ran it.
 
 The "driver path" is the code before actors, rebuilt here: the same blob-pack batches fed straight to
 ``Backend.embed`` / ``Scorer``. On the local executor the actor is built in this process and reuses the model the
 stage loaded (one load); on a local Ray (2 CPUs) each actor loads its own, and the committed state files (the
 embedding cache, ``filter_probs.parquet``) and sample tables are byte-identical to the local executor's.
-The models are the fixtures of ``test_clean_model`` (a TorchScript 4x4 pooling) and ``test_filter`` (a small CNN
-trained for a few CPU seconds).
+The models are the fixtures of ``test_clean_model`` (a TorchScript 4x4 pooling, a TorchScript quadrant classifier)
+and ``test_filter`` (a small CNN trained for a few CPU seconds, and its TorchScript export).
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Iterator
 from functools import partial
@@ -30,8 +32,9 @@ from curate.stages.filter.classify import run_filter, selected_mask
 from curate.stages.filter.scoring import Scorer, load_model, rebatch
 from curate.workspace import Workspace
 from tests.conftest import ingest
-from tests.test_clean_model import _clean, data, pooled  # noqa: F401 - fixtures
+from tests.test_clean_model import _classifier, _clean, data, pooled  # noqa: F401 - fixtures
 from tests.test_filter import one_thread, trained, web, web_template  # noqa: F401 - fixtures
+from tests.test_filter_model import exports  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("fresh_executor")
 LOADS: list[int] = []
@@ -139,6 +142,52 @@ def test_filter_scores_through_actors_as_the_driver_did(
     np.testing.assert_array_equal(filter_probs(res, classes), driver_probs(web, cfg))
 
 
+# -------------------------------------------------------------------------------------------- a model's own head
+@contextlib.contextmanager
+def _no_bar(label: str, total: int) -> Iterator[Any]:
+    yield lambda n: None
+
+
+def driver_head_probs(ws: Workspace, rows: pa.Table, spec: str, batch_size: int) -> np.ndarray:
+    """The pre-actor path of ``predict_samples``: the same rebatched blob-pack batches, decoded and fed to
+    ``Backend.predict_proba`` here, rows in the order asked for."""
+    from curate.images import decode_rgb_or_l
+    from curate.models import load_backend
+
+    backend = load_backend(spec, workspace=ws.root, batch_size=batch_size)
+    got: dict[str, np.ndarray] = {}
+    for batch in rebatch(ws.blobs.iter_packs(rows.select(["sample_id", "pack"]), batch_rows=batch_size), batch_size):
+        images = [decode_rgb_or_l(b) for b in batch.column("data").to_pylist()]
+        got.update(zip(batch.column("sample_id").to_pylist(), backend.predict_proba(images), strict=True))
+    return np.stack([got[s] for s in rows.column("sample_id").to_pylist()])
+
+
+def test_model_heads_predict_through_actors_as_the_driver_did(
+    data: dict,  # noqa: F811
+    web: Workspace,  # noqa: F811
+    exports: dict[str, Path],  # noqa: F811
+    actor_calls: list[str],
+    tmp_path: Path,
+) -> None:
+    from curate.models import load_backend
+    from curate.models.proba import predict_samples
+
+    ws, spec = data["ws"], f"torchscript:{_classifier(tmp_path / 'quadrants.pt', ['q0', 'q1', 'q2', 'q3'])}"
+    res = _clean(ws, data["base"], find_mislabels=True, model=spec, head="model")
+    assert res["stats"]["head"] == "model" and actor_calls == ["Prober"]
+    rows = ws.samples(data["base"]).select(["sample_id", "pack"]).slice(0, 50)
+    probs, errors = predict_samples(ws, rows, load_backend(spec, batch_size=16), batch_size=16, progress=_no_bar, label="t")
+    assert errors == {} and actor_calls == ["Prober"] * 2
+    np.testing.assert_array_equal(probs, driver_head_probs(ws, rows, spec, 16))
+    # filter with an exported run: its own head, through the same actors
+    cfg = FilterConfig(model=f"torchscript:{exports['torchscript']}", classes=("a", "b"), action="flag", batch_size=16)
+    res = run_filter(web, web.samples(), web.head(), cfg)
+    assert actor_calls == ["Prober"] * 3 and res.stats["backend"]["head"] == "model"
+    table = web.samples()
+    rows = table.filter(selected_mask(table, tuple(cfg.splits))).select(["sample_id", "pack"])
+    np.testing.assert_array_equal(filter_probs(res, res.stats["model_classes"]), driver_head_probs(web, rows, cfg.model, 16))
+
+
 # -------------------------------------------------------------------------------------------- on Ray
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
@@ -180,6 +229,34 @@ def test_models_on_ray_actors_give_the_local_bytes(
     assert ray.cluster_resources().get("CPU") == 2  # the Ray run used the cluster started here
     (clean_l, emb_l, filt_l), (clean_r, emb_r, filt_r) = results["local"], results["ray"]
     assert emb_l == emb_r  # the embedding cache: same vectors, same bytes
+    assert clean_l.equals(clean_r)
+    assert filt_l.state["filter_probs.parquet"] == filt_r.state["filter_probs.parquet"]
+    assert filt_l.table.equals(filt_r.table)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_model_heads_on_ray_actors_give_the_local_bytes(
+    data: dict,  # noqa: F811
+    web: Workspace,  # noqa: F811
+    exports: dict[str, Path],  # noqa: F811
+    local_ray: None,
+    actor_calls: list[str],
+    tmp_path: Path,
+) -> None:
+    """``clean --head model`` and ``filter`` with an export's own head: ``Prober`` actors on a local Ray (one model
+    load each) commit the local executor's sample tables and ``filter_probs.parquet`` byte for byte."""
+    spec = f"torchscript:{_classifier(tmp_path / 'quadrants.pt', ['q0', 'q1', 'q2', 'q3'])}"
+    cfg = FilterConfig(model=f"torchscript:{exports['torchscript']}", classes=("a", "b"), action="flag", batch_size=16)
+    results: dict[str, Any] = {}
+    for name in ("local", "ray"):
+        ws = Workspace(tmp_path / name)
+        ingest(ws, data["root"] / "images")
+        executors.configure(name)
+        clean = _clean(ws, ws.head(), find_mislabels=True, model=spec, head="model")
+        assert clean["stats"]["head"] == "model"
+        results[name] = (ws.samples(clean["version"]), run_filter(web, web.samples(), web.head(), cfg))
+    assert actor_calls == ["Prober", "Prober"] * 2
+    (clean_l, filt_l), (clean_r, filt_r) = results["local"], results["ray"]
     assert clean_l.equals(clean_r)
     assert filt_l.state["filter_probs.parquet"] == filt_r.state["filter_probs.parquet"]
     assert filt_l.table.equals(filt_r.table)

@@ -233,6 +233,60 @@ def test_hf_classifier_gets_predict_proba_with_its_labels(tmp_path: Path) -> Non
     assert backend.embed(images).shape == (5, 16)
 
 
+def _tiny_hf(kind: str, folder: Path) -> Path:
+    """A tiny ``kind`` model (random weights, seeded) saved with a preprocessor config that resizes the shortest edge
+    to 36 and center-crops 32x32, the way Hub folders of DINOv2 and CLIP do."""
+    import transformers
+
+    torch.manual_seed(0)
+    vit = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    if kind == "dinov2":
+        model, processor = transformers.Dinov2Model(transformers.Dinov2Config(**vit)), "BitImageProcessor"
+    elif kind == "clip_vision":
+        model, processor = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**vit)), "CLIPImageProcessor"
+    else:
+        text = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+        cfg = transformers.CLIPConfig(text_config=text, vision_config=vit, projection_dim=8)
+        model, processor = transformers.CLIPModel(cfg), "CLIPImageProcessor"
+    model.eval().save_pretrained(folder)
+    proc = {"image_processor_type": processor, "do_resize": True, "size": {"shortest_edge": 36}, "resample": 3,
+            "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "image_mean": [0.2, 0.4, 0.6], "image_std": [0.5, 0.25, 0.125], "do_convert_rgb": True}  # fmt: skip
+    (folder / "preprocessor_config.json").write_text(json.dumps(proc))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "clip_vision", "clip"])
+def test_hf_pretrained_kinds_embed_like_transformers_with_its_image_processor(kind: str, tmp_path: Path) -> None:
+    """DINOv2 (the layer-normed CLS token), a CLIP vision model (its pooled output: the CLS token after
+    ``post_layernorm``) and a whole CLIP model (its vision tower's pooled output, before the projection) against
+    transformers' own forward on ``AutoImageProcessor``'s pixels: odd sizes (39x22: the long side truncated when the
+    shortest edge is resized), a grey image, bytes and PIL images."""
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    folder = _tiny_hf(kind, tmp_path / kind)
+    backend = load_backend(f"hf:{folder}", batch_size=2)
+    assert backend.preprocessing.resize == "bicubic-crop" and backend.preprocessing.resize_edge == 36
+    assert backend.describe()["pooling"] == {"dinov2": "cls", "clip_vision": "pooler", "clip": "vision_pooler"}[kind]
+    images = [_png(1, (39, 22)), _png(2, (32, 48)), _png(3, (36, 36), "L"), _png(4, (50, 41))]
+    emb = backend.embed(images)
+    assert emb.shape == (4, 32) and np.linalg.matrix_rank(emb) == 4  # 32: the vision width, not CLIP's projection (8)
+    pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    pixels = transformers.AutoImageProcessor.from_pretrained(folder)(images=pil, return_tensors="pt")["pixel_values"]
+    model = transformers.AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        out = (model.vision_model if kind == "clip" else model)(pixel_values=pixels)
+    if kind == "dinov2":
+        np.testing.assert_allclose(out.last_hidden_state[:, 0].numpy(), out.pooler_output.numpy(), atol=1e-6)
+    np.testing.assert_allclose(emb, out.pooler_output.numpy(), atol=1e-4)
+    np.testing.assert_allclose(backend.embed([Image.open(io.BytesIO(b)) for b in images]), emb, atol=1e-6)
+    if kind != "dinov2":  # a new pooling is a new cache key: vectors cached under the folder's digest are not reused
+        from curate.models import path_digest
+
+        assert backend.digest != path_digest(folder)
+
+
 def _write_embeddings(path: Path, ids: list[str], vectors: list[list[float]], column: str = "embedding") -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -287,8 +341,7 @@ def test_bad_models_are_one_line_errors_naming_the_file_and_the_cause(tmp_path: 
 
     pq.write_table(pq.read_table(tmp_path / "noid.parquet").rename_columns(["id", "embedding"]), tmp_path / "noid.parquet")
     assert "no sample_id column" in _error(f"embeddings:{tmp_path / 'noid.parquet'}")
-    # a Hub name while offline (and nothing cached): one line, no network attempt
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # a Hub name while offline (conftest's guard; nothing cached): one line, no network attempt
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     pytest.importorskip("huggingface_hub")
     assert "offline" in _error("hf:some-org/some-model")
@@ -405,3 +458,46 @@ def test_embedding_runs_under_autocast_on_cuda_only_and_probabilities_never() ->
     assert isinstance(amp, torch.autocast) and amp.fast_dtype in (torch.bfloat16, torch.float16)
     for device, what in (("cuda", "probs"), ("cpu", "embedding"), ("mps", "embedding")):
         assert isinstance(embed_autocast(device, what), contextlib.nullcontext), (device, what)
+
+
+def test_batches_are_pinned_and_sent_asynchronously_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``to_device``'s CUDA branch, reached here with ``cuda=True`` on the CPU (the pinning counted, not done: a
+    CPU-only torch cannot pin); on the CPU the tensor is the numpy batch itself."""
+    from curate.models.base import to_device
+
+    pinned, moves = [], []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: moves.append((a, k)) or real_to(self, *a, **k))
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
+    t = to_device(x, "cpu")
+    assert pinned == [] and moves == [] and t.data_ptr() == x.ctypes.data  # no pinning, no copy
+    t = to_device(x, "cpu", cuda=True)
+    assert pinned == [(2, 3, 2, 2)] and moves == [(("cpu",), {"non_blocking": True})]
+    np.testing.assert_array_equal(t.numpy(), x)
+
+
+def test_torch_backends_send_batches_through_to_device_and_embed_under_autocast(
+    run, exported, tiny_vit: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """curate:, torchscript: and hf: all move batches with ``to_device`` and run ``embed_autocast`` with what they
+    compute: ``embedding`` gets AMP on CUDA, ``probs`` stays float32 (the no-op on every device)."""
+    import contextlib
+
+    import curate.models.hf as hf
+    import curate.models.torchnets as torchnets
+    from curate.models import base
+
+    calls: list[tuple[str, str]] = []
+    moved: list[str] = []
+    for mod in (torchnets, hf):
+        monkeypatch.setattr(mod, "embed_autocast", lambda device, what: calls.append((device, what)) or contextlib.nullcontext())
+        monkeypatch.setattr(mod, "to_device", lambda x, device: moved.append(device) or base.to_device(x, device))
+    for spec in (f"curate:{run['dir']}", f"torchscript:{exported['torchscript']}"):
+        calls.clear()
+        backend = load_backend(spec, device="cpu", batch_size=64)
+        backend.embed(run["bytes"][:3]), backend.predict_proba(run["bytes"][:3])
+        assert calls == [("cpu", "embedding"), ("cpu", "probs")], spec
+    calls.clear()
+    load_backend(f"hf:{tiny_vit}", device="cpu").embed([_png(1, (32, 32))])
+    assert calls == [("cpu", "embedding")] and moved == ["cpu"] * 5

@@ -489,6 +489,16 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _descendants(pid: int) -> list[int]:
+    """Children, grandchildren...: a fork server's workers are its children, not the command's."""
+    found, stack = [], _children(pid)
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        stack.extend(_children(p))
+    return found
+
+
 def _gone(pid: int) -> bool:
     """No such process, or a zombie (dead; an init that does not reap leaves it in /proc)."""
     try:
@@ -504,7 +514,7 @@ def test_sigkill_with_workers_leaves_no_lock_holder(tmp_path, big_folder, image_
     ws, state = _baseline(tmp_path, image_folder, ingest)
     cmd = [sys.executable, "-m", "curate.cli", "ingest", str(big_folder), "-w", str(ws.root), "--workers", "2"]
     proc, _ = _start_ingest_and_wait_for_pack(cmd, ws, tmp_path)
-    workers = _children(proc.pid)
+    workers = _descendants(proc.pid)
     try:
         _kill_then_next_writer_works(proc, workers, ws, state, image_folder, tmp_path)
     finally:  # a regression must not leave orphans behind the test suite

@@ -12,8 +12,9 @@ Every backend has ``embed(images) -> float32 (N, D)``, ``predict_proba(images) -
 a head (``classes`` is not None), ``preprocessing`` (size, channels, mean/std from the model's own metadata),
 ``digest`` (sha256 of the model's files: the cache key) and ``describe()`` (what a version's state records).
 ``images`` are PIL images or encoded bytes. Work runs ``batch_size`` images at a time on CUDA, then MPS, then
-the CPU; on CUDA the torch backends (``curate:``, ``hf:``) embed under autocast (bf16, else fp16) while
-probabilities stay float32 (``base.embed_autocast``); no progress bar is drawn here (pass ``progress``).
+the CPU; on CUDA the torch backends (``curate:``, ``torchscript:``, ``hf:``) copy each batch from pinned memory
+without blocking (``base.to_device``) and embed under autocast (bf16, else fp16) while probabilities stay float32
+(``base.embed_autocast``); no progress bar is drawn here (pass ``progress``).
 torch, onnxruntime and transformers are imported only when a backend of theirs is loaded.
 """
 

@@ -1,10 +1,11 @@
 """Model inference as executor actors: one model load per worker, the same code in this process and on Ray.
 
 A stage that runs a model over samples hands ``curate.executors.map_batches_actor`` one of the callable classes
-below and a ``ModelHandle``: how to load the model (a picklable ``load()``), plus the model the driver has already
-loaded. On the local executor the class is built here and reuses that model (no second load); on Ray, pickling
-drops the loaded model, so each actor loads its own, once, on a GPU when the cluster has one (``device="auto"``
-resolves on the actor's node). The batches and the results are the same tables either way.
+below (``Embedder`` for ``Backend.embed``, ``Prober`` for ``Backend.predict_proba``) and a ``ModelHandle``: how
+to load the model (a picklable ``load()``), plus the model the driver has already loaded. On the local executor
+the class is built here and reuses that model (no second load); on Ray, pickling drops the loaded model, so each
+actor loads its own, once, on a GPU when the cluster has one (``device="auto"`` resolves on the actor's node).
+The batches and the results are the same tables either way.
 """
 
 from __future__ import annotations
@@ -65,3 +66,26 @@ class Embedder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         vectors = self.backend.embed(batch.column("data").to_pylist())
         return pa.table({"sample_id": batch.column("sample_id"), "embedding": vectors_column(vectors)})
+
+
+class Prober:
+    """Actor work for ``Backend.predict_proba``: ``sample_id``/``data`` batches -> ``sample_id``, ``probs`` (K
+    float32 in ``backend.classes`` order; NaN where the image does not decode) and ``error`` (null, or why it did
+    not decode), in the batch's order. One bad image neither sinks its batch nor reaches the model.
+
+    Args:
+        model: a ``ModelHandle`` whose ``load()`` returns a ``curate.models.Backend`` with a head.
+    """
+
+    def __init__(self, model: ModelHandle) -> None:
+        self.backend = model.get()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from curate.models.proba import decode_blobs
+
+        images, bad = decode_blobs(batch.column("data").to_pylist())
+        probs = np.full((batch.num_rows, len(self.backend.classes or [])), np.nan, np.float32)
+        if images:
+            probs[[i for i in range(batch.num_rows) if i not in bad]] = self.backend.predict_proba(images)
+        errors = pa.array([bad.get(i) for i in range(batch.num_rows)], pa.string())
+        return pa.table({"sample_id": batch.column("sample_id"), "probs": vectors_column(probs), "error": errors})

@@ -32,9 +32,10 @@ class Preprocessing:
         size: ``(H, W)`` of the model's input.
         channels: 1 (``L``) or 3 (``RGB``).
         mean, std: per channel, in [0, 1] pixel units: the input is ``(pixel / 255 - mean) / std``.
-        resize: ``bilinear`` (straight to ``size``) or ``bicubic-crop`` (shortest edge to ``resize_edge``, then a
-            center crop to ``size``: what transformers' image processors do).
-        resize_edge: the shortest edge before the crop (``bicubic-crop`` only).
+        resize: ``bilinear`` or ``bicubic`` (straight to ``size``), or ``bicubic-crop`` / ``bilinear-crop`` (shortest
+            edge to ``resize_edge``, the other side ``int(resize_edge * long / short)``, then a center crop to
+            ``size``: what transformers' image processors do).
+        resize_edge: the shortest edge before the crop (``*-crop`` only).
         source: where the numbers come from: ``checkpoint``, ``metadata``, ``config``, ``default``.
     """
 
@@ -191,6 +192,27 @@ def embed_autocast(device: str, what: str) -> Any:
     return torch.autocast(device_type="cuda", dtype=amp_dtype(True, torch.device(device)))
 
 
+def to_device(x: np.ndarray, device: str, *, cuda: bool | None = None) -> Any:
+    """A normalized float32 batch -> a torch tensor on ``device``, what every torch backend's ``_forward`` feeds.
+
+    On CUDA the batch is copied into page-locked (pinned) host memory and sent with ``non_blocking=True``: the copy
+    is a DMA that overlaps with the host, and the forward pass that follows runs on the same stream, so it waits
+    for it. Elsewhere it is ``torch.from_numpy`` (no copy on the CPU; a plain copy to MPS).
+
+    Args:
+        x: float32 ``(B, C, H, W)``, C-contiguous (``Backend.normalize`` gives that).
+        device: ``cuda``, ``cuda:1``, ``mps``, ``cpu``.
+        cuda: whether ``device`` is a CUDA device; None decides from its name (a test sets it to reach the CUDA
+            branch on a machine without a GPU).
+    """
+    import torch
+
+    t = torch.from_numpy(x)
+    if not (str(device).startswith("cuda") if cuda is None else cuda):
+        return t if str(device) == "cpu" else t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def to_array(img: ImageLike, pre: Preprocessing) -> np.ndarray:
     """One PIL image or encoded bytes -> uint8 ``(H, W, C)`` per ``pre`` (bytes: EXIF orientation applied)."""
     from PIL import Image
@@ -205,13 +227,16 @@ def to_array(img: ImageLike, pre: Preprocessing) -> np.ndarray:
         raise CurateError(f"an image must be a PIL image or encoded bytes, not {type(img).__name__}")
     im = im.convert("L" if pre.channels == 1 else "RGB")
     h, w = pre.size
-    if pre.resize == "bicubic-crop" and pre.resize_edge:
-        scale = pre.resize_edge / min(im.width, im.height)
-        im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))), Image.BICUBIC)
+    resample = Image.BICUBIC if pre.resize.startswith("bicubic") else Image.BILINEAR
+    if pre.resize.endswith("-crop") and pre.resize_edge:
+        # transformers' get_resize_output_image_size: the long side truncated, not rounded (39x22 -> 56, not 57)
+        edge, short, long = pre.resize_edge, min(im.width, im.height), max(im.width, im.height)
+        new_w, new_h = (edge, int(edge * long / short)) if im.width <= im.height else (int(edge * long / short), edge)
+        im = im.resize((max(w, new_w), max(h, new_h)), resample)
         left, top = (im.width - w) // 2, (im.height - h) // 2
         im = im.crop((left, top, left + w, top + h))
     elif (im.height, im.width) != (h, w):
-        im = im.resize((w, h), Image.BICUBIC if pre.resize.startswith("bicubic") else Image.BILINEAR)
+        im = im.resize((w, h), resample)
     arr = np.asarray(im, np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 

@@ -6,14 +6,28 @@ a cached copy is used, and neither a cache miss nor an unreachable Hub ever beco
 
 Preprocessing is read from the folder's ``preprocessor_config.json`` (``image_mean``, ``image_std``, ``size``,
 ``crop_size``, ``resample``) and the model config (``image_size``, ``num_channels``), not through
-``AutoImageProcessor``, so it is a plain dict to record and the same numpy path as every other backend. The
-embedding is the CLS token of the last hidden state for transformers (already layer-normed), the pooled output
-for convolutional nets, ``get_image_features`` for CLIP-like models. A ``*ForImageClassification`` model also
-gets ``predict_proba`` with its ``id2label`` classes.
+``AutoImageProcessor``, so it is a plain dict to record and the same numpy path as every other backend (a
+``shortest_edge`` size resizes and center-crops the way transformers' image processors do).
+
+The embedding (``HFBackend.pooling``):
+
+- ``cls``: the CLS token of the last hidden state for ViT, DINOv2 and their kin, whose encoders end in a layer
+  norm (DINOv2's ``pooler_output`` is that very token); the pooled output for convolutional nets.
+- ``pooler``: the model's ``pooler_output`` for CLIP-like vision towers (``clip_vision_model``,
+  ``siglip_vision_model`` ...): their last hidden state comes *before* the final ``post_layernorm``, so its CLS
+  token is not the embedding the model was trained to give.
+- ``vision_pooler``: for a dual encoder (``CLIPModel``, ``SiglipModel`` ...), its vision tower's ``pooler_output``,
+  not ``get_image_features``. The projection into the shared image-text space is trained for cosines against
+  text, a linear map that a kNN or linear head gains nothing from and can lose rank to (projection_dim <
+  hidden_size); CLIP's own linear-probe results use the features before it. The same weights saved as a
+  ``CLIPVisionModel`` therefore give the same vectors.
+
+A ``*ForImageClassification`` model also gets ``predict_proba`` with its ``id2label`` classes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError
-from curate.models.base import Backend, Preprocessing, check_preprocessing, embed_autocast, first_line, require
+from curate.models.base import Backend, Preprocessing, check_preprocessing, embed_autocast, first_line, path_digest, require, to_device
 
 _TRUE = ("1", "true", "yes", "on")
 HUB_FILES = ["*.json", "*.safetensors", "pytorch_model*.bin", "*.txt"]
@@ -96,7 +110,7 @@ def preprocessing(folder: Path, vision_config: Any, spec: str) -> Preprocessing:
     given = proc.get("size")
     crop = _side(proc.get("crop_size")) if proc.get("do_center_crop", "crop_size" in proc) else None
     if isinstance(given, dict) and "shortest_edge" in given:
-        edge, resize = int(given["shortest_edge"]), "bicubic-crop"
+        edge, resize = int(given["shortest_edge"]), f"{resize}-crop"
         size = crop or size
     elif _side(given):
         size = crop or _side(given) or size
@@ -107,8 +121,21 @@ def preprocessing(folder: Path, vision_config: Any, spec: str) -> Preprocessing:
 
 @dataclass
 class HFBackend(Backend):
+    """A transformers model; ``pooling`` says which output is the embedding (``cls``, ``pooler``, ``vision_pooler``:
+    the module doc)."""
+
     model: Any = None
     pooling: str = "cls"
+
+    @property
+    def digest(self) -> str:
+        """The folder's digest, and for poolings other than ``cls`` a sha256 of it and the pooling: the cache key
+        then names the embedding, so vectors cached by an older curate that took CLIP's CLS token before its last
+        layer norm (under the folder's digest alone) are never read back as this pooling's."""
+        if self._digest is None:
+            folder = path_digest(self.path)
+            self._digest = folder if self.pooling == "cls" else hashlib.sha256(f"{folder}\0{self.pooling}".encode()).hexdigest()
+        return self._digest
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "pooling": self.pooling}
@@ -116,7 +143,7 @@ class HFBackend(Backend):
     def _forward(self, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
         import torch
 
-        pv = torch.from_numpy(x).to(self.device)
+        pv = to_device(x, self.device)
         with torch.no_grad():
             if what == "probs":
                 logits = self.model(pixel_values=pv).logits.float()
@@ -126,15 +153,26 @@ class HFBackend(Backend):
             return {"embedding": emb.float().cpu().numpy()}
 
     def _embed(self, pv: Any) -> Any:
-        if self.pooling == "image_features":
-            out = self.model.get_image_features(pixel_values=pv)
-            return out if hasattr(out, "shape") else out.pooler_output
+        if self.pooling == "vision_pooler":
+            return self.model.vision_model(pixel_values=pv).pooler_output.flatten(1)
         base = self.model.base_model if self.classes else self.model
         out = base(pixel_values=pv)
         hidden = getattr(out, "last_hidden_state", None)
         if self.pooling == "cls" and hidden is not None and hidden.ndim == 3:
             return hidden[:, 0]
         return out.pooler_output.flatten(1)
+
+
+def pooling_of(model: Any, config: Any) -> str:
+    """Which output is the embedding of ``model`` (module doc): ``pooler`` for a CLIP-like vision model (its
+    ``model_type`` ends in ``_vision_model``; checked first: transformers 4 wraps these in a ``vision_model`` too),
+    ``vision_pooler`` for a model with a vision tower (``vision_model``: a dual encoder, or a classifier built on
+    one), ``cls`` for the rest."""
+    if str(getattr(config, "model_type", "")).endswith("_vision_model"):
+        return "pooler"
+    if getattr(model, "vision_model", None) is not None:
+        return "vision_pooler"
+    return "cls"
 
 
 def load_hf(name: str, batch_size: int, device: str) -> HFBackend:
@@ -153,5 +191,5 @@ def load_hf(name: str, batch_size: int, device: str) -> HFBackend:
     vision = getattr(config, "vision_config", None) or config
     pre = preprocessing(folder, vision, spec)
     classes = [str(config.id2label[i]) for i in range(config.num_labels)] if head else None
-    pooling = "image_features" if hasattr(model, "get_image_features") else "cls"
+    pooling = pooling_of(model, config)
     return HFBackend(spec, "hf", folder, pre, classes, device, batch_size, model=model.to(device).eval(), pooling=pooling)

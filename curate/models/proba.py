@@ -2,12 +2,15 @@
 
 Shared by ``filter --model`` (``head = "model"``) and ``clean --model --head model``. Probabilities come back in
 the order of the rows asked for, NaN where an image cannot be decoded (its error recorded per sample), so one bad
-image neither sinks its batch nor passes for a model that rejects its input.
+image neither sinks its batch nor passes for a model that rejects its input. The forward passes run as executor
+actors (``curate.models.actors.Prober``): in this process with the stage's model on the local executor, one model
+load per actor (a GPU each when the cluster has them) under ``--executor ray``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,9 +56,21 @@ def decode_blobs(blobs: list[bytes]) -> tuple[list[Any], dict[int, str]]:
 
 
 def predict_samples(
-    ws: Workspace, rows: pa.Table, backend: Backend, *, batch_size: int, progress: Progress, label: str
+    ws: Workspace,
+    rows: pa.Table,
+    backend: Backend,
+    *,
+    batch_size: int,
+    progress: Progress,
+    label: str,
+    load: Callable[[], Backend] | None = None,
 ) -> tuple[np.ndarray, dict[str, str]]:
-    """``backend.predict_proba`` of ``rows`` (``sample_id``, ``pack``).
+    """``backend.predict_proba`` of ``rows`` (``sample_id``, ``pack``), as ``Prober`` actors.
+
+    Args:
+        backend: the model, loaded here (the local executor's actor uses it).
+        load: a picklable zero-argument callable loading the same model where a Ray actor runs; None:
+            ``load_backend(backend.spec, ...)`` with its batch size and device ``auto`` (the actor's GPU if any).
 
     Returns:
         ``(probs, errors)``: float32 ``(len(rows), K)`` in ``backend.classes`` order (NaN rows: not decodable) and
@@ -64,20 +79,25 @@ def predict_samples(
     Raises:
         CurateError: a row has no bytes in the blob packs.
     """
+    from curate import executors
+    from curate.models import load_backend
+    from curate.models.actors import ModelHandle, Prober, column_vectors
+
     ids = rows.column("sample_id").to_pylist()
     position = {sid: i for i, sid in enumerate(ids)}
     probs = np.full((len(ids), len(backend.classes or [])), np.nan, np.float32)
     errors: dict[str, str] = {}
     seen = np.zeros(len(ids), bool)
+    handle = ModelHandle(load or partial(load_backend, backend.spec, workspace=ws.root, batch_size=backend.batch_size), backend)
     with progress(label, len(ids)) as advance:
-        for batch in rebatch(ws.blobs.iter_packs(rows.select(["sample_id", "pack"]), batch_rows=batch_size), batch_size):
-            bids = batch.column("sample_id").to_pylist()
-            images, bad = decode_blobs(batch.column("data").to_pylist())
-            good = [position[s] for i, s in enumerate(bids) if i not in bad]
-            if images:
-                probs[good] = backend.predict_proba(images)
-            errors.update({bids[i]: msg for i, msg in bad.items()})
-            seen[[position[s] for s in bids]] = True
+        # rebatched in the driver (full model batches), so the local and Ray executors see the very same batches
+        batches = rebatch(ws.blobs.iter_packs(rows.select(["sample_id", "pack"]), batch_rows=batch_size), batch_size)
+        for out in executors.map_batches_actor(Prober, batches, handle, workers=None):
+            bids = out.column("sample_id").to_pylist()
+            at = [position[s] for s in bids]
+            probs[at] = column_vectors(out.column("probs"))
+            errors.update({s: e for s, e in zip(bids, out.column("error").to_pylist(), strict=True) if e is not None})
+            seen[at] = True
             advance(len(bids))
     if not seen.all():
         missing = [s for s, ok in zip(ids, seen, strict=True) if not ok]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from curate.errors import CurateError
-from curate.models.base import Backend, Preprocessing, check_preprocessing, embed_autocast, first_line
+from curate.models.base import Backend, Preprocessing, check_preprocessing, embed_autocast, first_line, to_device
 
 META_KEY = "curate.json"  # the TorchScript extra file / ONNX metadata key that holds curate's metadata
 OUTPUTS = ("probs", "logits", "embedding")
@@ -120,7 +120,7 @@ class CurateRunBackend(Backend):
         import torch
 
         with torch.no_grad(), embed_autocast(self.device, what):
-            probs, emb = self.net(torch.from_numpy(x).to(self.device))
+            probs, emb = self.net(to_device(x, self.device))
         return {"probs": probs.float().cpu().numpy(), "embedding": emb.float().cpu().numpy()}
 
 
@@ -130,7 +130,14 @@ def load_curate(name: str, workspace: Path | None, batch_size: int, device: str 
     run = load_run(resolve_run(name, workspace), device=device)
     pre = preprocessing_from(run.meta, f"curate:{name}", "checkpoint")
     return CurateRunBackend(
-        f"curate:{name}", "curate", run.path, pre, run.classes, str(run.device), batch_size, net=split_net(run.model),
+        f"curate:{name}",
+        "curate",
+        run.path,
+        pre,
+        run.classes,
+        str(run.device),
+        batch_size,
+        net=split_net(run.model),
         dataset_version=run.meta.get("dataset_version"),
     )
 
@@ -145,8 +152,10 @@ class TorchScriptBackend(Backend):
     def _forward(self, x: np.ndarray, what: str) -> dict[str, np.ndarray]:
         import torch
 
-        with torch.no_grad():
-            res = self.module(torch.from_numpy(x).to(self.device))
+        # The probabilities pass runs in float32 (embed_autocast is a no-op for it), so an exported run scores what
+        # `curate predict` and the ONNX export score, to 1e-4; only embeddings (heads, cosines) take the AMP speed-up.
+        with torch.no_grad(), embed_autocast(self.device, what):
+            res = self.module(to_device(x, self.device))
         res = res if isinstance(res, tuple | list) else (res,)
         return named_outputs(self.spec, self.outputs, [r.float().cpu().numpy() for r in res])
 
