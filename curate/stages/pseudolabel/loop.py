@@ -15,10 +15,11 @@ Each round r = 1..R then
    row that was accepted last round and is not now, or now with another class, is *revoked* (counted, recorded).
    When fewer than ``stable`` of the accepted rows changed since the last selection, the loop stops here:
    retraining on the same rows would give the same model;
-4. trains a fresh model on labeled + accepted rows mixed ``ratio`` in every batch (``curate.learn.selftrain``)
-   and compares it on val, row by row, with every kept earlier round (``curate.stages.pseudolabel.rank``). It is
-   kept unless it is significantly worse than one of them; after ``patience`` rejected rounds in a row the loop
-   stops.
+4. trains a fresh model on labeled + accepted rows mixed ``ratio`` in every batch (``curate.learn.selftrain``;
+   with ``consistency`` set, plus a FixMatch term over the pool rows the OOD filter let through,
+   ``curate.learn.consistency``) and compares it on val, row by row, with every kept earlier round
+   (``curate.stages.pseudolabel.rank``). It is kept unless it is significantly worse than one of them; after
+   ``patience`` rejected rounds in a row the loop stops.
 
 The result is the **chosen** round: the last kept one (normally the last round run), its model and the
 pseudo-labels that trained it. Val and test rows never enter selection; val only compares models and calibrates
