@@ -45,8 +45,12 @@ def curate(*args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def write_inputs(tree: Path, work: Path, *, per_class: int, val_per_class: int, seed: int) -> dict[str, Path]:
-    """Manifests: labeled (train + val + test splits) and pool (hidden labels), plus the truth file."""
+def write_inputs(
+    tree: Path, work: Path, *, per_class: int, val_per_class: int, seed: int, pool_size: int | None = None
+) -> dict[str, Path]:
+    """Manifests: labeled (train + val + test splits) and pool (hidden labels), plus the truth file.
+
+    ``pool_size``: a random subset of the pool this large (its own generator: the label draw is unchanged)."""
     rng = np.random.default_rng(seed)
     labeled, pool, truth = [], [], []
     for cls in sorted(p.name for p in tree.iterdir() if p.is_dir()):
@@ -61,6 +65,9 @@ def write_inputs(tree: Path, work: Path, *, per_class: int, val_per_class: int, 
             if i not in pick:
                 pool.append(f)
                 truth.append((str(f), cls))
+    if pool_size is not None and pool_size < len(pool):
+        keep = np.sort(np.random.default_rng([seed, 1]).choice(len(pool), pool_size, replace=False))
+        pool, truth = [pool[i] for i in keep], [truth[i] for i in keep]
     paths = {"labeled": work / "labeled.csv", "pool": work / "pool.csv", "truth": work / "truth.csv"}
     with open(paths["labeled"], "w", newline="") as fh:
         w = csv.writer(fh)
@@ -84,6 +91,7 @@ def main() -> None:
     ap.add_argument("--val-per-class", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ratio", default="10:1")
+    ap.add_argument("--pool-size", type=int, default=None, help="a random subset of the pool (ingest + dedupe of 59k take ~25 min)")
     ap.add_argument("extra", nargs="*", help="more curate pseudolabel flags (after --)")
     args = ap.parse_args()
 
@@ -91,7 +99,9 @@ def main() -> None:
     write_fashion_png_tree(tree, DATASETS[args.dataset])
     work = reset_dir(OUT / f"pseudolabel-{args.dataset}")
     work.mkdir(parents=True)
-    paths = write_inputs(tree, work, per_class=args.per_class, val_per_class=args.val_per_class, seed=args.seed)
+    paths = write_inputs(
+        tree, work, per_class=args.per_class, val_per_class=args.val_per_class, seed=args.seed, pool_size=args.pool_size
+    )
     ws, models = str(work / "ws"), work / "models"
     t0 = time.perf_counter()
     curate("ingest", str(paths["labeled"]), "--assign-split", "-w", ws)
@@ -108,7 +118,7 @@ def main() -> None:
     err = {k: 1.0 - v["accuracy"] for k, v in test.items()}
     best = next(r for r in st["rounds"] if r["round"] == st["chosen_round"])
     print(f"# {machine()}; {args.dataset}, {args.per_class * 10} labels ({args.val_per_class * 10} of them val), ratio {args.ratio}")
-    print(f"# curate pseudolabel {' '.join(args.extra)}")
+    print(f"# curate pseudolabel {' '.join(args.extra)}; pool {args.pool_size or 'all'}")
     rows = []
     for r in st["rounds"]:
         pacc = r.get("pseudo_accuracy")

@@ -219,6 +219,7 @@ class TrainingData:
     mode: str = "memory"
     sampler: str = "shuffle"  # shuffle | weighted (sample_weight draws with replacement)
     scoring: DataLoader | None = None
+    consistency: Any = None  # curate.learn.consistency.FixMatch: an unlabeled loss term the trainer adds each step
 
     def loader(self, name: str, *, scoring: bool = False) -> DataLoader:
         """The loader of split ``name``; with ``scoring`` the train split comes in order, unaugmented."""

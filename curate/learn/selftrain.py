@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Sampler
 
 from curate.errors import UsageError
+from curate.learn.consistency import ConsistencySettings
 from curate.learn.data import DecodedSplit, MemoryBatches, Normalizer, TrainingData, augmenter, eval_loader, make_loader
 from curate.learn.train import TrainConfig, evaluate, fit
 
@@ -100,6 +101,8 @@ def train_round(
     ratio: tuple[float, float],
     normalization: dict[str, Any],
     min_steps: int = 500,
+    unlabeled: np.ndarray | None = None,
+    consistency: ConsistencySettings | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Train a fresh model on ``labeled`` plus ``pseudo`` mixed at ``ratio`` in every batch, then score it on val.
@@ -114,6 +117,8 @@ def train_round(
         normalization: mean/std of the labeled train rows (the same for every round, stored in the checkpoint).
         min_steps: small labeled sets get more epochs until the round makes at least this many optimizer steps
             (1,000 labels at batch 128 are 8 steps an epoch).
+        unlabeled / consistency: uint8 ``(N, H, W, C)`` pool rows and the settings of a FixMatch consistency term
+            over them (``curate.learn.consistency``; each step adds ``mu x B`` of them); either None: no term.
 
     Returns:
         ``curate.learn.train.fit``'s result (``best`` holds the final ``val_acc``/``val_loss`` when there is val)
@@ -136,11 +141,19 @@ def train_round(
     loaders = {"train": make_loader(MemoryBatches(both, norm, augmenter(cfg.augment, size)), sampler=sampler, workers=0, pin=False)}
     rows = {"train": len(labeled), "pseudo": n_pseudo}
     data = TrainingData(classes, labeled.images.shape[3], size, normalization, None, loaders, rows)
+    if consistency is not None and unlabeled is not None and len(unlabeled):
+        from curate.learn.consistency import FixMatch, policy_flips
+
+        weak = augmenter(cfg.augment, size)
+        data.consistency = FixMatch(unlabeled, normalization, weak, consistency, flip=policy_flips(cfg.augment), seed=cfg.seed)
     res = fit(cfg, data, progress=progress)  # no val loader: fit keeps the last epoch
     if val is not None and len(val):
         ev = evaluate(res["model"], eval_loader(val, normalization), next(res["model"].parameters()).device)
         res["best"] = {**res["best"], "val_acc": ev["acc"], "val_loss": ev["loss"]}
-    return {**res, "steps": cfg.epochs * steps, "epochs": cfg.epochs, "lab_per_batch": lb, "pseudo_per_batch": pb}
+    fm = data.consistency
+    masked = round(fm.masked / fm.seen, 6) if fm is not None and fm.seen else None  # share of pool rows that gave a target
+    return {**res, "steps": cfg.epochs * steps, "epochs": cfg.epochs, "lab_per_batch": lb, "pseudo_per_batch": pb,
+            "consistency_mask_rate": masked}  # fmt: skip
 
 
 @torch.no_grad()

@@ -130,6 +130,7 @@ def _run_meta(cfg: TrainConfig, data: TrainingData, model: torch.nn.Module) -> d
         "dataset_version": data.version,
         "rows": data.rows,
         "sampler": data.sampler,  # weighted: batches drawn by sample_weight (curate balance --strategy weights)
+        "consistency": data.consistency.describe() if data.consistency else None,
         "params": count_params(model),
     }
 
@@ -173,8 +174,10 @@ def _train_epoch(
             if cuda and cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(x)
+                # pseudolabel's consistency term (curate.learn.consistency) runs the labeled rows with its strong views
+                logits, extra = data.consistency(model, x, epoch * steps_per_epoch + step) if data.consistency else (model(x), None)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                loss = loss + extra if extra is not None else loss
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -149,7 +149,17 @@ def _settings(cfg: PseudolabelConfig) -> LoopSettings:
         patience=cfg.patience,
         min_steps=cfg.min_steps,
         stable=cfg.stable,
+        consistency=consistency_settings(cfg),
     )
+
+
+def consistency_settings(cfg: PseudolabelConfig) -> Any:
+    """The ``ConsistencySettings`` of ``--consistency fixmatch`` (None with ``none``)."""
+    from curate.learn.consistency import ConsistencySettings
+
+    if cfg.consistency == "none":
+        return None
+    return ConsistencySettings(cfg.consistency_weight, cfg.consistency_threshold, cfg.unlabeled_ratio, cfg.consistency_strength)
 
 
 def _report(

@@ -15,10 +15,11 @@ Each round r = 1..R then
    row that was accepted last round and is not now, or now with another class, is *revoked* (counted, recorded).
    When fewer than ``stable`` of the accepted rows changed since the last selection, the loop stops here:
    retraining on the same rows would give the same model;
-4. trains a fresh model on labeled + accepted rows mixed ``ratio`` in every batch (``curate.learn.selftrain``)
-   and compares it on val, row by row, with every kept earlier round (``curate.stages.pseudolabel.rank``). It is
-   kept unless it is significantly worse than one of them; after ``patience`` rejected rounds in a row the loop
-   stops.
+4. trains a fresh model on labeled + accepted rows mixed ``ratio`` in every batch (``curate.learn.selftrain``;
+   with ``consistency`` set, plus a FixMatch term over the pool rows the OOD filter let through,
+   ``curate.learn.consistency``) and compares it on val, row by row, with every kept earlier round
+   (``curate.stages.pseudolabel.rank``). It is kept unless it is significantly worse than one of them; after
+   ``patience`` rejected rounds in a row the loop stops.
 
 The result is the **chosen** round: the last kept one (normally the last round run), its model and the
 pseudo-labels that trained it. Val and test rows never enter selection; val only compares models and calibrates
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.learn.consistency import ConsistencySettings
 from curate.learn.data import DecodedSplit
 from curate.stages.pseudolabel.rank import Comparison, brier, strictest
 from curate.stages.pseudolabel.select import DISAGREE, Selection, select_pseudo, selection_change
@@ -60,6 +62,7 @@ class LoopSettings:
     patience: int = 1
     min_steps: int = 500
     stable: float = 0.005
+    consistency: ConsistencySettings | None = None  # FixMatch term over the in-distribution pool in rounds 1+
 
 
 @dataclass
@@ -190,6 +193,7 @@ def _row(r: int, sel: Selection, cur: _Scored, cmp: Comparison | None, classes: 
         "thresholds": {classes[c]: round(float(t), 6) for c, t in enumerate(sel.thresholds)},
         **_val_fields(cur, cmp),
         "steps": res["steps"],
+        "consistency_mask_rate": res.get("consistency_mask_rate"),
         "pseudo_per_batch": res["pseudo_per_batch"],
         "labeled_per_batch": res["lab_per_batch"],
     }
@@ -257,8 +261,9 @@ def run_loop(
 
     device, n, s = pick_device(train_cfg.device), len(pool), settings
 
-    def train(pseudo: DecodedSplit | None) -> _Scored:
-        kw = {"ratio": s.ratio, "normalization": normalization, "min_steps": s.min_steps, "progress": progress}
+    def train(pseudo: DecodedSplit | None, unlabeled: np.ndarray | None = None) -> _Scored:
+        kw = {"ratio": s.ratio, "normalization": normalization, "min_steps": s.min_steps, "progress": progress,
+              "unlabeled": unlabeled, "consistency": s.consistency}  # fmt: skip
         return _score(train_round(labeled, pseudo, val, classes, train_cfg, **kw), val, normalization, device)
 
     t0 = time.perf_counter()
@@ -283,7 +288,8 @@ def run_loop(
             break
         n_revoked = track.update(sel, r)
         acc_idx = np.flatnonzero(sel.accepted)
-        latest = train(DecodedSplit(pool[acc_idx], sel.predicted[acc_idx], [f"pool:{i}" for i in acc_idx]))
+        unlabeled = (pool[~ood] if ood is not None else pool) if s.consistency is not None else None  # OOD rows teach nothing
+        latest = train(DecodedSplit(pool[acc_idx], sel.predicted[acc_idx], [f"pool:{i}" for i in acc_idx]), unlabeled)
         models[f"round{r}"] = latest.res
         cmp = strictest(latest.correct, kept, seed=train_cfg.seed) if len(latest.correct) else None
         row = _row(r, sel, latest, cmp, classes, truth, revoked=n_revoked, ood=int(ood.sum()) if ood is not None else 0,
