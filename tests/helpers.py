@@ -165,3 +165,28 @@ def manifest_with_splits(root: str | Path, plan: dict[str, dict[str, int]]) -> t
                 seed += 1
     (root / "list.csv").write_text("\n".join(rows) + "\n")
     return root / "list.csv", truth
+
+
+def proc_children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren...: a fork server's workers are its children, not the command's."""
+    found, stack = [], proc_children(pid)
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        stack.extend(proc_children(p))
+    return found
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (dead; an init that does not reap leaves it in /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from helpers import descendants, gone
 
 from curate.executors import local
 
@@ -131,26 +132,6 @@ if __name__ == "__main__":
 """
 
 
-def _descendants(pid: int) -> list[int]:
-    found, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        found.append(p)
-        try:
-            stack.extend(int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split())
-        except OSError:
-            continue
-    return found[1:]
-
-
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie (dead; an init that does not reap leaves it in /proc)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the workers")
 def test_fork_server_workers_die_with_a_killed_driver(tmp_path: Path) -> None:
     """kill -9 of the driver: its fork server's workers, which hold the server's pipe open, still go."""
@@ -162,14 +143,14 @@ def test_fork_server_workers_die_with_a_killed_driver(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "working"  # a worker runs: the server and the pool exist
-        tree = _descendants(proc.pid)
+        tree = descendants(proc.pid)
         assert len(tree) >= 3, tree  # the server, a worker, the resource tracker
         proc.kill()
         proc.wait(30)
         deadline = time.monotonic() + 30  # an event, not a speed: each worker waits on the driver's pipe
-        while time.monotonic() < deadline and not all(_gone(p) for p in tree):
+        while time.monotonic() < deadline and not all(gone(p) for p in tree):
             time.sleep(0.05)
-        assert all(_gone(p) for p in tree), "fork server workers outlived the killed driver"
+        assert all(gone(p) for p in tree), "fork server workers outlived the killed driver"
     finally:  # a regression must not leave orphans behind the test suite
         proc.kill()
         for p in tree:

@@ -22,7 +22,9 @@ from helpers import (
     assert_one_error_line,
     clean_env,
     curate_exe,
+    descendants,
     folder_truth,
+    gone,
     manifest_with_splits,
     run_curate,
     tree_digest,
@@ -482,31 +484,6 @@ def test_sigkill_mid_ingest_keeps_previous_version(tmp_path, big_folder, image_f
     assert ws.head() == V2 and ws.samples(V2).num_rows == 6 + 2
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _descendants(pid: int) -> list[int]:
-    """Children, grandchildren...: a fork server's workers are its children, not the command's."""
-    found, stack = [], _children(pid)
-    while stack:
-        p = stack.pop()
-        found.append(p)
-        stack.extend(_children(p))
-    return found
-
-
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie (dead; an init that does not reap leaves it in /proc)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the workers")
 def test_sigkill_with_workers_leaves_no_lock_holder(tmp_path, big_folder, image_folder, ingest):
     """kill -9 of an ingest with 2 worker processes: the workers die with it, and the next writer works at once
@@ -514,7 +491,7 @@ def test_sigkill_with_workers_leaves_no_lock_holder(tmp_path, big_folder, image_
     ws, state = _baseline(tmp_path, image_folder, ingest)
     cmd = [sys.executable, "-m", "curate.cli", "ingest", str(big_folder), "-w", str(ws.root), "--workers", "2"]
     proc, _ = _start_ingest_and_wait_for_pack(cmd, ws, tmp_path)
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     try:
         _kill_then_next_writer_works(proc, workers, ws, state, image_folder, tmp_path)
     finally:  # a regression must not leave orphans behind the test suite
@@ -536,9 +513,9 @@ def _kill_then_next_writer_works(proc, workers, ws, state, image_folder, tmp_pat
     assert json.loads(res.stdout)["version"] == V2 and ws.head() == V2 and ws.samples(V2).num_rows == 6 + 2
     assert ws.samples(V1).to_pylist() == state["rows"]
     deadline = time.monotonic() + 60  # an event, not a speed: the kernel kills them when their parent dies
-    while time.monotonic() < deadline and not all(_gone(w) for w in workers):
+    while time.monotonic() < deadline and not all(gone(w) for w in workers):
         time.sleep(0.05)
-    assert all(_gone(w) for w in workers), "orphan workers outlived the killed ingest"
+    assert all(gone(w) for w in workers), "orphan workers outlived the killed ingest"
 
 
 _ORPHANED_HOLDER = """
