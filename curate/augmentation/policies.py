@@ -52,6 +52,9 @@ TRAINER_POLICIES = ("none", "flip", "shift", "flip-shift", "standard", "affine")
 OFFLINE_POLICIES = ("light", "medium", "heavy")
 #: Every named policy, in the order help texts list them.
 POLICIES = (*TRAINER_POLICIES, *OFFLINE_POLICIES)
+#: The named policies with a horizontal flip (``_named_ops``): kept here beside them, read by code that must not
+#: mirror where the policy does not (the strong views of ``curate.learn.consistency``).
+MIRRORING_POLICIES = ("flip", "flip-shift", "standard", "light", "medium", "heavy")
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 JPEG_QUALITY = 95
 

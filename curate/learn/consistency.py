@@ -21,12 +21,13 @@ if TYPE_CHECKING:
     import torch
 
 MODES = ("fixmatch", "none")
-FLIPPING = ("flip", "flip-shift", "standard", "light", "medium", "heavy")  # the named policies that mirror
 
 
 def policy_flips(policy: str) -> bool:
     """Whether the strong view may mirror: the weak ``--augment`` policy does (a policy file: assumed not)."""
-    return policy in FLIPPING
+    from curate.augmentation.policies import MIRRORING_POLICIES
+
+    return policy in MIRRORING_POLICIES
 
 
 @dataclass(frozen=True)
