@@ -314,3 +314,21 @@ def test_same_pipeline_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         shards = {k: v for k, v in a.items() if k.endswith((".parquet", ".tar"))}
         assert shards and shards == {k: b[k] for k in shards}, "export shards differ"
         assert a == b, sorted(k for k in a if a[k] != b.get(k))
+
+
+def test_local_ray_workers_run_at_the_drivers_priority(tmp_path: Path) -> None:
+    """A local Ray started by curate runs its workers at curate's own niceness, as the local pool does (Ray's
+    default, 15, gives the stage's CPU away to every other job on the machine), and turns usage reports off."""
+    import subprocess
+
+    code = (
+        "import os; from curate.executors import Setting; import curate.executors.ray as r; "
+        "ray = r.start(Setting('ray', None, 1)); "
+        "print(os.nice(0), ray.get(ray.remote(lambda: os.nice(0)).remote()), os.environ['RAY_USAGE_STATS_ENABLED'])"
+    )
+    env = {k: v for k, v in clean_env(PYTHONPATH=str(Path.cwd())).items() if not k.startswith("RAY_")}
+    cmd = ["nice", "-n", "3", sys.executable, "-c", code]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    driver, worker, stats = res.stdout.split()[-3:]
+    assert int(driver) >= 3 and worker == driver and stats == "0"

@@ -1,4 +1,4 @@
-"""The Ray executor (the ``[ray]`` extra): per-sample work as Ray Data ``map_batches`` on a cluster or a local Ray.
+"""The Ray executor (the ``[ray]`` extra): per-sample work as plain Ray tasks on a cluster or a local Ray.
 
 Two kinds of input, both giving exactly what the local executor gives (see ``curate.executors.tagged``):
 
@@ -7,12 +7,13 @@ Two kinds of input, both giving exactly what the local executor gives (see ``cur
   batch's image bytes from the pack file itself, so pixels never pass through the driver. Every node must
   therefore see the workspace at the same path (README, "Scaling out").
 - Any other iterator of in-memory tables (ingest's items: file paths, or the bytes of idx files and archives).
-  Windows of batches, bounded in count and bytes so memory stays bounded however large the input, each go
-  through ``ray.data.from_arrow(...).map_batches(...)``. A window costs one Ray Data execution (~0.5 s start);
-  the iterator cannot be handed to the cluster, because it lives in the driver.
+  They are read in windows of batches, bounded in count and bytes, so memory stays bounded however large the
+  input; the iterator cannot be handed to the cluster, because it lives in the driver.
 
-Global decisions (grouping duplicates, splits, thresholds) stay in the stage, in the driver, over small columns.
-Ray is imported here only, so ``curate --help`` and the local executor never pay for it.
+Several batches share one task (a block, its rows tagged with their batch number), at most a few tasks per CPU
+are pending, and results come back in submission order. Global decisions (grouping duplicates, splits,
+thresholds) stay in the stage, in the driver, over small columns. Ray is imported here only, so ``curate --help``
+and the local executor never pay for it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from curate.executors.tagged import TAG, ActorShell, is_failure, raise_failure, 
 WINDOW_BATCHES, WINDOW_BYTES = 256, 256 << 20
 #: Most batches per Ray task: fewer tasks cost less scheduling, more keep every CPU busy to the end.
 MAX_BATCHES_PER_TASK = 8
+#: Ray tasks pending per CPU of the cluster: enough that a worker never waits for the driver to collect results
+#: in order, few enough that memory stays bounded (each pending task holds one block and its result).
+INFLIGHT_PER_CPU = 2
 
 
 def _import_ray() -> Any:
@@ -46,7 +50,7 @@ def _import_ray() -> Any:
 
 
 def start(setting: Setting) -> Any:
-    """Join ``setting.address`` or start a local Ray (once per process) and set Ray Data up; returns ``ray``.
+    """Join ``setting.address`` or start a local Ray (once per process); returns ``ray``.
 
     Raises:
         CurateError: Ray is not installed, or the cluster cannot be reached.
@@ -68,7 +72,16 @@ def start(setting: Setting) -> Any:
 
             # "local", not None: None would join whatever cluster /tmp/ray/ray_current_cluster names (a stale
             # one after a crashed `ray start`), and no address must mean this machine only.
-            kwargs.update(address="local", num_cpus=setting.workers or default_workers())
+            # Ray starts its workers at the raylet's niceness + 15 so that its own daemons win the CPU; then any
+            # other job on the machine wins it too. A local Ray is there only for this command: worker_niceness 0
+            # (an increment over the raylet, which inherits this process's niceness) runs the workers at curate's
+            # own priority, as the local executor's pool.
+            # Ray's usage statistics would be sent home from this machine (and time out offline: ~1 s of the start);
+            # a user who wants them sets the variable.
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            kwargs.update(
+                address="local", num_cpus=setting.workers or default_workers(), _system_config={"worker_niceness": 0}
+            )
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -77,22 +90,7 @@ def start(setting: Setting) -> Any:
                 hint="start one with `ray start --head` and pass its address (--address HOST:PORT or auto); a cluster with "
                 "token authentication (the default of `ray start` since Ray 2.59) also needs RAY_AUTH_MODE=token here",
             ) from exc
-    _setup_data()
     return ray
-
-
-def _setup_data() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # results in input order, as the local executor gives them
-    ctx.enable_progress_bars = False  # curate draws its own progress bar
-    ctx.print_on_execution_start = False
-    # Ray Data's console handler would print execution plans and task errors: a stage error must reach the CLI
-    # as its one line. Its log file in the Ray session folder keeps everything.
-    for handler in logging.getLogger("ray.data").handlers:
-        if type(handler).__name__ != "SessionFileHandler":
-            handler.setLevel(logging.CRITICAL + 1)
 
 
 def _first_line(exc: BaseException, *, last: bool = False) -> str:
@@ -133,9 +131,41 @@ def map_batches(
 
 
 def _per_task(n: int, ray: Any) -> int:
-    """Batches per Ray task: a task costs tens of ms in Ray Data, so several small batches share one, while at
+    """Batches per Ray task: a task costs a few ms of scheduling, so several small batches share one, while at
     least four tasks per CPU keep every CPU busy to the end."""
     return max(1, min(MAX_BATCHES_PER_TASK, n // (4 * _cpus(ray))))
+
+
+def _call(block: pa.Table, packed: tuple[Callable[..., pa.Table], Callable[[pa.Table, Any], pa.Table], Any]) -> pa.Table:
+    """What a Ray task runs: ``runner(block, fn, cfg)`` (``run_inline`` or ``run_slices``)."""
+    runner, fn, cfg = packed
+    return runner(block, fn, cfg)
+
+
+class _Tasks:
+    """Plain Ray tasks, one per block, results in submission order, at most ``INFLIGHT_PER_CPU`` per CPU pending.
+
+    Plain tasks rather than a Ray Data pipeline: on one 2-CPU machine Ray Data's streaming scheduler in the driver
+    took CPU from the workers and its per-execution start (~0.5 s) was paid per window of in-memory batches
+    (BENCHMARKS, "Scale: local vs Ray"). The function and the stage config go to the object store once.
+    """
+
+    def __init__(self, ray: Any, runner: Callable[..., pa.Table], fn: Callable[[pa.Table, Any], pa.Table], cfg: Any) -> None:
+        self.ray = ray
+        # SPREAD, as Ray Data does: Ray's default policy packs tasks onto the driver's node until it is busy,
+        # which leaves the other nodes of a cluster idle while the pending tasks are few.
+        self.task = ray.remote(_call).options(num_cpus=1, scheduling_strategy="SPREAD")
+        self.packed = ray.put((runner, fn, cfg))
+        self.limit = INFLIGHT_PER_CPU * _cpus(ray)
+
+    def map(self, blocks: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        pending: deque[Any] = deque()
+        for block in blocks:
+            pending.append(self.task.remote(block, self.packed))
+            if len(pending) >= self.limit:
+                yield self.ray.get(pending.popleft())
+        while pending:
+            yield self.ray.get(pending.popleft())
 
 
 def _pack_blocks(tagged: list[pa.Table], per: int) -> list[pa.Table]:
@@ -157,11 +187,8 @@ def _over_packs(ray: Any, fn: Callable[[pa.Table, Any], pa.Table], batches: Pack
         return
     slices = slices.append_column(TAG, pa.array(np.arange(n, dtype=np.int64)))
     per = _per_task(n, ray)
-    blocks = [slices.slice(i, per) for i in range(0, n, per)]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        run_slices, fn_kwargs={"fn": fn, "cfg": cfg}, batch_size=None, batch_format="pyarrow", zero_copy_batch=True
-    )
-    yield from regroup(ds.iter_batches(batch_size=None, batch_format="pyarrow"), n)
+    blocks = (slices.slice(i, per) for i in range(0, n, per))
+    yield from regroup(_Tasks(ray, run_slices, fn, cfg).map(blocks), n)
 
 
 def _windows(batches: Iterable[pa.Table]) -> Iterator[list[pa.Table]]:
@@ -179,6 +206,7 @@ def _windows(batches: Iterable[pa.Table]) -> Iterator[list[pa.Table]]:
 
 def _over_windows(ray: Any, fn: Callable[[pa.Table, Any], pa.Table], batches: Iterable[pa.Table], cfg: Any) -> Iterator[pa.Table]:
     first = 0
+    tasks = _Tasks(ray, run_inline, fn, cfg)
     for window in _windows(batches):
         tagged: list[pa.Table] = []
         done: dict[int, pa.Table] = {}
@@ -187,12 +215,7 @@ def _over_windows(ray: Any, fn: Callable[[pa.Table, Any], pa.Table], batches: It
                 tagged.append(batch.append_column(TAG, pa.array(np.full(batch.num_rows, k, np.int64))))
             else:  # an empty batch has no row to carry its tag; it holds no pixels either, so run it here
                 done[k] = fn(batch, cfg)
-        blocks: Iterable[pa.Table] = []
-        if tagged:
-            ds = ray.data.from_arrow(_pack_blocks(tagged, _per_task(len(tagged), ray))).map_batches(
-                run_inline, fn_kwargs={"fn": fn, "cfg": cfg}, batch_size=None, batch_format="pyarrow", zero_copy_batch=True
-            )
-            blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        blocks = tasks.map(_pack_blocks(tagged, _per_task(len(tagged), ray))) if tagged else iter(())
         yield from regroup(blocks, len(window), done, first=first)
         first += len(window)
 
