@@ -232,3 +232,19 @@ def test_train_on_a_bucket_workspace_reads_a_local_export_and_keeps_the_run_in_t
     exported = [p.parent.relative_to(cache).parts[2:] for p in cache.rglob("dataset.json")]
     assert exported == [("exports", "000002-split")]  # shards for training are local: not on the bucket
     assert not any(k.startswith(("models/", "exports/")) for k in bucket_keys(s3, "ws"))
+
+
+def test_bucket_workspace_with_the_ray_executor_matches_local(s3, cache, src, tmp_path):  # noqa: F811
+    """``--executor ray`` on a bucket workspace: the Ray workers read the packs from the cache folder (one machine
+    here; README "Scaling out" says a cluster needs that folder shared) and commit the rows the local executor does."""
+    pytest.importorskip("ray")
+    from helpers import clean_env, run_curate
+
+    ok_json("ingest", src, "-w", tmp_path / "ws")
+    ok_json("dedupe", "-w", tmp_path / "ws")
+    env = {k: v for k, v in clean_env(CURATE_CACHE_DIR=str(cache)).items() if not k.startswith("RAY_")}
+    for step in (["ingest", str(src)], ["dedupe"]):
+        res = run_curate(["--executor", "ray", *step, "-w", URL, "--json"], cwd=tmp_path, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+    assert rows(Workspace(URL)) == rows(Workspace(tmp_path / "ws"))
+    assert sum(r["status"] != "ok" for r in rows(Workspace(URL))) == 1  # the planted near duplicate
