@@ -542,8 +542,29 @@ def test_fifo_and_socket_in_a_folder_are_rows_not_a_hang(tmp_path, image_folder)
         assert (r["status"], r["reason"], r["error"], r["label"]) == ("excluded", "not_a_file", f"is {kind}", name[:3])
 
 
+def test_a_file_name_that_is_not_utf8_is_a_row_with_its_reason(tmp_path, image_folder):
+    """POSIX names are bytes; Arrow strings are UTF-8. The fingerprint and the item table crashed with an internal
+    UnicodeEncodeError; now the file is a row with reason bad_name and a readable spelling of its name, and the rest
+    of the folder is ingested (twice: the fingerprint of the second run hashes the same raw name)."""
+    import os
+
+    root = image_folder(counts={"cat": 3, "dog": 2})
+    os.rename(root / "dog" / "dog_000.png", os.path.join(os.fsencode(root / "dog"), b"caf\xe9.png"))
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["ingest", str(root), "-w", str(tmp_path / "ws"), "-j", "1", "--json"])
+        assert res.exit_code == 0, res.output
+    rows = rows_by_source(Workspace(tmp_path / "ws"))
+    bad = rows[str(root / "dog") + "/caf\\xe9.png"]
+    assert (bad["status"], bad["reason"], bad["label"]) == ("excluded", "bad_name", "dog")
+    assert sum(r["status"] == "ok" for r in rows.values()) == 4
+
+
 def test_read_path_refuses_devices_and_directories(tmp_path):
-    from curate.stages.ingest.work import _read_path
+    from curate.sources.readfile import read_path as _read_path
 
     assert _read_path("/dev/zero", 1000) == (None, "not_a_file", "is a character device")
     assert _read_path(str(tmp_path), 1000) == (None, "not_an_image", "is a directory")

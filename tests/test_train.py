@@ -369,6 +369,28 @@ def test_predict_keeps_an_undecodable_file_as_a_row_and_scores_labels(trained, t
     assert r.exit_code == 0 and "accuracy" in r.stdout and "macro-F1" in r.stdout
 
 
+def test_predict_on_a_folder_with_a_pipe_an_empty_file_and_a_bad_name_finishes(trained, tmp_path: Path) -> None:
+    """A named pipe blocked ``read_bytes`` forever (no writer ever comes); a name that is not UTF-8 and an empty
+    file are rows with their reasons, as ingest records them. A separate process, so a regression fails on the
+    timeout instead of hanging the suite."""
+    import os
+
+    import pandas as pd
+    from helpers import run_curate
+
+    out, _res = trained
+    src = planted_folder(tmp_path / "odd", per_class=3, seed=13)
+    os.mkfifo(src / "a" / "pipe.png")
+    (src / "b" / "empty.png").write_bytes(b"")
+    os.rename(src / "b" / "001.png", os.path.join(os.fsencode(src / "b"), b"\xff-name.png"))
+    res = run_curate(["predict", str(out), str(src), "--out", str(tmp_path / "p.csv")], cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    preds = pd.read_csv(tmp_path / "p.csv")
+    errors = {Path(s).name: e.split(":")[0] for s, e in zip(preds["source"], preds["error"], strict=True) if isinstance(e, str)}
+    assert errors == {"pipe.png": "not_a_file", "empty.png": "empty", "\\xff-name.png": "bad_name"}, errors
+    assert preds["predicted"].notna().sum() == len(preds) - 3
+
+
 def test_evaluate_a_labeled_source_outside_the_workspace(ws, trained, tmp_path: Path) -> None:
     import pandas as pd
 

@@ -17,11 +17,13 @@ import pyarrow as pa
 import torch
 
 from curate.errors import CurateError
+from curate.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, bomb_guard, looks_like_image
 from curate.learn.checkpoint import load_model
 from curate.learn.data import Normalizer
 from curate.learn.runtime import pick_device
-from curate.learn.shards import read_bytes
+from curate.learn.shards import decode, read_bytes
 from curate.learn.train import TrainConfig
+from curate.sources.readfile import read_path
 
 
 @dataclass
@@ -120,11 +122,28 @@ def _decode_item(item: dict[str, Any], channels: int, size: tuple[int, int]) -> 
         return arr[:, :, None] if arr.ndim == 2 else arr
     if item.get("data") is None and not item.get("path"):
         raise CurateError(f"unsupported_url: predict reads local files only ({item.get('url') or item['source']})")
+    data = item.get("data")
+    if data is None:
+        # ingest's reader: a named pipe in the folder must not block the command forever, a device not read on
+        data, reason, error = read_path(item["path"], DEFAULT_MAX_BYTES)
+        if data is None:
+            raise CurateError(f"{reason}: {error}")
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise CurateError("empty: file is empty (0 bytes)")
     try:
-        data = item["data"] if item.get("data") is not None else Path(item["path"]).read_bytes()
-    except OSError as exc:
-        raise CurateError(f"unreadable: {exc.strerror or exc}") from None
-    return read_bytes([data], channels, size)[0]
+        with bomb_guard(DEFAULT_MAX_PIXELS):  # as ingest: more pixels than that is an error, not a warning
+            return decode(data, channels, size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CurateError(f"too_large: decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        if looks_like_image(data):
+            raise CurateError("corrupt: image signature present but the file cannot be parsed") from None
+        raise CurateError("not_an_image: not a recognised image format") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on a user's file is that file's error
+        kind = "truncated" if "truncated" in str(exc).lower() or isinstance(exc, EOFError) else "corrupt"
+        raise CurateError(f"{kind}: {type(exc).__name__}: {exc}") from None
 
 
 def prediction_schema(classes: list[str]) -> pa.Schema:

@@ -86,29 +86,39 @@ class FolderSource(Source):
         target = os.path.realpath(path)
         return None if os.path.commonpath([real_root, target]) == real_root else target
 
-    def _entries(self) -> Iterator[tuple[str, str | None, str | None]]:
-        """``(path, label, target)`` per file, ``target`` the outside place a link points to (else None); the files
-        at the root of a labeled folder are counted in ``notes`` once all are listed."""
+    def _entries(self) -> Iterator[tuple[str, str | None, str | None, str | None]]:
+        """``(path, label, pre_reason, pre_error)`` per file: a reason for a file ingest must not read (a link that
+        points outside, a name that is not UTF-8), else None; the files at the root of a labeled folder are counted
+        in ``notes`` once all are listed."""
         # Every path starts with the root (the walk built them): cutting the prefix is ~20x cheaper than relpath.
         cut = len(os.path.join(str(self.root), ""))
         real_root = os.path.realpath(self.root)
         labeled = not self.opts.unlabeled
         root_files = 0
         for path in self._files:
+            reason = error = None
+            if not path.isascii() and not _utf8(path):
+                # A POSIX name may be any bytes; Arrow strings must be UTF-8. The row keeps a readable spelling
+                # of the name (its bad bytes as \xNN) and the reason, and the file is not read.
+                path = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                reason, error = "bad_name", "the file name is not valid UTF-8 (rename the file to ingest it)"
             # the first folder under the root (``_label_from_parts``), found without splitting the whole path
             end = path.find(os.sep, cut)
             label = path[cut:end] if labeled and end >= 0 else None
             if label is None and labeled:
                 root_files += 1
-            yield path, label, self._outside(path, real_root) if path in self._links else None
+            target = self._outside(path, real_root) if reason is None and path in self._links else None
+            if target is not None:
+                reason, error = "outside_source", f"symbolic link to {target} (--follow-links reads it)"
+            yield path, label, reason, error
         if root_files:
             self.opts.notes["unlabeled_root_files"] = root_files
 
     def items(self) -> Iterator[dict]:
-        for path, label, target in self._entries():
+        for path, label, reason, error in self._entries():
             item = {"source": path, "label": label, "origin_split": self.opts.split_name, "path": path}
-            if target is not None:
-                item.update(path=None, pre_reason="outside_source", pre_error=f"symbolic link to {target} (--follow-links reads it)")
+            if reason is not None:
+                item.update(path=None, pre_reason=reason, pre_error=error)
             yield item
 
     def batches(self, batch_size: int, max_batch_bytes: int = BATCH_BYTES) -> Iterator[pa.Table]:
@@ -116,20 +126,26 @@ class FolderSource(Source):
         del max_batch_bytes  # no item holds data
         entries = self._entries()
         while chunk := list(itertools.islice(entries, batch_size)):
-            paths, labels, targets = zip(*chunk, strict=True)
+            paths, labels, reasons, errors = zip(*chunk, strict=True)
             n = len(paths)
-            outside = [None if t is None else "outside_source" for t in targets]
             cols = {
                 "source": pa.array(paths, pa.string()),
                 "label": pa.array(labels, pa.string()),
                 "origin_split": pa.array([self.opts.split_name] * n, pa.string()),
-                "path": pa.array([None if t is not None else p for p, t in zip(paths, targets, strict=True)], pa.string()),
-                "pre_reason": pa.array(outside, pa.string()),
-                "pre_error": pa.array(
-                    [None if t is None else f"symbolic link to {t} (--follow-links reads it)" for t in targets], pa.string()
-                ),
+                "path": pa.array([p if r is None else None for p, r in zip(paths, reasons, strict=True)], pa.string()),
+                "pre_reason": pa.array(reasons, pa.string()),
+                "pre_error": pa.array(errors, pa.string()),
             }
             yield pa.Table.from_arrays([cols.get(f.name, pa.nulls(n, f.type)) for f in ITEM_SCHEMA], schema=ITEM_SCHEMA)
+
+
+def _utf8(name: str) -> bool:
+    """Whether ``name`` (from ``os.scandir``: undecodable bytes as lone surrogates) encodes as UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unsafe(name: str) -> str | None:

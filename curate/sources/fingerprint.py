@@ -83,7 +83,9 @@ def _digest(entries: list[tuple[str, int, Any]]) -> str:
     digest = hashlib.sha256()
     entries = sorted(entries)
     for start in range(0, len(entries), 4096):  # the same bytes as one update per entry, in fewer calls
-        digest.update("".join(f"{rel}\0{size}\0{mtime}\n" for rel, size, mtime in entries[start : start + 4096]).encode())
+        # surrogateescape: a file name that is not UTF-8 (bytes a POSIX folder may hold) hashes as its raw bytes
+        text = "".join(f"{rel}\0{size}\0{mtime}\n" for rel, size, mtime in entries[start : start + 4096])
+        digest.update(text.encode(errors="surrogateescape"))
     return digest.hexdigest()
 
 
