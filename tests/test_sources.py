@@ -183,9 +183,20 @@ def test_csv_autodetects_column_names(two_images, path_name, label_name):
     header = f"notes,{path_name}" + (f",{label_name}" if label_name else "")
     body = "hello,img/a.png" + (",x" if label_name else "")
     (two_images / "m.csv").write_text(f"{header}\n{body}\n")
-    rows = items(two_images / "m.csv")
+    if label_name is None:  # another column but none named like a label: a misnamed label column, ask
+        with pytest.raises(CurateError, match="no label column found .*notes, image_path") as info:
+            items(two_images / "m.csv", ask_label=True)  # what ingest asks; predict and crawl take it as unlabeled
+        assert "--unlabeled" in info.value.hint
+    rows = items(two_images / "m.csv", unlabeled=label_name is None, ask_label=True)
     assert rows[0]["path"] == str(two_images / "img/a.png")
     assert rows[0]["label"] == ("x" if label_name else None)
+
+
+def test_a_manifest_of_paths_only_is_unlabeled(two_images):
+    (two_images / "m.csv").write_text("path\nimg/a.png\n")
+    assert items(two_images / "m.csv", ask_label=True)[0]["label"] is None
+    (two_images / "m.csv").write_text("path,caption\nimg/a.png,a photo\n")
+    assert items(two_images / "m.csv")[0]["label"] is None  # predict's and crawl's reading: no label asked
 
 
 def test_explicit_columns_win(two_images):

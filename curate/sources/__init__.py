@@ -53,6 +53,9 @@ class SourceOptions:
     class_names: tuple[str, ...] | None = None  # idx: names for label ids 0..K-1
     max_bytes: int = 64 << 20
     follow_links: bool = False  # folder: read symbolic links that point outside the folder
+    # manifest: other columns but none named like a label is an error (a misnamed label column), not unlabeled
+    # rows; ingest asks for it, predict and crawl (url + caption lists) do not
+    ask_label: bool = False
     notes: dict[str, int] = field(default_factory=dict)  # counters sources report (hidden files skipped ...)
 
 

@@ -114,6 +114,14 @@ class ManifestSource(Source):
         self.path_col = _pick(columns, opts.path_col, PATH_CANDIDATES, "path", path, required=True)
         self.label_col = None if opts.unlabeled else _pick(columns, opts.label_col, LABEL_CANDIDATES, "label", path, required=False)
         self.split_col = _pick(columns, opts.split_col, SPLIT_CANDIDATES, "split", path, required=False)
+        others = [c for c in columns if c not in (self.path_col, self.split_col)]
+        if self.label_col is None and not opts.unlabeled and others and opts.ask_label:
+            # A label column under another name ("labl", "y") would otherwise become unlabeled rows with the labels
+            # tucked away in `extra`: ask instead of guessing.
+            raise CurateError(
+                f"{path}: no label column found (columns: {', '.join(columns)}; looked for {', '.join(LABEL_CANDIDATES)})",
+                hint="name it with --label-col, or pass --unlabeled to ingest the rows without labels (other columns are kept)",
+            )
         if fmt == "parquet":
             import pyarrow.parquet as pq
 

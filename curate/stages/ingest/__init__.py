@@ -112,8 +112,10 @@ def details(res: dict[str, Any]) -> list[str]:
         out.append("excluded: " + ", ".join(f"{r} {n:,}" for r, n in excl.items()))
     out += [f"note: {note.replace('_', ' ')}: {n:,}" for note, n in st.get("notes", {}).items()]
     summ = st["summary"]
+    classes = [c for c in summ["per_class"] if c != "(unlabeled)"]
+    unlabeled = summ["per_class"].get("(unlabeled)", 0)
     out.append(f"version {res['version']} (HEAD): {summ['included']:,} included, {summ['excluded']:,} excluded, "
-               f"{len(summ['per_class'])} classes")  # fmt: skip
+               f"{len(classes)} classes" + (f", {unlabeled:,} unlabeled" if unlabeled else ""))  # fmt: skip
     return out
 
 

@@ -70,6 +70,7 @@ def run_ingest(
         class_names=cfg.class_names,
         max_bytes=cfg.max_bytes,
         follow_links=cfg.follow_links,
+        ask_label=cfg.label_col is None,
     )
     source = open_source(cfg.source, cfg.format, opts)
     parent = conform(parent) if parent is not None else SAMPLE_SCHEMA.empty_table()
