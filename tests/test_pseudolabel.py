@@ -235,6 +235,12 @@ def test_cli_errors(tmp_path: Path, looped: tuple[Path, dict, dict[str, str]]) -
     res = run(app, ["pseudolabel", "-w", str(ws)])
     assert res.exit_code == 1
     assert "no labeled train rows" in assert_one_error_line(res.stderr)
+    # with --pool the same check comes before the pool is ingested: the failed command leaves HEAD where it was
+    # (it moved to the pool's dedupe version before)
+    before = Workspace(ws).version_ids()
+    res = run(app, ["pseudolabel", "--pool", str(root / "pool"), "-w", str(ws)])
+    assert res.exit_code == 1 and "no labeled train rows" in assert_one_error_line(res.stderr)
+    assert Workspace(ws).version_ids() == before and Workspace(ws).head() == before[-1]
 
 
 # ------------------------------------------------------------------------------------- units

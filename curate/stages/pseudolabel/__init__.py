@@ -203,9 +203,25 @@ def key(ctx: Context, cfg: PseudolabelConfig) -> dict[str, Any]:
 
 
 def before(ctx: Context, _cfg: PseudolabelConfig) -> list[tuple[str, dict[str, Any]]]:
-    """With ``pool``: ingest it unlabeled, then deduplicate (both committed by the runner; module doc)."""
+    """With ``pool``: ingest it unlabeled, then deduplicate (both committed by the runner; module doc).
+
+    Raises:
+        CurateError: the version to build on has no labeled train rows. Checked here, before the pool's versions
+            are committed: a command that cannot run must not leave HEAD on its pool's ingest.
+    """
     pool = ctx.options.get("pool")
-    return [("ingest", {"source": str(pool), "unlabeled": True}), ("dedupe", {})] if pool else []
+    if not pool:
+        return []
+    from curate.schema import conform
+    from curate.stage import HEAD
+    from curate.stages.pseudolabel.label import role_masks
+
+    base = ctx.ws.head() if ctx.base in (HEAD, None) else ctx.ws.resolve(ctx.base)
+    if base is None:
+        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
+    if not role_masks(conform(ctx.ws.samples(base)))[0].any():
+        raise CurateError("no labeled train rows to learn from", hint="run `curate split` first (pseudolabel trains on split=train)")
+    return [("ingest", {"source": str(pool), "unlabeled": True}), ("dedupe", {})]
 
 
 def run(ctx: Context, cfg: PseudolabelConfig) -> StageResult:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from curate.workspace import Workspace
 
 
-def _masks(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def role_masks(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boolean ``(N,)`` masks: labeled train, val, pool (module doc)."""
     ok = np.asarray(pc.fill_null(pc.equal(table.column("status"), OK), False))
     src = table.column("label_source").to_pylist()
@@ -84,7 +84,7 @@ def run_pseudolabel(
     log = log or (lambda s: None)
     t0 = time.perf_counter()
     table = conform(parent)
-    lab_m, val_m, pool_m = _masks(table)
+    lab_m, val_m, pool_m = role_masks(table)
     if not lab_m.any():
         raise CurateError("no labeled train rows to learn from", hint="run `curate split` first (pseudolabel trains on split=train)")
     if not pool_m.any():
