@@ -542,6 +542,20 @@ def test_fifo_and_socket_in_a_folder_are_rows_not_a_hang(tmp_path, image_folder)
         assert (r["status"], r["reason"], r["error"], r["label"]) == ("excluded", "not_a_file", f"is {kind}", name[:3])
 
 
+def test_a_named_pipe_as_the_source_is_one_line_not_a_hang(tmp_path):
+    """``curate ingest list.csv`` where list.csv is a named pipe blocked on the first read of the columns; ingest,
+    predict's and crawl's readers now refuse it by its type (a separate process: a regression fails on the timeout)."""
+    import os
+
+    from helpers import assert_one_error_line, run_curate
+
+    os.mkfifo(tmp_path / "list.csv")
+    for args in (["ingest", "list.csv", "-w", "ws"], ["crawl", "list.csv", "-w", "ws"]):
+        res = run_curate(args, cwd=tmp_path, timeout=60)
+        assert res.returncode == 1, res.stderr
+        assert "list.csv: is a named pipe, not a file" in assert_one_error_line(res.stderr)
+
+
 def test_a_file_name_that_is_not_utf8_is_a_row_with_its_reason(tmp_path, image_folder):
     """POSIX names are bytes; Arrow strings are UTF-8. The fingerprint and the item table crashed with an internal
     UnicodeEncodeError; now the file is a row with reason bad_name and a readable spelling of its name, and the rest

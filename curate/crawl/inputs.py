@@ -125,7 +125,12 @@ def list_path(path: str | Path) -> Path:
     """
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
-        raise CurateError(f"{path}: no such file", hint="give a .txt/.csv/.parquet/.jsonl list of URLs, or --seed URL")
+        from curate.sources.readfile import not_regular
+
+        why = "no such file"
+        if resolved.exists():
+            why = (not_regular(resolved.stat().st_mode) or ("", "not a regular file"))[1] + ", not a file"
+        raise CurateError(f"{path}: {why}", hint="give a .txt/.csv/.parquet/.jsonl list of URLs, or --seed URL")
     return resolved
 
 

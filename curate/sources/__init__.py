@@ -161,6 +161,14 @@ def open_source(src: str, fmt: str, opts: SourceOptions) -> Source:
     path = Path(os.path.abspath(Path(src).expanduser()))
     if not path.exists():
         raise CurateError(f"{src}: no such file or directory")
+    if not path.is_dir():
+        from curate.sources.readfile import not_regular
+
+        # a named pipe would block the first read until a writer comes (forever), and a manifest is read twice
+        # (columns, then rows); a device reads without end
+        bad = not_regular(path.stat().st_mode)
+        if bad is not None:
+            raise CurateError(f"{src}: {bad[1]}, not a file or folder", hint="save the manifest or archive to a file first")
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt == "folder":

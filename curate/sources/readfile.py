@@ -13,7 +13,7 @@ import stat
 from curate.remote import is_remote, read_capped
 
 
-def _not_regular(mode: int) -> tuple[str, str] | None:
+def not_regular(mode: int) -> tuple[str, str] | None:
     """``(reason, error)`` for a file type ingest must not read, None for a regular file."""
     if stat.S_ISREG(mode):
         return None
@@ -36,13 +36,13 @@ def read_path(path: str, max_bytes: int) -> tuple[bytes | None, str | None, str 
     # A FIFO would block open() until a writer comes (forever), a device can read without end: check the type
     # first, open without blocking, and check again on the open file (the path may have been swapped meanwhile).
     try:
-        bad = _not_regular(os.stat(path).st_mode)
+        bad = not_regular(os.stat(path).st_mode)
         if bad:
             return None, *bad
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         try:
             st = os.fstat(fd)
-            bad = _not_regular(st.st_mode)
+            bad = not_regular(st.st_mode)
             if bad:
                 return None, *bad
             # Ask for the size the file has (+1 to notice growth), not max_bytes + 1: a 64 MB read buffer per file
