@@ -58,17 +58,20 @@ def test_error(res: dict, xt: np.ndarray, yt: np.ndarray, normalization: dict) -
     return 1.0 - ev["acc"]
 
 
-def _twin_rounds() -> list[dict]:
-    """Wrap ``train_round`` so that a round with the consistency term also trains its twin without it (same rows,
-    seed and steps); returns the list the twins' fit results are appended to."""
+def _twin_rounds(variants: dict[str, object]) -> list[tuple[str, dict]]:
+    """Wrap ``train_round`` so that a round with the consistency term also trains one twin per ``variants`` entry
+    (name -> ``ConsistencySettings``, or None for no term) on the same rows, seed and steps; returns the list the
+    twins' ``(name, fit result)`` pairs are appended to, in round order."""
     import curate.learn.selftrain as st
 
-    twins: list[dict] = []
+    twins: list[tuple[str, dict]] = []
     inner = st.train_round
 
     def both(*args, **kw):  # noqa: ANN002, ANN003, ANN202
         if kw.get("consistency") is not None and kw.get("unlabeled") is not None:
-            twins.append(inner(*args, **{**kw, "consistency": None, "unlabeled": None}))
+            for name, cons in variants.items():
+                extra = {"consistency": None, "unlabeled": None} if cons is None else {"consistency": cons}
+                twins.append((name, inner(*args, **{**kw, **extra})))
         return inner(*args, **kw)
 
     st.train_round = both
@@ -97,9 +100,16 @@ def main() -> None:
         action="store_true",
         help="each consistency round also trains its twin without the term on the same selection (one process)",
     )
+    ap.add_argument(
+        "--also-strength",
+        type=float,
+        nargs="*",
+        default=[],
+        help="each consistency round also trains a twin with the term at these strengths (same selection)",
+    )
     ap.add_argument("--pool-size", type=int, default=None)
     ap.add_argument("--tag", default="")
-    ap.add_argument("--out", default="/work/wt-fixmatch18/bench/proto_fixmatch.jsonl")
+    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".jsonl")))
     a = ap.parse_args()
 
     import torch
@@ -125,20 +135,26 @@ def main() -> None:
     settings = LoopSettings(ratio=parse_ratio(a.ratio), rounds=a.rounds, threshold=a.threshold, min_steps=a.min_steps,
                             patience=a.rounds + 1, stable=0.0, consistency=cons)  # fmt: skip
     cfg = TrainConfig(arch="small-cnn", batch_size=a.batch_size, augment=aug, device="cpu", seed=a.seed, patience=0)
-    twins = _twin_rounds() if a.also_without and cons is not None else []
+    variants: dict[str, object] = {"without consistency": None} if a.also_without else {}
+    for st in a.also_strength:
+        variants[f"consistency at strength {st:g}"] = ConsistencySettings(a.weight, a.tau, a.mu, st)
+    twins = _twin_rounds(variants) if variants and cons is not None else []
     res = run_loop(lab, val, pool, [str(c) for c in range(10)], cfg, settings, normalization=norm, truth=truth, log=print)
     xt, yt = parts["test"]
     rows = []
     for r in res.rounds:
         fit = res.models[f"round{r['round']}"]
         err = test_error(fit, xt, yt, norm)
-        keep = ("round", "accepted_total", "pseudo_accuracy", "val_accuracy", "kept", "steps", "consistency_mask_rate", "seconds")
+        keep = ("round", "accepted_total", "revoked", "selection_change", "pseudo_accuracy", "val_accuracy", "kept", "steps",
+                "consistency_mask_rate", "seconds")  # fmt: skip
         rows.append({**{k: r.get(k) for k in keep}, "test_error": round(err, 5)})
         print(f"round {r['round']}: test error {err:.4%}  {rows[-1]}")
-    for k, twin in enumerate(twins, 1):
+    for k, (name, twin) in enumerate(twins):
+        label = f"{k // len(variants) + 1} {name}"
         err = test_error(twin, xt, yt, norm)
-        rows.append({"round": f"{k} without consistency", "val_accuracy": twin["best"].get("val_acc"), "test_error": round(err, 5)})
-        print(f"round {k} without consistency (same selection): test error {err:.4%}")
+        rows.append({"round": label, "val_accuracy": twin["best"].get("val_acc"), "test_error": round(err, 5),
+                     "consistency_mask_rate": twin.get("consistency_mask_rate")})  # fmt: skip
+        print(f"round {label} (same selection): test error {err:.4%}")
     rec = {"args": vars(a), "augment": aug, "labeled": len(lab), "val": len(val), "pool": len(pool), "chosen": res.chosen_round,
            "rounds": rows, "wall_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
     with open(a.out, "a") as fh:

@@ -78,7 +78,9 @@ class PseudolabelConfig:
         stable: Stop when less than this share of the accepted rows changed (newly accepted, revoked or
             relabeled) since the last round's selection.
         consistency: fixmatch: rounds 1+ also train on the in-distribution pool with a FixMatch consistency term (the
-            strong view of a row learns the weak view's class where that is at least --consistency-threshold); none.
+            strong view of a row learns the weak view's class where that is at least --consistency-threshold); none
+            (the default: a round costs ~5x the CPU). Measured to pay on digits (with --augment affine --threshold 0.99),
+            not on Fashion-MNIST at strength 1 (README, BENCHMARKS.md "Pseudolabel").
         consistency_weight: lambda_u, the consistency loss's weight against the labeled cross-entropy.
         consistency_threshold: tau, the weak view's confidence a pool row needs to give its strong view a target.
         unlabeled_ratio: mu, pool rows per batch row in the consistency term (a step costs about 1 + 2 mu supervised steps of CPU).
