@@ -17,7 +17,9 @@ found 15 errors in the MNIST test set), but by default only train rows (and rows
 Which found rows ``exclude`` / ``relabel`` act on is ``policy`` (``curate.stages.clean.policy``, where each rule
 and its calibration are described): ``estimate`` (default), ``confident`` or ``all`` (the behaviour before issue 18).
 ``max_fraction`` caps the rows acted on per issue kind (worst first) so a
-broken model cannot wipe out a dataset.
+broken model cannot wipe out a dataset. ``weight`` excludes only junk (as ``estimate``) and gives every other checked
+row of the ``act_on`` splits a training weight, the posterior that its label is right (``clean_weight``, multiplied
+into ``sample_weight``; ``curate.stages.clean.weights``).
 
 Default method (``low_normalized_margin``: cleanlab's estimate of the number of issues, taken in order of the
 lowest normalized margin between the given label's probability and the best other class) comes from
@@ -164,6 +166,8 @@ def run_clean(
                 stats[key]["acted_on"] = int(flags[kind].sum()) + (relabeled if kind == "label_issue" else 0)
         if cfg.action == "relabel" and "label_issues" in stats:
             stats["label_issues"]["relabeled"] = relabeled
+        if cfg.action == "weight" and li is not None:
+            table, stats["label_issues"]["weighted"] = _weigh(table, cfg, li, flags)
     if cfg.find_low_quality:
         table, flags["low_quality"], lq = _low_quality(ws, table, ok_pos, cfg, workers, progress)
         stats["low_quality"] = lq.pop("stats")
@@ -222,7 +226,8 @@ def _mislabels(
          "suggested_label": classes[found["suggested"][k]]}
         for k in np.flatnonzero(issue)
     ]  # fmt: skip
-    return table, {"stats": stats, "review": review, "pos": pos, "found": found, "classes": classes}
+    return table, {"stats": stats, "review": review, "pos": pos, "found": found, "classes": classes, "labels": given,
+                   "probs": probs[have]}  # fmt: skip
 
 
 def _outliers(table: pa.Table, cfg: CleanConfig, opos: np.ndarray, score: np.ndarray) -> tuple[pa.Table, dict[str, Any]]:
@@ -263,6 +268,20 @@ def _act(
     if li is not None and dec.relabel.any():
         table, relabeled = _relabel(table, li["pos"], (dec.relabel & cap_issue)[li["pos"]], li["found"], li["classes"], 0.0)
     return table, {"label_issue": dec.exclude_label & cap_issue, "outlier": cap_out}, relabeled
+
+
+def _weigh(table: pa.Table, cfg: CleanConfig, li: dict[str, Any], gone: dict[str, np.ndarray]) -> tuple[pa.Table, dict[str, Any]]:
+    """``--action weight``: the posterior that each checked row's label is right as its ``clean_weight``, multiplied
+    into ``sample_weight`` (``curate.stages.clean.weights``), on the ``act_on`` rows not excluded (``gone``: masks
+    over all rows); the table and the weight stats."""
+    from curate.stages.clean.weights import apply_weights, label_posterior
+
+    pos = li["pos"]
+    out = np.zeros(table.num_rows, bool)
+    for mask in gone.values():
+        out |= mask
+    acted = _act_mask(table, pos, cfg.act_on) & ~out[pos]
+    return apply_weights(table, pos, label_posterior(li["labels"], li["probs"]), acted)
 
 
 def _by_split(table: pa.Table, positions: np.ndarray) -> dict[str, int]:
