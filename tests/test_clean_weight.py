@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.pipeline import run_stage
-from curate.stages.clean import CleanConfig, config_dict
+from curate.stages.clean import CleanConfig, config_dict, summary
 from curate.stages.clean.checks import run_clean
 from curate.stages.clean.policy import decide
 from curate.stages.clean.weights import apply_weights, label_posterior
@@ -60,7 +60,7 @@ def test_weight_action_excludes_junk_and_weighs_flips_below_clean_rows(tmp_path:
     assert sum(rows[n]["status"] == "excluded" for n in {**truth["clean"], **truth["hard"]}) == 0
     w = res["stats"]["label_issues"]["weighted"]
     assert w["rows"] == len(kept) and w["down_weighted"] >= 0.9 * len(truth["flipped"])
-    assert "rows down-weighted" in __import__("curate.stages.clean", fromlist=["summary"]).summary(res)
+    assert f"{w['down_weighted']:,} rows down-weighted" in summary(res)
     _back(ws, start)
 
 
@@ -99,3 +99,62 @@ def test_decide_weight_excludes_junk_only() -> None:
         d = decide(found, np.array([0.1, 0.95, 0.1]), action="weight", policy=policy, relabel_threshold=0.9,
                    outlier_threshold=0.75, junk_threshold=0.85)  # fmt: skip
         assert d.exclude_outlier.tolist() == [0, 1, 0] and not d.exclude_label.any() and not d.relabel.any()
+
+
+def _quadrant_images(root: Path, rng: np.random.Generator, quads: list[tuple[str, int, str]]) -> list[tuple[str, int]]:
+    """16x16 noise with a bright 5x5 blob in quadrant q (0 TL, 1 TR, 2 BL, 3 BR), saved under ``root/<label>/<name>``;
+    the (name, quadrant) list."""
+    from PIL import Image
+
+    out = []
+    for name, q, label in quads:
+        im = rng.integers(0, 110, (16, 16), dtype=np.uint8)
+        r, c = (q // 2) * 8 + int(rng.integers(0, 4)), (q % 2) * 8 + int(rng.integers(0, 4))
+        im[r : r + 5, c : c + 5] = 230
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(root / label / name)
+        out.append((name, q))
+    return out
+
+
+def test_train_honours_the_weights_a_weighted_model_unlearns_the_planted_flips(tmp_path: Path) -> None:
+    """Class a: a blob top-left or bottom-left; class b: top-right or bottom-right. 70% of the bottom-left rows are
+    labeled b (flips), so a model trained on the labels as given calls bottom-left blobs b. The planted
+    out-of-sample probabilities know the truth (0.95 on the true class): with ``--action weight`` the flips weigh
+    about 0.15 and the model trained on the weighted version calls bottom-left blobs a."""
+    from PIL import Image
+
+    from curate.learn.predict import load_run, predict_images
+    from curate.learn.train import TrainConfig, train
+    from curate.stages.split import SplitConfig
+    from curate.stages.split.assign import run_split
+
+    rng = np.random.default_rng(3)
+    quads = [(f"q{q}-{i:03d}.png", q, "ab"[q % 2]) for q in (0, 1, 3) for i in range(40)]
+    quads += [(f"q2-{i:03d}.png", 2, "b" if i < 28 else "a") for i in range(40)]
+    rows = _quadrant_images(tmp_path / "images", rng, quads)
+    ws = Workspace(tmp_path / "ws")
+    ingest(ws, tmp_path / "images")
+    run_stage(ws, "split", {"seed": 0}, lambda parent, _pid: run_split(parent, SplitConfig(ratios=(("train", 1.0),))))
+    plain = ws.head()
+    t = ws.samples()
+    p_true = {n: [0.95, 0.05] if q in (0, 2) else [0.05, 0.95] for n, q in rows}
+    names = [Path(s).name for s in t["source"].to_pylist()]
+    pq.write_table(pa.table({"sample_id": t["sample_id"].to_pylist(), "probs": [p_true[n] for n in names]}), tmp_path / "p.parquet")
+    cfg = CleanConfig(find_mislabels=True, action="weight", pred_probs=str(tmp_path / "p.parquet"))
+    run_stage(ws, "clean", config_dict(cfg), lambda parent, pid: run_clean(ws, parent, pid, cfg))
+    weighted = ws.head()
+    w = {Path(r["source"]).name: r["sample_weight"] for r in ws.samples().to_pylist()}
+    assert max(w[f"q2-{i:03d}.png"] for i in range(28)) < 0.3 < 0.9 < min(w[f"q2-{i:03d}.png"] for i in range(28, 40))
+
+    made = _quadrant_images(tmp_path / "test", rng, [(f"t{i}.png", 2, "a") for i in range(50)])  # truly a
+    test = np.stack([np.asarray(Image.open(tmp_path / "test" / "a" / n))[..., None] for n, _ in made])
+
+    def bottom_left_as_a(version: str, out: str) -> float:
+        res = train(ws, TrainConfig(version=version, epochs=12, batch_size=16, lr=3e-3, patience=0, seed=0, out=str(tmp_path / out)))
+        run = load_run(res["run"], which="last", device="cpu")
+        probs = predict_images(run, test)
+        return float((np.asarray(run.classes)[probs.argmax(1)] == "a").mean())
+
+    assert bottom_left_as_a(plain, "plain") < 0.5  # the flips win without weights
+    assert bottom_left_as_a(weighted, "weighted") > 0.8
