@@ -8,10 +8,10 @@ it). The rules (``RULES``; every one excludes junk, ``ood_score`` > 0.85, as the
   estimated noise matrix (``P(given = i | true = j)``) and ``p`` the row's out-of-sample probabilities;
 - ``rel``: ``p(y) / t_y`` clipped to [0, 1], ``t_y`` the given class's mean self-confidence (cleanlab's
   confident-joint threshold): 1 for a row as sure as its class's average;
-- ``hyb``: the shipped policy's exclusions stay excluded where ``post`` < 0.1 (near-certain issues); the rest of
-  its finds, and every other row, get ``post`` as weight;
-- ``excl``: the shipped policy's exclusions as weight 0, every other row 1 (the sampler's control: the same rows as
-  the exclude arm, drawn with replacement from all rows' slots).
+- ``hyb``: the shipped policy's exclusions (its near-certain finds and junk) stay excluded; every other row gets
+  ``rel`` as weight (the uncertain middle down-weighted);
+- ``excl``: the shipped policy's exclusions, every other row weight 1: the exclude arm itself, for the replay table
+  (trained, it is the exclude arm again: equal weights leave the trainer's plain shuffle).
 
 Replay (no training) reports, over the rows clean checked, each rule's mean weight on flips / junk / clean rows and
 "soft errors" = sum of weights on wrong rows + sum of (1 - weight) on clean rows: the count of
@@ -42,7 +42,6 @@ from value_oracle import _parse  # noqa: E402
 from value_policies import load  # noqa: E402
 
 JUNK = 0.85
-SURE_ISSUE = 0.1  # hyb: a shipped exclusion stays excluded below this posterior
 
 
 def posterior(d: dict) -> np.ndarray:
@@ -73,16 +72,11 @@ def _rel(d: dict) -> np.ndarray:
     return np.clip(given / np.maximum(thr[y], 1e-12), 0, 1)
 
 
-def _hyb(d: dict) -> tuple[np.ndarray, np.ndarray]:
-    post = posterior(d)
-    return post, _junk(d) | (shipped(d) & (post < SURE_ISSUE))
-
-
 #: rule -> d -> (weight float (N,), excluded bool (N,)); an excluded row's weight is ignored
 RULES: dict[str, Callable[[dict], tuple[np.ndarray, np.ndarray]]] = {
     "post": lambda d: (posterior(d), _junk(d)),
     "rel": lambda d: (_rel(d), _junk(d)),
-    "hyb": _hyb,
+    "hyb": lambda d: (_rel(d), shipped(d)),
     "excl": lambda d: (np.ones(len(d["labels"])), shipped(d)),
 }
 
