@@ -11,7 +11,10 @@ it). The rules (``RULES``; every one excludes junk, ``ood_score`` > 0.85, as the
 - ``hyb``: the shipped policy's exclusions (its near-certain finds and junk) stay excluded; every other row gets
   ``rel`` as weight (the uncertain middle down-weighted);
 - ``excl``: the shipped policy's exclusions, every other row weight 1: the exclude arm itself, for the replay table
-  (trained, it is the exclude arm again: equal weights leave the trainer's plain shuffle).
+  (trained, it is the exclude arm again: equal weights leave the trainer's plain shuffle);
+- ``exdraw``: the sampler's control: the exclude arm's rows, every weight 1 but one row's 1 - 1e-6, so the trainer
+  draws with replacement by weight (``curate.learn.data.EpochBatches``) instead of shuffling: what the weighted
+  sampler itself costs or gains, with no weighting.
 
 Replay (no training) reports, over the rows clean checked, each rule's mean weight on flips / junk / clean rows and
 "soft errors" = sum of weights on wrong rows + sum of (1 - weight) on clean rows: the count of
@@ -78,6 +81,7 @@ RULES: dict[str, Callable[[dict], tuple[np.ndarray, np.ndarray]]] = {
     "rel": lambda d: (_rel(d), _junk(d)),
     "hyb": lambda d: (_rel(d), shipped(d)),
     "excl": lambda d: (np.ones(len(d["labels"])), shipped(d)),
+    "exdraw": lambda d: (np.r_[1 - 1e-6, np.ones(len(d["labels"]) - 1)], shipped(d)),
 }
 
 
