@@ -166,8 +166,6 @@ def run_clean(
                 stats[key]["acted_on"] = int(flags[kind].sum()) + (relabeled if kind == "label_issue" else 0)
         if cfg.action == "relabel" and "label_issues" in stats:
             stats["label_issues"]["relabeled"] = relabeled
-        if cfg.action == "weight" and li is not None:
-            table, stats["label_issues"]["weighted"] = _weigh(table, cfg, li, flags)
     if cfg.find_low_quality:
         table, flags["low_quality"], lq = _low_quality(ws, table, ok_pos, cfg, workers, progress)
         stats["low_quality"] = lq.pop("stats")
@@ -244,9 +242,10 @@ def _outliers(table: pa.Table, cfg: CleanConfig, opos: np.ndarray, score: np.nda
 def _act(
     table: pa.Table, cfg: CleanConfig, li: dict[str, Any] | None, out: dict[str, Any] | None
 ) -> tuple[pa.Table, dict[str, np.ndarray], int]:
-    """Relabel per ``cfg.policy`` (``curate.stages.clean.policy.decide``); the masks over all rows of the rows to exclude
-    (``label_issue``, ``outlier``) and the count relabeled. Only rows of ``act_on`` splits are acted on, at most
-    ``max_fraction`` of the checked rows per issue kind, worst first (label issues: lowest ``label_quality``)."""
+    """Relabel (or, with ``weight``, weigh) per ``cfg.policy`` (``curate.stages.clean.policy.decide``); the masks over
+    all rows of the rows to exclude (``label_issue``, ``outlier``) and the count relabeled. Only rows of ``act_on``
+    splits are acted on, at most ``max_fraction`` of the checked rows per issue kind, worst first (label issues:
+    lowest ``label_quality``)."""
     n = table.num_rows
     found = score = None
     if li is not None:  # cleanlab's per-row arrays spread over all rows (unchecked rows: no issue)
@@ -267,7 +266,10 @@ def _act(
     relabeled = 0
     if li is not None and dec.relabel.any():
         table, relabeled = _relabel(table, li["pos"], (dec.relabel & cap_issue)[li["pos"]], li["found"], li["classes"], 0.0)
-    return table, {"label_issue": dec.exclude_label & cap_issue, "outlier": cap_out}, relabeled
+    flags = {"label_issue": dec.exclude_label & cap_issue, "outlier": cap_out}
+    if cfg.action == "weight" and li is not None:  # li["stats"] is the stage's stats["label_issues"]
+        table, li["stats"]["weighted"] = _weigh(table, cfg, li, flags)
+    return table, flags, relabeled
 
 
 def _weigh(table: pa.Table, cfg: CleanConfig, li: dict[str, Any], gone: dict[str, np.ndarray]) -> tuple[pa.Table, dict[str, Any]]:
