@@ -62,8 +62,8 @@ def apply_weights(table: pa.Table, pos: np.ndarray, weights: np.ndarray, acted: 
             keep weight 1 in ``clean_weight`` and their ``sample_weight``.
 
     Returns:
-        The table and the stats: ``rows`` weighted, ``down_weighted`` (weight below ``LOW``), ``mean`` weight and
-        ``mass`` (the sum of weights over the weighted rows, as a share of their count).
+        The table and the stats: ``rows`` weighted, ``down_weighted`` (weight below ``LOW``) and their ``mean``
+        weight.
     """
     n = table.num_rows
     w = np.where(acted, np.clip(weights, 0.0, 1.0), 1.0)
