@@ -97,6 +97,8 @@ def replay(d: dict, rule: str) -> dict[str, float]:
         "clean_w": float(w[d["kind"] == "clean"].mean()),
         "clean_under_half": float((w[d["kind"] == "clean"] < 0.5).mean()),
         "excluded": int(excl.sum()),
+        "junk_excl": float(excl[d["kind"] == "junk"].mean()),
+        "clean_excl": float(excl[d["kind"] == "clean"].mean()),
         "soft_errors": float(w[wrong].sum() + (1 - w[clean]).sum()),
         # the weight mass on wrong rows relative to the whole: what the sampler feeds the model
         "wrong_mass": float(w[wrong].sum() / w.sum()),
@@ -136,14 +138,16 @@ def main() -> None:
     p.add_argument("--train", default="", help="comma list of rules to train (module doc)")
     p.add_argument("--train-args", default="--epochs 10 --patience 0")
     args = p.parse_args()
-    print("| set | rule | flips mean w | junk mean w | clean mean w | clean w < 0.5 | excluded | soft errors | wrong mass |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| set | rule | flips mean w | junk mean w | clean mean w | clean w < 0.5 | excluded | junk excl | clean excl "
+          "| soft errors | wrong mass |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.sets:
         d = load(VALUE / "ws" / name)
         for rule in RULES:
             s = replay(d, rule)
             print(f"| {name} | {rule} | {s['flip_w']:.3f} | {s['junk_w']:.3f} | {s['clean_w']:.3f} | {s['clean_under_half']:.2%} "
-                  f"| {s['excluded']} | {s['soft_errors']:.0f} | {s['wrong_mass']:.2%} |")  # fmt: skip
+                  f"| {s['excluded']} | {s['junk_excl']:.1%} | {s['clean_excl']:.2%} | {s['soft_errors']:.0f} "
+                  f"| {s['wrong_mass']:.2%} |")  # fmt: skip
         dataset, kind, level, seed = _parse(name)
         for rule in filter(None, args.train.split(",")):
             ws = VALUE / "ws" / f"{name}-weight-{rule}"
