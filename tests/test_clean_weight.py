@@ -72,6 +72,8 @@ def test_weights_multiply_an_earlier_sample_weight_and_balance_multiplies_them_b
     assert out["clean_weight"].to_pylist() == [0.5, 0.25, 1.0]  # a row not acted on keeps 1
     assert out["sample_weight"].to_pylist() == [1.0, 0.25, 4.0]
     assert stats == {"rows": 2, "down_weighted": 1, "mean": 0.375}
+    again, _ = apply_weights(out, np.array([0, 1, 2]), np.array([1.0, 0.5, 0.5]), np.array([True, True, True]))
+    assert again["sample_weight"].to_pylist() == [2.0, 0.5, 2.0]  # a second weighting replaces the first, never compounds
     rows = pa.table({"sample_id": ["a", "b", "c", "d"], "label": ["x", "x", "x", "y"], "split": ["train"] * 4,
                      "status": ["ok"] * 4, "clean_weight": [0.5, None, 1.0, 0.2]})  # fmt: skip
     got, _ = balance_weights(rows)

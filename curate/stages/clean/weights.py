@@ -15,9 +15,10 @@ all but rule out gets near 0, and the uncertain middle (where exclude loses the 
 say. Junk (``ood_score`` above ``junk_threshold``) is excluded as under ``exclude``.
 
 The weight is written to ``clean_weight`` (the checked rows; null elsewhere) and multiplied into ``sample_weight``
-(null counts as 1): ``curate train`` draws each train row with probability proportional to ``sample_weight``
-(``curate.learn.data.EpochBatches``), and ``curate balance --strategy weights`` afterwards multiplies its class
-weights into it rather than replacing it.
+(null counts as 1; the factor of an earlier weighting is divided out first, so a second run replaces it).
+``curate train`` draws each train row with probability proportional to ``sample_weight``
+(``curate.learn.data.EpochBatches``); ``curate balance --strategy weights`` afterwards writes its class weight times
+``clean_weight``, so the clean weighting survives it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def label_posterior(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 
 def apply_weights(table: pa.Table, pos: np.ndarray, weights: np.ndarray, acted: np.ndarray) -> tuple[pa.Table, dict[str, float | int]]:
-    """Write ``clean_weight`` and multiply it into ``sample_weight``.
+    """Write ``clean_weight`` and multiply it into ``sample_weight`` (replacing the factor of an earlier weighting).
 
     Args:
         table: the version's sample table; pos: int ``(M,)`` positions of the checked rows; weights: float ``(M,)``
@@ -71,9 +72,10 @@ def apply_weights(table: pa.Table, pos: np.ndarray, weights: np.ndarray, acted: 
     for p, v in zip(pos.tolist(), w.tolist(), strict=True):
         clean_w[p] = v
     old = table.column("sample_weight").to_pylist() if "sample_weight" in table.column_names else [None] * n
-    new = list(old)
-    for p, v in zip(pos[acted].tolist(), w[acted].tolist(), strict=True):
-        new[p] = (1.0 if old[p] is None else float(old[p])) * v
+    prev = table.column("clean_weight").to_pylist() if "clean_weight" in table.column_names else [None] * n
+    # an earlier clean --action weight's factor is divided out first: a second run replaces it, never compounds it
+    base = [s if s is None or not c else float(s) / c for s, c in zip(old, prev, strict=True)]
+    new = [b if c is None or c == 1.0 else (1.0 if b is None else b) * c for b, c in zip(base, clean_w, strict=True)]
     for name, values in (("clean_weight", clean_w), ("sample_weight", new)):
         arr = pa.array(values, pa.float64())
         if name in table.column_names:
