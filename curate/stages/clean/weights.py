@@ -75,7 +75,9 @@ def apply_weights(table: pa.Table, pos: np.ndarray, weights: np.ndarray, acted: 
     prev = table.column("clean_weight").to_pylist() if "clean_weight" in table.column_names else [None] * n
     # an earlier clean --action weight's factor is divided out first: a second run replaces it, never compounds it
     base = [s if s is None or not c else float(s) / c for s, c in zip(old, prev, strict=True)]
-    new = [b if c is None or c == 1.0 else (1.0 if b is None else b) * c for b, c in zip(base, clean_w, strict=True)]
+    new = list(base)
+    for p, v in zip(pos[acted].tolist(), w[acted].tolist(), strict=True):
+        new[p] = (1.0 if base[p] is None else base[p]) * v
     for name, values in (("clean_weight", clean_w), ("sample_weight", new)):
         arr = pa.array(values, pa.float64())
         if name in table.column_names:
