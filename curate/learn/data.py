@@ -60,7 +60,8 @@ def augmenter(policy: str, size: tuple[int, int]) -> Any:
 @dataclass
 class DecodedSplit:
     """A decoded split: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int64 ``(N,)``, ``sample_ids`` (N strings), and
-    ``weights`` float64 ``(N,)`` from the ``sample_weight`` column (``curate balance --strategy weights``; null = 1.0),
+    ``weights`` float64 ``(N,)`` from the ``sample_weight`` column (``curate balance --strategy weights``, ``curate clean
+    --action weight``; null = 1.0),
     None when the shards have no such column or every weight is equal."""
 
     images: np.ndarray
@@ -339,7 +340,7 @@ def _stream_data(
         raise CurateError("streaming needs the normalization stored in the version", hint="run `curate normalize` first")
     if "sample_weight" in info.card.get("columns", []):
         raise CurateError(
-            "this version has sample weights (curate balance --strategy weights): they need --loader memory",
+            "this version has sample weights (balance --strategy weights, clean --action weight): they need --loader memory",
             hint="the weighted sampler draws from the decoded split in memory",
             exit_code=2,
         )

@@ -143,7 +143,7 @@ STAGE = Stage(
     """,
     columns={
         "repeat": "times export writes the row (int64, 1 = once; oversample)",
-        "sample_weight": "inverse class frequency, mean 1 over train (weights; null elsewhere)",
+        "sample_weight": "inverse class frequency, mean 1 over train (weights; times clean_weight where set; null elsewhere)",
     },  # fmt: skip
     summary=summary,
     details=details,

@@ -12,7 +12,7 @@ Strategies (``--target``: a number, ``median`` (rounded down), ``max`` or ``min`
 | undersample | excludes rows of classes above the target (``excluded_by``/``reason`` = ``balance``) down to the target |
 | oversample | raises ``repeat`` (int64, 1 = once; export writes a row that often) until a class sums to the target |
 | augment | new albumentations samples (``curate.augmentation.copies``) until each class holds the target |
-| weights | ``sample_weight`` (float64) = N / (K * n_class) on included labeled train rows, null elsewhere |
+| weights | ``sample_weight`` (float64) = N / (K * n_class) on included labeled train rows (times ``clean_weight``), null elsewhere |
 
 Which rows undersampling drops (``--drop``): ``random`` (a seeded hash order), ``lowest-quality`` (lowest
 ``label_quality`` first, 0..1 with 1 = clean, written by ``curate clean``; nulls last; random order without the
@@ -21,8 +21,11 @@ first; without that column, every ``dup_group`` member after the group's first; 
 without dedupe's columns). Ties follow the seeded hash order: a run is a pure function of the table and the seed.
 
 Weights are inverse class frequency with mean 1 over the train samples, so every class carries the same total weight;
-the trainer draws batches with replacement in proportion to them (``curate.learn.data``). The report also gives Cui
-et al.'s (CVPR 2019) effective number of samples, ``(1 - beta**n) / (1 - beta)``, ``beta`` = 0.999 by default.
+the trainer draws batches with replacement in proportion to them (``curate.learn.data``). Where ``curate clean
+--action weight`` gave rows a ``clean_weight`` (the posterior that the label is right), the class weight is
+multiplied by it rather than replacing it (the class weight comes from counts, so a rerun does not compound it).
+The report also gives Cui et al.'s (CVPR 2019) effective number of samples, ``(1 - beta**n) / (1 - beta)``,
+``beta`` = 0.999 by default.
 """
 
 from __future__ import annotations
@@ -162,7 +165,10 @@ def weights(table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     total, k = sum(counts.values()), len(counts)
     per_class = {label: total / (k * n) for label, n in counts.items()}
     mask = train_mask(table).to_pylist()
-    w = [per_class[label] if m else None for m, label in zip(mask, table.column("label").to_pylist(), strict=True)]
+    # clean --action weight's per-row weight survives: multiplied in, not overwritten
+    soft = table.column("clean_weight").to_pylist() if "clean_weight" in table.column_names else [None] * table.num_rows
+    labels = table.column("label").to_pylist()
+    w = [per_class[label] * (1.0 if c is None else c) if m else None for m, label, c in zip(mask, labels, soft, strict=True)]
     return _put(table, "sample_weight", pa.array(w, pa.float64())), {"class_weights": {k: round(v, 6) for k, v in per_class.items()}}
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from curate.stage import StageResult
     from curate.stages.clean.quality import QualityThresholds
 
-ACTIONS = ("flag", "exclude", "relabel")
+ACTIONS = ("flag", "exclude", "relabel", "weight")
 ACT_ON = ("train", "all")
 HEADS = ("linear", "model")
 _LQ = "Low-quality thresholds"
@@ -34,7 +34,9 @@ class CleanConfig:
         find_outliers: Find out-of-distribution samples: low max probability under the k-fold models (with --model:
             kNN distance).
         find_low_quality: Model-free checks: dark, bright, blurry, low information, tiny, odd aspect, grayscale.
-        action: flag: columns only; exclude: exclude what was found; relabel: give label issues the suggested label.
+        action: flag: columns only; exclude: exclude what was found; relabel: give label issues the suggested label;
+            weight: exclude junk, give every other checked row the posterior that its label is right as a training
+            weight (clean_weight, multiplied into sample_weight).
         policy: What exclude/relabel act on. estimate: the rows with the least likely given labels, as many as
             cleanlab estimates are mislabeled (x 0.9), and junk (ood_score above junk_threshold); relabel gives them
             a confident suggestion, else excludes them. confident: only label issues whose given label's probability
@@ -197,7 +199,9 @@ def finish(ctx: Context, cfg: CleanConfig, res: dict[str, Any]) -> dict[str, Any
 def summary(res: dict[str, Any]) -> str:
     st = res["stats"]
     kinds = ("label_issues", "outliers", "low_quality")
-    return ", ".join(f"{st[k]['flagged']:,} {k.replace('_', ' ')} ({st[k].get('acted_on', 0):,} acted on)" for k in kinds if k in st)
+    out = ", ".join(f"{st[k]['flagged']:,} {k.replace('_', ' ')} ({st[k].get('acted_on', 0):,} acted on)" for k in kinds if k in st)
+    weighted = st.get("label_issues", {}).get("weighted")
+    return out + (f", {weighted['down_weighted']:,} rows down-weighted" if weighted else "")
 
 
 def _model_line(st: dict[str, Any]) -> str:
@@ -228,11 +232,16 @@ def details(res: dict[str, Any]) -> list[str]:
     st = res["stats"]
     action = st.get("action", "flag")
     out = [] if res.get("cached") else [_model_line(st)]
-    verb = {"flag": "flagged only", "exclude": "excluded", "relabel": "relabeled"}[action]
+    verb = {"flag": "flagged only", "exclude": "excluded", "relabel": "relabeled", "weight": "weighted"}[action]
     if "label_issues" in st:
         li = st["label_issues"]
         by = ", ".join(f"{k} {v:,}" for k, v in li["flagged_by_split"].items()) or "none"
         acted = f"{li.get('relabeled', li['acted_on']):,} {verb}" if action != "flag" else "flagged only"
+        if "weighted" in li:
+            from curate.stages.clean.weights import LOW
+
+            w = li["weighted"]
+            acted = f"{w['rows']:,} rows weighted (mean {w['mean']:.2f}), {w['down_weighted']:,} below {LOW}"
         out.append(f"label issues: {li['flagged']:,} of {li['rows_checked']:,} ({by}); {acted}; "
                    f"out-of-sample accuracy {li['out_of_sample_accuracy']:.1%}")  # fmt: skip
         if li["top_confusions"]:
@@ -242,7 +251,8 @@ def details(res: dict[str, Any]) -> list[str]:
             o = st[key]
             checks = f" ({', '.join(f'{k} {v}' for k, v in o['by_check'].items()) or 'none'})" if "by_check" in o else ""
             # policies estimate and confident exclude junk (outliers) under relabel too
-            junk = action == "relabel" and key == "outliers" and st.get("policy", "all") in ("estimate", "confident")
+            junk = action == "weight" or (action == "relabel" and st.get("policy", "all") in ("estimate", "confident"))
+            junk = junk and key == "outliers"
             done = f"{o['acted_on']:,} excluded" if action == "exclude" or junk else "flagged only"
             out.append(f"{name}: {o['flagged']:,} of {o['rows_checked']:,}{checks}; {done}")
     if "review" in res:
@@ -268,6 +278,7 @@ STAGE = Stage(
         curate clean --find-mislabels
         curate clean --find-mislabels --action exclude --review-out issues.html
         curate clean --find-mislabels --action relabel --relabel-threshold 0.95
+        curate clean --find-mislabels --find-outliers --action weight
         curate clean --find-outliers --find-low-quality --action exclude
         curate clean --find-mislabels --pred-probs my_probs.parquet
         curate clean --find-mislabels --find-outliers --model hf:./dinov2-small
@@ -283,6 +294,8 @@ STAGE = Stage(
         "low_quality_score": "0..1, lower = worse (to sort the flagged rows)",
         "low_quality_reasons": "which checks failed",
         "given_label": "the label before relabel changed it (label_source = relabel:clean)",
+        "clean_weight": "--action weight: the posterior that the given label is right (0..1), the row's training weight",
+        "sample_weight": "--action weight: the training weight, clean_weight times any earlier sample_weight",
     },
     summary=summary,
     details=details,

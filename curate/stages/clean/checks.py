@@ -17,7 +17,9 @@ found 15 errors in the MNIST test set), but by default only train rows (and rows
 Which found rows ``exclude`` / ``relabel`` act on is ``policy`` (``curate.stages.clean.policy``, where each rule
 and its calibration are described): ``estimate`` (default), ``confident`` or ``all`` (the behaviour before issue 18).
 ``max_fraction`` caps the rows acted on per issue kind (worst first) so a
-broken model cannot wipe out a dataset.
+broken model cannot wipe out a dataset. ``weight`` excludes only junk (as ``estimate``) and gives every other checked
+row of the ``act_on`` splits a training weight, the posterior that its label is right (``clean_weight``, multiplied
+into ``sample_weight``; ``curate.stages.clean.weights``).
 
 Default method (``low_normalized_margin``: cleanlab's estimate of the number of issues, taken in order of the
 lowest normalized margin between the given label's probability and the best other class) comes from
@@ -222,7 +224,8 @@ def _mislabels(
          "suggested_label": classes[found["suggested"][k]]}
         for k in np.flatnonzero(issue)
     ]  # fmt: skip
-    return table, {"stats": stats, "review": review, "pos": pos, "found": found, "classes": classes}
+    return table, {"stats": stats, "review": review, "pos": pos, "found": found, "classes": classes, "labels": given,
+                   "probs": probs[have]}  # fmt: skip
 
 
 def _outliers(table: pa.Table, cfg: CleanConfig, opos: np.ndarray, score: np.ndarray) -> tuple[pa.Table, dict[str, Any]]:
@@ -239,9 +242,10 @@ def _outliers(table: pa.Table, cfg: CleanConfig, opos: np.ndarray, score: np.nda
 def _act(
     table: pa.Table, cfg: CleanConfig, li: dict[str, Any] | None, out: dict[str, Any] | None
 ) -> tuple[pa.Table, dict[str, np.ndarray], int]:
-    """Relabel per ``cfg.policy`` (``curate.stages.clean.policy.decide``); the masks over all rows of the rows to exclude
-    (``label_issue``, ``outlier``) and the count relabeled. Only rows of ``act_on`` splits are acted on, at most
-    ``max_fraction`` of the checked rows per issue kind, worst first (label issues: lowest ``label_quality``)."""
+    """Relabel (or, with ``weight``, weigh) per ``cfg.policy`` (``curate.stages.clean.policy.decide``); the masks over
+    all rows of the rows to exclude (``label_issue``, ``outlier``) and the count relabeled. Only rows of ``act_on``
+    splits are acted on, at most ``max_fraction`` of the checked rows per issue kind, worst first (label issues:
+    lowest ``label_quality``)."""
     n = table.num_rows
     found = score = None
     if li is not None:  # cleanlab's per-row arrays spread over all rows (unchecked rows: no issue)
@@ -262,7 +266,24 @@ def _act(
     relabeled = 0
     if li is not None and dec.relabel.any():
         table, relabeled = _relabel(table, li["pos"], (dec.relabel & cap_issue)[li["pos"]], li["found"], li["classes"], 0.0)
-    return table, {"label_issue": dec.exclude_label & cap_issue, "outlier": cap_out}, relabeled
+    flags = {"label_issue": dec.exclude_label & cap_issue, "outlier": cap_out}
+    if cfg.action == "weight" and li is not None:  # li["stats"] is the stage's stats["label_issues"]
+        table, li["stats"]["weighted"] = _weigh(table, cfg, li, flags)
+    return table, flags, relabeled
+
+
+def _weigh(table: pa.Table, cfg: CleanConfig, li: dict[str, Any], gone: dict[str, np.ndarray]) -> tuple[pa.Table, dict[str, Any]]:
+    """``--action weight``: the posterior that each checked row's label is right as its ``clean_weight``, multiplied
+    into ``sample_weight`` (``curate.stages.clean.weights``), on the ``act_on`` rows not excluded (``gone``: masks
+    over all rows); the table and the weight stats."""
+    from curate.stages.clean.weights import apply_weights, label_posterior
+
+    pos = li["pos"]
+    out = np.zeros(table.num_rows, bool)
+    for mask in gone.values():
+        out |= mask
+    acted = _act_mask(table, pos, cfg.act_on) & ~out[pos]
+    return apply_weights(table, pos, label_posterior(li["labels"], li["probs"]), acted)
 
 
 def _by_split(table: pa.Table, positions: np.ndarray) -> dict[str, int]:

@@ -67,7 +67,8 @@ def decide(
             p(given label), ``suggested_confidence``, ``given_threshold``, ``suggested_threshold``,
             ``estimate_rank``); None: label errors not checked.
         ood_score: float ``(N,)`` 0..1, higher = more atypical; None: outliers not checked.
-        action: ``flag`` | ``exclude`` | ``relabel``; policy: ``estimate`` | ``confident`` | ``all`` (module doc).
+        action: ``flag`` | ``exclude`` | ``relabel`` | ``weight`` (junk only: the other rows get a training weight,
+            ``curate.stages.clean.weights``); policy: ``estimate`` | ``confident`` | ``all`` (module doc).
         relabel_threshold / outlier_threshold: policy ``all``'s confidence for relabeling and its outlier flag.
         junk_threshold: policies ``estimate`` and ``confident`` exclude rows whose ``ood_score`` exceeds it.
 
@@ -79,6 +80,8 @@ def decide(
     if action == "flag":
         return Decisions(none, none, none)
     issue = np.asarray(found["is_label_issue"], bool) if found is not None else none
+    if action == "weight":  # every policy: junk goes, the label checks become weights (curate.stages.clean.weights)
+        return Decisions(none, none, np.asarray(ood_score) > junk_threshold if ood_score is not None else none)
     if policy == "all":
         out = np.asarray(ood_score) > outlier_threshold if ood_score is not None else none
         if action == "exclude":
