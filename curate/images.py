@@ -104,7 +104,7 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_byte
 
 def inspect_guarded(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageCheck:
     """``inspect_image`` for a caller inside ``bomb_guard(max_pixels)`` (same ``max_pixels``): many images, one guard."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if not data:
         return ImageCheck("empty", "file is empty (0 bytes)")
@@ -124,19 +124,27 @@ def inspect_guarded(data: bytes, *, max_pixels: int, max_bytes: int) -> ImageChe
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
             return ImageCheck(width=im.width, height=im.height, mode=im.mode, format=fmt, exif_orientation=orientation)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on hostile bytes is a data error
+        return decode_failure(exc, data)
+
+
+def decode_failure(exc: Exception, data: bytes) -> ImageCheck:
+    """The reason (``too_large``, ``corrupt``, ``not_an_image``, ``truncated``) for Pillow failing on ``data`` with
+    ``exc``: what ingest records, and what ``curate predict`` reports for a file it cannot read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return ImageCheck("too_large", f"decompression bomb: {exc}")
-    except UnidentifiedImageError:
+    if isinstance(exc, UnidentifiedImageError):
         if looks_like_image(data):
             return ImageCheck("corrupt", "image signature present but the file cannot be parsed")
         return ImageCheck("not_an_image", "not a recognised image format")
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    if isinstance(exc, (OSError, SyntaxError, ValueError, EOFError)):
         msg = str(exc) or type(exc).__name__
         low = msg.lower()
         truncated = "truncated" in low or "end of file" in low or isinstance(exc, EOFError) or "broken data" in low
         return ImageCheck("truncated" if truncated else "corrupt", msg[:200])
-    except Exception as exc:  # noqa: BLE001 - any decoder failure on hostile bytes is a data error
-        return ImageCheck("corrupt", f"{type(exc).__name__}: {str(exc)[:200]}")
+    return ImageCheck("corrupt", f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def decode_rgb_or_l(data: bytes):  # noqa: ANN201 - returns PIL.Image.Image; PIL is imported lazily

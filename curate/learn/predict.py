@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 
 from curate.errors import CurateError
-from curate.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, bomb_guard, looks_like_image
+from curate.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, bomb_guard, decode_failure
 from curate.learn.checkpoint import load_model
 from curate.learn.data import Normalizer
 from curate.learn.runtime import pick_device
@@ -128,22 +128,14 @@ def _decode_item(item: dict[str, Any], channels: int, size: tuple[int, int]) -> 
         data, reason, error = read_path(item["path"], DEFAULT_MAX_BYTES)
         if data is None:
             raise CurateError(f"{reason}: {error}")
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise CurateError("empty: file is empty (0 bytes)")
     try:
         with bomb_guard(DEFAULT_MAX_PIXELS):  # as ingest: more pixels than that is an error, not a warning
             return decode(data, channels, size)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise CurateError(f"too_large: decompression bomb: {exc}") from None
-    except UnidentifiedImageError:
-        if looks_like_image(data):
-            raise CurateError("corrupt: image signature present but the file cannot be parsed") from None
-        raise CurateError("not_an_image: not a recognised image format") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure on a user's file is that file's error
-        kind = "truncated" if "truncated" in str(exc).lower() or isinstance(exc, EOFError) else "corrupt"
-        raise CurateError(f"{kind}: {type(exc).__name__}: {exc}") from None
+        bad = decode_failure(exc, data)
+        raise CurateError(f"{bad.reason}: {bad.error}") from None
 
 
 def prediction_schema(classes: list[str]) -> pa.Schema:

@@ -214,15 +214,11 @@ def before(ctx: Context, _cfg: PseudolabelConfig) -> list[tuple[str, dict[str, A
     pool = ctx.options.get("pool")
     if not pool:
         return []
-    from curate.schema import conform
     from curate.stage import HEAD
-    from curate.stages.pseudolabel.label import role_masks
+    from curate.stages.pseudolabel.label import labeled_parent
 
     base = ctx.ws.head() if ctx.base in (HEAD, None) else ctx.ws.resolve(ctx.base)
-    if base is None:
-        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
-    if not role_masks(conform(ctx.ws.samples(base)))[0].any():
-        raise CurateError("no labeled train rows to learn from", hint="run `curate split` first (pseudolabel trains on split=train)")
+    labeled_parent(None if base is None else ctx.ws.samples(base))
     return [("ingest", {"source": str(pool), "unlabeled": True}), ("dedupe", {})]
 
 

@@ -37,6 +37,21 @@ def role_masks(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ok & has_label & (split == "train"), ok & has_label & (split == "val"), ok & ~has_label & (unsplit | (split == "train"))
 
 
+def labeled_parent(parent: pa.Table | None) -> tuple[pa.Table, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The conformed parent table and its ``role_masks``.
+
+    Raises:
+        CurateError: no version yet, or no labeled train rows to learn from.
+    """
+    if parent is None:
+        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
+    table = conform(parent)
+    masks = role_masks(table)
+    if not masks[0].any():
+        raise CurateError("no labeled train rows to learn from", hint="run `curate split` first (pseudolabel trains on split=train)")
+    return table, masks
+
+
 def _read_truth(path: str, table: pa.Table, pool_pos: np.ndarray, classes: list[str]) -> np.ndarray:
     """Hidden pool labels as class indices (-1 where unknown or not a class of the labeled rows)."""
     import pyarrow.csv as pcsv
@@ -79,14 +94,9 @@ def run_pseudolabel(
     from curate.stages.pseudolabel.loop import run_loop
 
     check(cfg)
-    if parent is None:
-        raise CurateError("the workspace has no versions yet", hint="run `curate ingest SRC` first")
     log = log or (lambda s: None)
     t0 = time.perf_counter()
-    table = conform(parent)
-    lab_m, val_m, pool_m = role_masks(table)
-    if not lab_m.any():
-        raise CurateError("no labeled train rows to learn from", hint="run `curate split` first (pseudolabel trains on split=train)")
+    table, (lab_m, val_m, pool_m) = labeled_parent(parent)
     if not pool_m.any():
         raise CurateError(
             "no unlabeled rows to pseudo-label", hint="ingest a pool with `curate ingest SRC --unlabeled`, or use --pool"
